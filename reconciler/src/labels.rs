@@ -1,0 +1,242 @@
+//! Every label key berth writes or reads, in one place, and the parser that turns a container's labels
+//! back into typed identity.
+//!
+//! A container without the managed marker of berth's namespace is not berth's, and is never touched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::desired::SessionKind;
+use crate::ids::{IdError, InstanceId, ProfileName, SessionId};
+use crate::time::Timestamp;
+
+/// A label key prefix such as `io.berth`.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct LabelNamespace(String);
+
+impl Default for LabelNamespace {
+    fn default() -> Self {
+        Self("io.berth".to_owned())
+    }
+}
+
+impl LabelNamespace {
+    /// The prefix itself.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `<namespace>.<suffix>`.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.0)
+    }
+
+    /// The managed-marker key; Docker list and event filters use `<marker>=true`.
+    pub fn marker(&self) -> String {
+        self.key(MANAGED)
+    }
+
+    /// The owner key.
+    pub fn owner_key(&self) -> String {
+        self.key(OWNER)
+    }
+}
+
+impl fmt::Debug for LabelNamespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LabelNamespace({})", self.0)
+    }
+}
+
+impl fmt::Display for LabelNamespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A label namespace was not of the form `a.b-c`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid label namespace {0:?}: use 1 to 100 characters of a-z, 0-9, '.' and '-'")]
+pub struct NamespaceError(pub String);
+
+impl FromStr for LabelNamespace {
+    type Err = NamespaceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 100
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            && !s.starts_with('.')
+            && !s.ends_with('.');
+        if ok { Ok(Self(s.to_owned())) } else { Err(NamespaceError(s.chars().take(100).collect())) }
+    }
+}
+
+const MANAGED: &str = "managed";
+const SESSION: &str = "session";
+const OWNER: &str = "owner";
+const CREATED: &str = "created";
+const PROFILE: &str = "profile";
+const KIND: &str = "kind";
+const POLICY_HASH: &str = "policy-hash";
+const SECRET_HASH: &str = "resume-hash";
+const EPOCH: &str = "epoch";
+
+/// The identity berth stamps on a session container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ManagedLabels {
+    /// The session the container serves.
+    pub session: SessionId,
+    /// The instance that created it.
+    pub owner: InstanceId,
+    /// When berth created it.
+    pub created_at: Timestamp,
+    /// The profile it runs.
+    pub profile: ProfileName,
+    /// Anonymous or authenticated.
+    pub kind: SessionKind,
+    /// Hash of the profile it was created from.
+    pub policy_hash: String,
+    /// SHA-256 of the resume secret (hex), so another replica can check a resume.
+    pub resume_hash: Option<String>,
+    /// The owner's fencing epoch when it created the container.
+    pub epoch: u64,
+}
+
+/// A container carries berth's marker but its other labels are missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    /// A required label is absent.
+    #[error("label {0} is missing")]
+    Missing(String),
+    /// A label's value does not parse.
+    #[error("label {key} is malformed: {reason}")]
+    Malformed {
+        /// The label key.
+        key: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+impl ManagedLabels {
+    /// The full label set for a new container, marker included.
+    pub fn to_labels(&self, ns: &LabelNamespace) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::from([
+            (ns.key(MANAGED), "true".to_owned()),
+            (ns.key(SESSION), self.session.to_string()),
+            (ns.key(OWNER), self.owner.to_string()),
+            (ns.key(CREATED), self.created_at.as_millis().to_string()),
+            (ns.key(PROFILE), self.profile.to_string()),
+            (ns.key(KIND), self.kind.as_str().to_owned()),
+            (ns.key(POLICY_HASH), self.policy_hash.clone()),
+            (ns.key(EPOCH), self.epoch.to_string()),
+        ]);
+        if let Some(h) = &self.resume_hash {
+            out.insert(ns.key(SECRET_HASH), h.clone());
+        }
+        out
+    }
+
+    /// Reads a container's labels. `Ok(None)` means the container is not managed in this namespace.
+    ///
+    /// # Errors
+    /// A container that carries the marker but has missing or malformed identity labels.
+    pub fn parse(ns: &LabelNamespace, labels: &HashMap<String, String>) -> Result<Option<Self>, LabelError> {
+        if labels.get(&ns.key(MANAGED)).map(String::as_str) != Some("true") {
+            return Ok(None);
+        }
+        let get = |suffix: &str| -> Result<&str, LabelError> {
+            labels.get(&ns.key(suffix)).map(String::as_str).ok_or_else(|| LabelError::Missing(ns.key(suffix)))
+        };
+        let bad = |suffix: &str, reason: String| LabelError::Malformed { key: ns.key(suffix), reason };
+        let id_err = |suffix: &'static str| move |e: IdError| bad(suffix, e.to_string());
+        let created = get(CREATED)?;
+        let epoch = match labels.get(&ns.key(EPOCH)) {
+            Some(v) => v.parse::<u64>().map_err(|e| bad(EPOCH, e.to_string()))?,
+            None => 0,
+        };
+        let hash = get(POLICY_HASH)?;
+        if hash.len() > 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(POLICY_HASH, "expected hex digits".into()));
+        }
+        let resume_hash = match labels.get(&ns.key(SECRET_HASH)) {
+            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.clone()),
+            Some(_) => return Err(bad(SECRET_HASH, "expected 64 hex digits".into())),
+            None => None,
+        };
+        Ok(Some(Self {
+            session: get(SESSION)?.parse().map_err(id_err(SESSION))?,
+            owner: get(OWNER)?.parse().map_err(id_err(OWNER))?,
+            created_at: Timestamp::from_millis(
+                created.parse().map_err(|e: std::num::ParseIntError| bad(CREATED, e.to_string()))?,
+            ),
+            profile: get(PROFILE)?.parse().map_err(id_err(PROFILE))?,
+            kind: get(KIND)?.parse().map_err(|()| bad(KIND, "expected anonymous or authenticated".into()))?,
+            policy_hash: hash.to_owned(),
+            resume_hash,
+            epoch,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ManagedLabels {
+        ManagedLabels {
+            session: SessionId::from_bytes([7; 16]),
+            owner: "a".parse().expect("valid"),
+            created_at: Timestamp::from_millis(42),
+            profile: "default".parse().expect("valid"),
+            kind: SessionKind::Anonymous,
+            policy_hash: "00ff".into(),
+            resume_hash: Some("ab".repeat(32)),
+            epoch: 3,
+        }
+    }
+
+    fn as_hash(m: BTreeMap<String, String>) -> HashMap<String, String> {
+        m.into_iter().collect()
+    }
+
+    #[test]
+    fn labels_round_trip_through_parse() {
+        let ns = LabelNamespace::default();
+        let parsed = ManagedLabels::parse(&ns, &as_hash(sample().to_labels(&ns))).expect("parses");
+        assert_eq!(parsed, Some(sample()));
+    }
+
+    #[test]
+    fn a_container_without_the_marker_is_not_managed() {
+        let ns = LabelNamespace::default();
+        let mut labels = as_hash(sample().to_labels(&ns));
+        labels.remove(&ns.marker());
+        assert_eq!(ManagedLabels::parse(&ns, &labels), Ok(None));
+        labels.insert(ns.marker(), "yes".into());
+        assert_eq!(ManagedLabels::parse(&ns, &labels), Ok(None));
+    }
+
+    #[test]
+    fn another_namespace_is_invisible() {
+        let ours = LabelNamespace::default();
+        let theirs: LabelNamespace = "com.lookalike".parse().expect("valid");
+        let labels = as_hash(sample().to_labels(&theirs));
+        assert_eq!(ManagedLabels::parse(&ours, &labels), Ok(None));
+    }
+
+    #[test]
+    fn a_marked_container_with_a_bad_session_label_is_an_error() {
+        let ns = LabelNamespace::default();
+        let mut labels = as_hash(sample().to_labels(&ns));
+        labels.insert(ns.key(SESSION), "../x".into());
+        assert!(matches!(ManagedLabels::parse(&ns, &labels), Err(LabelError::Malformed { .. })));
+        labels.remove(&ns.key(SESSION));
+        assert!(matches!(ManagedLabels::parse(&ns, &labels), Err(LabelError::Missing(_))));
+    }
+}

@@ -1,0 +1,22 @@
+//! berth's pure core: typed ids, labels, desired and observed state, the policy, the planner and its actions.
+//!
+//! Nothing here does I/O or needs an async runtime. The `berth` crate wires these types to Docker and the network.
+
+pub mod desired;
+pub mod ids;
+pub mod labels;
+pub mod observed;
+pub mod plan;
+pub mod policy;
+pub mod startup;
+pub mod status;
+pub mod time;
+
+pub use desired::{Attachment, Desired, DesiredSession, EnvVar, SessionKind};
+pub use ids::{ContainerId, IdError, InstanceId, ProfileName, SessionId};
+pub use labels::{LabelNamespace, ManagedLabels};
+pub use observed::{ContainerState, Health, Observed, ObservedContainer};
+pub use plan::{Action, ActionKind, ContainerSpec, Plan, RemoveReason, plan};
+pub use policy::Policy;
+pub use status::{EndReason, Phase, Status, status_of};
+pub use time::Timestamp;

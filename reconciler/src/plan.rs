@@ -1,0 +1,407 @@
+//! The planner: `plan(desired, observed, policy, now) -> Plan`. Pure, synchronous and total.
+//!
+//! Every pass reads the whole state; why the pass was triggered is not an input. The executor only
+//! interprets the actions returned here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::desired::{Attachment, Desired, DesiredSession, EnvVar};
+use crate::ids::{ContainerId, SessionId};
+use crate::labels::{LabelNamespace, ManagedLabels};
+use crate::observed::{ContainerState, Health, Observed, ObservedContainer};
+use crate::policy::{HealthCheck, LogLimits, Policy, Profile, Resources, Security, UnhealthyAction};
+use crate::status::EndReason;
+use crate::time::Timestamp;
+
+/// Everything Docker needs to create one session container.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerSpec {
+    /// `<prefix>-<session id>`: berth-generated, never client text.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// Command, or the image default.
+    pub command: Option<Vec<String>>,
+    /// Environment: the profile's fixed values, then allowed client values and mapped credentials.
+    pub env: Vec<EnvVar>,
+    /// berth's labels, marker included.
+    pub labels: BTreeMap<String, String>,
+    /// User to run as.
+    pub user: String,
+    /// Working directory.
+    pub working_dir: Option<String>,
+    /// Resource limits.
+    pub resources: Resources,
+    /// Security options.
+    pub security: Security,
+    /// Network mode.
+    pub network: String,
+    /// Health check.
+    pub healthcheck: Option<HealthCheck>,
+    /// Log bounds.
+    pub logs: LogLimits,
+}
+
+impl ContainerSpec {
+    /// The spec for `session` under `profile`.
+    pub fn build(desired: &Desired, session: &DesiredSession, profile: &Profile, policy: &Policy) -> Self {
+        let labels = ManagedLabels {
+            session: session.id,
+            owner: desired.owner.clone(),
+            created_at: session.created_at,
+            profile: session.profile.clone(),
+            kind: session.kind,
+            policy_hash: profile.hash(),
+            resume_hash: session.resume_hash.clone(),
+            epoch: desired.epoch,
+        };
+        let mut env: Vec<EnvVar> =
+            profile.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: v.clone(), sensitive: false }).collect();
+        for var in &session.env {
+            env.retain(|e| e.name != var.name);
+            env.push(var.clone());
+        }
+        Self {
+            name: format!("{}-{}", policy.docker.name_prefix, session.id),
+            image: profile.image.clone(),
+            command: profile.command.clone(),
+            env,
+            labels: labels.to_labels(&policy.docker.namespace),
+            user: profile.user.clone(),
+            working_dir: profile.working_dir.clone(),
+            resources: profile.resources.clone(),
+            security: profile.security.clone(),
+            network: profile.network.clone(),
+            healthcheck: profile.healthcheck.clone(),
+            logs: profile.logs.clone(),
+        }
+    }
+
+    /// The label namespace marker is present: a sanity check the runtime makes before creating.
+    pub fn is_marked(&self, ns: &LabelNamespace) -> bool {
+        self.labels.get(&ns.marker()).map(String::as_str) == Some("true")
+    }
+}
+
+/// Why a container is being removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoveReason {
+    /// Its session ended.
+    SessionEnded,
+    /// It carries berth's marker but no desired session.
+    Orphan,
+    /// A second container for a session that already has one.
+    Duplicate,
+    /// It stayed `created` past the start timeout.
+    StuckCreated,
+    /// Docker reported it unhealthy and the policy replaces it.
+    Unhealthy,
+    /// Startup handling of an earlier run's container.
+    Startup,
+}
+
+impl RemoveReason {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SessionEnded => "session_ended",
+            Self::Orphan => "orphan",
+            Self::Duplicate => "duplicate",
+            Self::StuckCreated => "stuck_created",
+            Self::Unhealthy => "unhealthy",
+            Self::Startup => "startup",
+        }
+    }
+
+    /// Every value, for pre-creating metric series.
+    pub const ALL: [Self; 6] =
+        [Self::SessionEnded, Self::Orphan, Self::Duplicate, Self::StuckCreated, Self::Unhealthy, Self::Startup];
+}
+
+/// One thing to do to Docker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Create a container for a session.
+    Create {
+        /// The session.
+        session: SessionId,
+        /// What to create.
+        spec: Box<ContainerSpec>,
+    },
+    /// Attach berth's terminal stream to a container (before start, so no output is missed).
+    Attach {
+        /// The session.
+        session: SessionId,
+        /// Its container.
+        container: ContainerId,
+    },
+    /// Start a created container.
+    Start {
+        /// The session.
+        session: SessionId,
+        /// Its container.
+        container: ContainerId,
+    },
+    /// Stop a running container, with a grace period.
+    Stop {
+        /// The session.
+        session: SessionId,
+        /// Its container.
+        container: ContainerId,
+        /// SIGTERM to SIGKILL grace.
+        timeout: Duration,
+    },
+    /// Force-remove one container and verify it is gone.
+    Remove {
+        /// The session it served, when it has one.
+        session: Option<SessionId>,
+        /// The container.
+        container: ContainerId,
+        /// Why.
+        reason: RemoveReason,
+    },
+    /// Force-remove many containers with bounded concurrency.
+    BulkRemove {
+        /// The containers.
+        containers: Vec<ContainerId>,
+        /// Why.
+        reason: RemoveReason,
+    },
+}
+
+/// Action kinds, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// [`Action::Create`].
+    Create,
+    /// [`Action::Attach`].
+    Attach,
+    /// [`Action::Start`].
+    Start,
+    /// [`Action::Stop`].
+    Stop,
+    /// [`Action::Remove`].
+    Remove,
+    /// [`Action::BulkRemove`].
+    BulkRemove,
+}
+
+impl ActionKind {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Attach => "attach",
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Remove => "remove",
+            Self::BulkRemove => "bulk_remove",
+        }
+    }
+
+    /// Every kind, for pre-creating metric series.
+    pub const ALL: [Self; 6] = [Self::Create, Self::Attach, Self::Start, Self::Stop, Self::Remove, Self::BulkRemove];
+}
+
+impl Action {
+    /// This action's kind.
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Self::Create { .. } => ActionKind::Create,
+            Self::Attach { .. } => ActionKind::Attach,
+            Self::Start { .. } => ActionKind::Start,
+            Self::Stop { .. } => ActionKind::Stop,
+            Self::Remove { .. } => ActionKind::Remove,
+            Self::BulkRemove { .. } => ActionKind::BulkRemove,
+        }
+    }
+
+    /// The session this action serves, when it serves one.
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Self::Create { session, .. }
+            | Self::Attach { session, .. }
+            | Self::Start { session, .. }
+            | Self::Stop { session, .. } => Some(*session),
+            Self::Remove { session, .. } => *session,
+            Self::BulkRemove { .. } => None,
+        }
+    }
+
+    /// The containers this action touches.
+    pub fn containers(&self) -> Vec<&ContainerId> {
+        match self {
+            Self::Create { .. } => Vec::new(),
+            Self::Attach { container, .. }
+            | Self::Start { container, .. }
+            | Self::Stop { container, .. }
+            | Self::Remove { container, .. } => vec![container],
+            Self::BulkRemove { containers, .. } => containers.iter().collect(),
+        }
+    }
+}
+
+/// The planner's output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Plan {
+    /// Docker actions, in order of priority.
+    pub actions: Vec<Action>,
+    /// Sessions that should now end, and why. The controller records these in desired state.
+    pub ends: Vec<(SessionId, EndReason)>,
+}
+
+/// Why a live session must end now because of a timer, if it must.
+pub fn timer_reason(session: &DesiredSession, policy: &Policy, now: Timestamp) -> Option<EndReason> {
+    let t = &policy.sessions;
+    if now >= session.created_at.add(t.max_lifetime) {
+        return Some(EndReason::LifetimeReached);
+    }
+    if let Attachment::Detached { since } = session.attachment {
+        if now >= since.add(t.resume_grace) {
+            return Some(EndReason::ResumeGraceExpired);
+        }
+    }
+    if now >= session.last_activity.add(t.idle_timeout) {
+        return Some(EndReason::Idle);
+    }
+    None
+}
+
+fn is_live(c: &ObservedContainer) -> bool {
+    !c.removal_requested && c.state != ContainerState::Removing
+}
+
+/// Chooses the container a session keeps when it has several: the bound one, else a running one,
+/// else the oldest.
+fn keeper<'a>(session: &DesiredSession, live: &[&'a ObservedContainer]) -> Option<&'a ObservedContainer> {
+    if let Some(bound) = &session.container {
+        if let Some(c) = live.iter().find(|c| &c.id == bound) {
+            return Some(c);
+        }
+    }
+    live.iter().min_by_key(|c| (c.state != ContainerState::Running, c.labels.created_at, c.id.clone())).copied()
+}
+
+/// Plans one reconcile pass. Pure: the same inputs always give the same plan.
+pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timestamp) -> Plan {
+    let mut out = Plan::default();
+    let Some(listed_at) = observed.listed_at else {
+        return out;
+    };
+    let mut by_session: BTreeMap<SessionId, Vec<&ObservedContainer>> = BTreeMap::new();
+    for c in observed.containers.values().filter(|c| c.labels.owner == desired.owner) {
+        by_session.entry(c.labels.session).or_default().push(c);
+    }
+
+    for session in desired.sessions.values() {
+        let containers = by_session.get(&session.id).map(Vec::as_slice).unwrap_or_default();
+        let live: Vec<&ObservedContainer> = containers.iter().copied().filter(|c| is_live(c)).collect();
+
+        let ending = match &session.ending {
+            Some(reason) => Some(reason.clone()),
+            None => timer_reason(session, policy, now).inspect(|r| out.ends.push((session.id, r.clone()))),
+        };
+        if ending.is_some() {
+            plan_removal(&mut out, session, &live, policy);
+            continue;
+        }
+
+        let Some(keep) = keeper(session, &live) else {
+            if live.len() < containers.len() {
+                // A removal is under way; wait for it before deciding anything.
+                continue;
+            }
+            if session.container.is_some() {
+                out.ends.push((session.id, EndReason::RemovedOutsideBerth));
+            } else if desired.draining {
+                // No new containers while shutting down.
+            } else if let Some(profile) = policy.profiles.get(&session.profile) {
+                out.actions.push(Action::Create {
+                    session: session.id,
+                    spec: Box::new(ContainerSpec::build(desired, session, profile, policy)),
+                });
+            } else {
+                out.ends.push((
+                    session.id,
+                    EndReason::CreateFailed {
+                        error: format!("profile {} is no longer in the policy", session.profile),
+                    },
+                ));
+            }
+            continue;
+        };
+
+        for extra in live.iter().filter(|c| c.id != keep.id) {
+            out.actions.push(Action::Remove {
+                session: Some(session.id),
+                container: extra.id.clone(),
+                reason: RemoveReason::Duplicate,
+            });
+        }
+
+        let attached = observed.attached.contains(&session.id);
+        match keep.state {
+            ContainerState::Exited | ContainerState::Dead => {
+                out.ends.push((session.id, EndReason::from_exit(keep)));
+                out.actions.push(remove(session, keep, RemoveReason::SessionEnded));
+            }
+            ContainerState::Created => {
+                if now >= keep.labels.created_at.add(policy.reconcile.start_timeout) {
+                    let error = format!("container did not start within {:?}", policy.reconcile.start_timeout);
+                    out.ends.push((session.id, EndReason::CreateFailed { error }));
+                    out.actions.push(remove(session, keep, RemoveReason::StuckCreated));
+                } else if desired.draining {
+                    // Not started during shutdown.
+                } else if !attached {
+                    out.actions.push(Action::Attach { session: session.id, container: keep.id.clone() });
+                } else {
+                    out.actions.push(Action::Start { session: session.id, container: keep.id.clone() });
+                }
+            }
+            ContainerState::Running => {
+                let replace = keep.health == Health::Unhealthy
+                    && matches!(session.attachment, Attachment::Detached { .. })
+                    && policy.profiles.get(&session.profile).map(|p| p.on_unhealthy) == Some(UnhealthyAction::Replace);
+                if replace {
+                    out.actions.push(remove(session, keep, RemoveReason::Unhealthy));
+                } else if !attached {
+                    out.actions.push(Action::Attach { session: session.id, container: keep.id.clone() });
+                }
+            }
+            ContainerState::Paused | ContainerState::Restarting | ContainerState::Removing => {}
+        }
+    }
+
+    let orphans: Vec<ContainerId> = observed
+        .containers
+        .values()
+        .filter(|c| c.labels.owner == desired.owner && !desired.sessions.contains_key(&c.labels.session))
+        .filter(|c| is_live(c) && c.labels.created_at < listed_at)
+        .map(|c| c.id.clone())
+        .collect();
+    if !orphans.is_empty() {
+        out.actions.push(Action::BulkRemove { containers: orphans, reason: RemoveReason::Orphan });
+    }
+    out
+}
+
+fn remove(session: &DesiredSession, c: &ObservedContainer, reason: RemoveReason) -> Action {
+    Action::Remove { session: Some(session.id), container: c.id.clone(), reason }
+}
+
+fn plan_removal(out: &mut Plan, session: &DesiredSession, live: &[&ObservedContainer], policy: &Policy) {
+    let grace = policy.reconcile.stop_timeout;
+    for c in live {
+        if c.state == ContainerState::Running && !grace.is_zero() {
+            out.actions.push(Action::Stop { session: session.id, container: c.id.clone(), timeout: grace });
+        } else {
+            out.actions.push(remove(session, c, RemoveReason::SessionEnded));
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! The validated policy: everything an operator tunes, as plain data with defaults.
+//!
+//! `policy::file` turns YAML into this type; everything else in berth reads only this type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::ids::ProfileName;
+use crate::labels::LabelNamespace;
+
+/// The whole validated policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Policy {
+    /// Listen addresses, proxies, origins and WebSocket limits.
+    pub server: ServerPolicy,
+    /// Who may open sessions.
+    pub auth: AuthPolicy,
+    /// Session profiles by name.
+    pub profiles: BTreeMap<ProfileName, Profile>,
+    /// The profile used when the client names none.
+    pub default_profile: ProfileName,
+    /// Admission limits.
+    pub limits: Limits,
+    /// Session timeouts.
+    pub sessions: SessionTimeouts,
+    /// Controller behaviour.
+    pub reconcile: ReconcilePolicy,
+    /// How berth names and labels its containers.
+    pub docker: DockerPolicy,
+}
+
+/// Network edge settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerPolicy {
+    /// Where the WebSocket, page, health and metrics endpoints listen.
+    pub listen: SocketAddr,
+    /// Where the admin API listens. `None` serves it on `listen`, and then only with `admin_token`.
+    pub admin_listen: Option<SocketAddr>,
+    /// SHA-256 of the admin bearer token. Without it and without `admin_listen`, the admin API is off.
+    pub admin_token_sha256: Option<Sha256Digest>,
+    /// TCP peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Allowed `Origin` values for the WebSocket upgrade. Empty means same-host only.
+    pub allowed_origins: Vec<String>,
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// How long a client has to send hello.
+    pub hello_timeout: Duration,
+    /// Server ping interval.
+    pub ping_interval: Duration,
+    /// A peer silent for this long is dead.
+    pub pong_timeout: Duration,
+    /// A client that has not read its output for this long is disconnected.
+    pub stall_timeout: Duration,
+    /// Per-session replay ring size, in bytes.
+    pub replay_bytes: usize,
+    /// Input buffered before the container is ready, in bytes.
+    pub input_buffer_bytes: usize,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthPolicy {
+    /// Whether clients without a token may open sessions.
+    pub anonymous: bool,
+    /// Profiles an anonymous session may use; empty means only the default profile.
+    pub anonymous_profiles: Vec<ProfileName>,
+    /// Static bearer tokens, stored as hashes.
+    pub static_tokens: Vec<StaticToken>,
+    /// JWT verification, when configured.
+    pub jwt: Option<JwtPolicy>,
+}
+
+/// A SHA-256 digest, shown redacted.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl Sha256Digest {
+    /// Hashes `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Self(Sha256::digest(data).into())
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:<redacted>")
+    }
+}
+
+impl Serialize for Sha256Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+/// One static bearer token.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StaticToken {
+    /// A name for logs and the admin API; never the token.
+    pub name: String,
+    /// SHA-256 of the token.
+    pub sha256: Sha256Digest,
+    /// Profiles this token may use; empty means all.
+    pub profiles: Vec<ProfileName>,
+}
+
+/// JWT signature algorithms berth accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum JwtAlgorithm {
+    /// HMAC with SHA-256 and a shared secret.
+    Hs256,
+    /// RSA PKCS#1 v1.5 with SHA-256 and a public key.
+    Rs256,
+}
+
+/// A secret string that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(pub String);
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for SecretString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// JWT verification settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JwtPolicy {
+    /// The algorithm tokens must use.
+    pub algorithm: JwtAlgorithm,
+    /// The HS256 secret or the RS256 public key (PEM).
+    pub key: SecretString,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// The claim listing the profiles a token may use (a string or an array of strings).
+    pub profiles_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+/// What a session runs, and how it is confined.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Profile {
+    /// The image to run.
+    pub image: String,
+    /// The command; `None` runs the image's default.
+    pub command: Option<Vec<String>>,
+    /// Fixed environment, set by the operator.
+    pub env: BTreeMap<String, String>,
+    /// Environment variable names a client may set in hello. Nothing else gets in.
+    pub client_env: Vec<String>,
+    /// Credentials mapped into the container environment.
+    pub credentials: Vec<CredentialMapping>,
+    /// The user the shell runs as.
+    pub user: String,
+    /// The working directory, when set.
+    pub working_dir: Option<String>,
+    /// Resource limits.
+    pub resources: Resources,
+    /// Security options.
+    pub security: Security,
+    /// Docker network mode; `none` by default.
+    pub network: String,
+    /// An optional Docker health check.
+    pub healthcheck: Option<HealthCheck>,
+    /// What to do when Docker reports the container unhealthy.
+    pub on_unhealthy: UnhealthyAction,
+    /// Bounds on the container's own log.
+    pub logs: LogLimits,
+}
+
+impl Profile {
+    /// A profile running `image` with every hardening default.
+    pub fn with_image(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            command: None,
+            env: BTreeMap::new(),
+            client_env: vec!["TERM".into(), "LANG".into(), "LC_ALL".into()],
+            credentials: Vec::new(),
+            user: "1000:1000".into(),
+            working_dir: None,
+            resources: Resources::default(),
+            security: Security::default(),
+            network: "none".into(),
+            healthcheck: None,
+            on_unhealthy: UnhealthyAction::Report,
+            logs: LogLimits::default(),
+        }
+    }
+
+    /// A short stable hash of everything that shapes the container; stamped on containers to show drift.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..8])
+    }
+}
+
+/// Where a credential comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum CredentialSource {
+    /// A claim of the verified JWT.
+    Claim(String),
+    /// A named field of the hello's `credentials` object.
+    Hello(String),
+}
+
+/// A credential mapped into one environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialMapping {
+    /// Where the value comes from.
+    pub from: CredentialSource,
+    /// The environment variable it becomes.
+    pub env: String,
+}
+
+/// Container resource limits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resources {
+    /// Memory limit in bytes; swap is set equal, so there is no swap.
+    pub memory_bytes: i64,
+    /// CPU limit in billionths of a CPU.
+    pub nano_cpus: i64,
+    /// Maximum number of processes.
+    pub pids: i64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self { memory_bytes: 256 << 20, nano_cpus: 1_000_000_000, pids: 50 }
+    }
+}
+
+/// A tmpfs mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tmpfs {
+    /// Mount point.
+    pub path: String,
+    /// Mount options, as Docker takes them.
+    pub options: String,
+}
+
+/// Container security options.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Security {
+    /// Mount the root filesystem read-only.
+    pub read_only_root: bool,
+    /// Drop every Linux capability.
+    pub cap_drop_all: bool,
+    /// Set `no-new-privileges`.
+    pub no_new_privileges: bool,
+    /// Run an init process as PID 1, so signals end the shell at once.
+    pub init: bool,
+    /// tmpfs mounts.
+    pub tmpfs: Vec<Tmpfs>,
+    /// A seccomp profile path or `unconfined`; `None` keeps Docker's default profile.
+    pub seccomp: Option<String>,
+    /// An AppArmor profile; `None` keeps Docker's default.
+    pub apparmor: Option<String>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            read_only_root: true,
+            cap_drop_all: true,
+            no_new_privileges: true,
+            init: true,
+            tmpfs: vec![
+                Tmpfs { path: "/tmp".into(), options: "rw,noexec,nosuid,nodev,size=64m".into() },
+                Tmpfs { path: "/run".into(), options: "rw,noexec,nosuid,nodev,size=8m".into() },
+            ],
+            seccomp: None,
+            apparmor: None,
+        }
+    }
+}
+
+/// A Docker health check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthCheck {
+    /// The command, run with `CMD`.
+    pub command: Vec<String>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Failures in a row before unhealthy.
+    pub retries: u32,
+    /// Grace after start before failures count.
+    pub start_period: Duration,
+}
+
+/// What happens when Docker reports a session container unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UnhealthyAction {
+    /// Report it in status, metrics and the admin API; leave it running.
+    Report,
+    /// Replace it with a fresh container while its session is detached.
+    Replace,
+}
+
+/// Bounds on the container's own log (json-file driver).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogLimits {
+    /// Largest log file, as Docker's `max-size` (e.g. `1m`).
+    pub max_size: String,
+    /// Number of rotated files kept.
+    pub max_files: u32,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self { max_size: "1m".into(), max_files: 1 }
+    }
+}
+
+/// Admission limits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Limits {
+    /// All sessions of this instance.
+    pub max_sessions: usize,
+    /// Anonymous sessions.
+    pub max_anonymous: usize,
+    /// Authenticated sessions.
+    pub max_authenticated: usize,
+    /// Concurrent sessions per client IP.
+    pub max_per_ip: usize,
+    /// New connections per client IP per minute.
+    pub connections_per_minute: u32,
+    /// Burst allowance for connections per IP.
+    pub connection_burst: u32,
+    /// How long a client may wait in the admission queue; zero rejects at once when full.
+    pub queue_wait: Duration,
+    /// How many clients may wait in the queue.
+    pub queue_len: usize,
+    /// How many client IPs are tracked for rate limiting before the oldest are evicted.
+    pub tracked_ips: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sessions: 100,
+            max_anonymous: 50,
+            max_authenticated: 50,
+            max_per_ip: 10,
+            connections_per_minute: 10,
+            connection_burst: 10,
+            queue_wait: Duration::from_secs(30),
+            queue_len: 100,
+            tracked_ips: 65_536,
+        }
+    }
+}
+
+/// Session timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionTimeouts {
+    /// A session with no input or output for this long ends.
+    pub idle_timeout: Duration,
+    /// A warning is sent this long before the idle cull.
+    pub idle_warning: Duration,
+    /// A session ends this long after it was created, whatever it does.
+    pub max_lifetime: Duration,
+    /// A detached session can be resumed for this long.
+    pub resume_grace: Duration,
+}
+
+impl Default for SessionTimeouts {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30 * 60),
+            idle_warning: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(4 * 3600),
+            resume_grace: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// What happens at startup to containers an earlier run of this instance left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StartupMode {
+    /// Running ones become detached sessions for the resume grace; stopped or dead ones are removed.
+    Adopt,
+    /// Remove all of them.
+    RemoveAll,
+    /// Remove stopped ones and ones older than the stale age; adopt the rest.
+    Conservative,
+}
+
+/// What happens to running session containers at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ShutdownMode {
+    /// Leave them for the next start to adopt.
+    Leave,
+    /// Remove them.
+    Remove,
+}
+
+/// Controller behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReconcilePolicy {
+    /// Full list and re-plan at least this often.
+    pub resync_interval: Duration,
+    /// Docker actions in flight at once.
+    pub concurrency: usize,
+    /// Timeout on every Docker call.
+    pub docker_timeout: Duration,
+    /// Startup handling of earlier containers.
+    pub startup: StartupMode,
+    /// Age past which `conservative` removes running containers.
+    pub stale_age: Duration,
+    /// Shutdown handling of running containers.
+    pub shutdown: ShutdownMode,
+    /// Time in-flight actions get to finish at shutdown.
+    pub shutdown_grace: Duration,
+    /// A container still `created` this long after creation is given up on.
+    pub start_timeout: Duration,
+    /// Grace a running container gets (SIGTERM, then SIGKILL) before removal. Zero removes at once, forced.
+    pub stop_timeout: Duration,
+    /// First retry delay after a failed action.
+    pub backoff_base: Duration,
+    /// Largest retry delay.
+    pub backoff_max: Duration,
+    /// Failed create attempts before the session ends with `create_failed`.
+    pub max_create_attempts: u32,
+}
+
+impl Default for ReconcilePolicy {
+    fn default() -> Self {
+        Self {
+            resync_interval: Duration::from_secs(10),
+            concurrency: 3,
+            docker_timeout: Duration::from_secs(30),
+            startup: StartupMode::Adopt,
+            stale_age: Duration::from_secs(2 * 3600),
+            shutdown: ShutdownMode::Leave,
+            shutdown_grace: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::ZERO,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            max_create_attempts: 5,
+        }
+    }
+}
+
+/// How berth names and labels its containers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DockerPolicy {
+    /// Label key prefix; two tools with different namespaces never see each other's containers.
+    pub namespace: LabelNamespace,
+    /// Container name prefix: containers are named `<prefix>-<session id>`.
+    pub name_prefix: String,
+}
+
+impl Default for DockerPolicy {
+    fn default() -> Self {
+        Self { namespace: LabelNamespace::default(), name_prefix: "berth".into() }
+    }
+}
+
+/// The image berth's own scripts build.
+pub const DEFAULT_IMAGE: &str = "berth-session:latest";
+
+impl Default for ServerPolicy {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
+            admin_token_sha256: None,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_message_bytes: 64 << 10,
+            hello_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(60),
+            replay_bytes: 256 << 10,
+            input_buffer_bytes: 64 << 10,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let name = ProfileName::default_name();
+        Self {
+            server: ServerPolicy::default(),
+            auth: AuthPolicy { anonymous: true, anonymous_profiles: Vec::new(), static_tokens: Vec::new(), jwt: None },
+            profiles: BTreeMap::from([(name.clone(), Profile::with_image(DEFAULT_IMAGE))]),
+            default_profile: name,
+            limits: Limits::default(),
+            sessions: SessionTimeouts::default(),
+            reconcile: ReconcilePolicy::default(),
+            docker: DockerPolicy::default(),
+        }
+    }
+}
+
+impl Policy {
+    /// A hash of the whole policy, for logs and `/readyz`.
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..8])
+    }
+}
