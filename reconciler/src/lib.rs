@@ -2,6 +2,7 @@
 //!
 //! Nothing here does I/O or needs an async runtime. The `berth` crate wires these types to Docker and the network.
 
+pub mod admission;
 pub mod desired;
 pub mod ids;
 pub mod labels;

@@ -1,0 +1,869 @@
+//! The controller loop: the single writer of desired and observed state. It re-plans on every desired-state
+//! change, every Docker event, every action result and on a periodic resync, and hands actions to the
+//! executor, one in flight per session, with per-session backoff.
+
+mod handle;
+mod store;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_reconciler::admission::{Reject, admit};
+use berth_reconciler::plan::{Plan, RemoveReason};
+use berth_reconciler::startup::startup;
+use berth_reconciler::{
+    Action, Attachment, ContainerId, ContainerState, Desired, DesiredSession, EndReason, InstanceId, Phase, Policy,
+    SessionId, Status, Timestamp, plan, status_of,
+};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use handle::Command;
+pub use handle::{
+    Admission, Decision, Handle, OpenError, Readiness, ResumeError, SessionDetail, SessionInfo, SessionRequest, Ticket,
+};
+pub use store::ObservedStore;
+
+use crate::executor::{AttachSink, Completed, Executor, Outcome, retry_delay, timed};
+use crate::metrics::Metrics;
+use crate::observer::{self, ObserverConfig, ObserverMsg};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::terminal::{TerminalEvent, Terminals};
+
+/// What the controller needs to start.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// This replica's identity.
+    pub instance: InstanceId,
+    /// Fencing epoch stamped on new containers.
+    pub epoch: u64,
+}
+
+/// Where an action's in-flight marker and backoff live.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Session(SessionId),
+    Container(ContainerId),
+}
+
+fn keys_of(action: &Action) -> Vec<Key> {
+    match action.session() {
+        Some(s) => vec![Key::Session(s)],
+        None => action.containers().into_iter().map(|c| Key::Container(c.clone())).collect(),
+    }
+}
+
+struct Waiter {
+    req: handle::SessionRequest,
+    reply: oneshot::Sender<Result<Ticket, OpenError>>,
+    position: watch::Sender<usize>,
+    deadline: Instant,
+}
+
+struct Backoff {
+    attempts: u32,
+    not_before: Instant,
+}
+
+const DECISIONS_KEPT: usize = 20;
+const COMMAND_QUEUE: usize = 1024;
+
+/// The controller task's state.
+pub struct Controller<R: Runtime> {
+    runtime: R,
+    executor: Executor<R>,
+    policy_rx: watch::Receiver<Arc<Policy>>,
+    policy: Arc<Policy>,
+    desired: Desired,
+    observed: ObservedStore,
+    statuses: HashMap<SessionId, watch::Sender<Status>>,
+    leases: HashMap<SessionId, u64>,
+    next_lease: u64,
+    in_flight: HashSet<Key>,
+    backoff: HashMap<Key, Backoff>,
+    queue: VecDeque<Waiter>,
+    decisions: HashMap<SessionId, VecDeque<Decision>>,
+    terminals: Terminals,
+    metrics: Arc<Metrics>,
+    cmd_rx: mpsc::Receiver<Command>,
+    done_tx: mpsc::Sender<Completed>,
+    done_rx: mpsc::Receiver<Completed>,
+    obs_rx: mpsc::Receiver<ObserverMsg>,
+    term_rx: mpsc::Receiver<TerminalEvent>,
+    list_tx: mpsc::Sender<(u64, Timestamp, Result<Vec<berth_reconciler::ObservedContainer>, RuntimeError>)>,
+    list_rx: mpsc::Receiver<(u64, Timestamp, Result<Vec<berth_reconciler::ObservedContainer>, RuntimeError>)>,
+    list_in_flight: bool,
+    ready_tx: watch::Sender<Readiness>,
+    started: bool,
+    shutdown: Option<(oneshot::Sender<()>, Instant)>,
+    shutdown_tx: watch::Sender<bool>,
+    now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+impl<R: Runtime> std::fmt::Debug for Controller<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("sessions", &self.desired.sessions.len()).finish_non_exhaustive()
+    }
+}
+
+struct TerminalSink(Terminals);
+
+impl AttachSink for TerminalSink {
+    fn connect(&self, session: SessionId, io: crate::runtime::AttachIo) {
+        self.0.connect(session, io);
+    }
+}
+
+/// Spawns the controller and its observer; returns the handle, the terminal registry, and the task.
+pub fn spawn<R: Runtime>(
+    runtime: R,
+    cfg: ControllerConfig,
+    policy_rx: watch::Receiver<Arc<Policy>>,
+    metrics: Arc<Metrics>,
+) -> (Handle, Terminals, tokio::task::JoinHandle<()>) {
+    let policy = policy_rx.borrow().clone();
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (done_tx, done_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (obs_tx, obs_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (term_tx, term_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (list_tx, list_rx) = mpsc::channel(4);
+    let (ready_tx, ready_rx) = watch::channel(Readiness { policy_hash: policy.hash(), ..Readiness::default() });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let terminals = Terminals::new(term_tx, policy.server.replay_bytes);
+    let executor = Executor::new(
+        runtime.clone(),
+        policy.docker.namespace.clone(),
+        policy.reconcile.docker_timeout,
+        policy.reconcile.concurrency,
+        metrics.clone(),
+        Arc::new(TerminalSink(terminals.clone())),
+    );
+    let mut desired = Desired::new(cfg.instance.clone());
+    desired.epoch = cfg.epoch;
+    let obs_cfg = ObserverConfig {
+        ns: policy.docker.namespace.clone(),
+        timeout: policy.reconcile.docker_timeout,
+        max_backoff: Duration::from_secs(5),
+    };
+    tokio::spawn(
+        observer::run(runtime.clone(), obs_cfg, obs_tx, metrics.clone(), shutdown_rx)
+            .instrument(info_span!("observer", instance = %cfg.instance)),
+    );
+    let controller = Controller {
+        runtime,
+        executor,
+        policy_rx,
+        policy,
+        desired,
+        observed: ObservedStore::default(),
+        statuses: HashMap::new(),
+        leases: HashMap::new(),
+        next_lease: 0,
+        in_flight: HashSet::new(),
+        backoff: HashMap::new(),
+        queue: VecDeque::new(),
+        decisions: HashMap::new(),
+        terminals: terminals.clone(),
+        metrics,
+        cmd_rx,
+        done_tx,
+        done_rx,
+        obs_rx,
+        term_rx,
+        list_tx,
+        list_rx,
+        list_in_flight: false,
+        ready_tx,
+        started: false,
+        shutdown: None,
+        shutdown_tx,
+        now: Arc::new(Timestamp::now),
+    };
+    let span = info_span!("controller", instance = %cfg.instance);
+    let task = tokio::spawn(controller.run().instrument(span));
+    (Handle { tx: cmd_tx, ready: ready_rx }, terminals, task)
+}
+
+impl<R: Runtime> Controller<R> {
+    async fn run(mut self) {
+        let mut resync = tokio::time::interval(self.policy.reconcile.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => self.begin_shutdown(None),
+                },
+                Some(done) = self.done_rx.recv() => self.on_completed(done),
+                Some(msg) = self.obs_rx.recv() => self.on_observer(msg),
+                Some(ev) = self.term_rx.recv() => self.on_terminal(ev),
+                Some((g, at, res)) = self.list_rx.recv() => self.on_listed(g, at, res),
+                _ = resync.tick() => self.request_list(),
+                Ok(()) = self.policy_rx.changed() => {
+                    self.on_policy();
+                    resync = tokio::time::interval(self.policy.reconcile.resync_interval);
+                    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    resync.reset();
+                }
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+            self.drain_ready();
+            self.pass();
+            if self.finished() {
+                break;
+            }
+        }
+        let _ = self.shutdown_tx.send(true);
+        if let Some((reply, _)) = self.shutdown.take() {
+            let _ = reply.send(());
+        }
+        info!("controller stopped");
+    }
+
+    /// Handles whatever else is already waiting, so one pass covers a burst.
+    fn drain_ready(&mut self) {
+        for _ in 0..512 {
+            if let Ok(cmd) = self.cmd_rx.try_recv() {
+                self.on_command(cmd);
+            } else if let Ok(done) = self.done_rx.try_recv() {
+                self.on_completed(done);
+            } else if let Ok(msg) = self.obs_rx.try_recv() {
+                self.on_observer(msg);
+            } else if let Ok(ev) = self.term_rx.try_recv() {
+                self.on_terminal(ev);
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        (self.now)()
+    }
+
+    fn next_wake(&self) -> Instant {
+        let now_i = Instant::now();
+        let mut wake = now_i + Duration::from_secs(3600);
+        let now = self.now();
+        let t = &self.policy.sessions;
+        for s in self.desired.sessions.values().filter(|s| s.ending.is_none()) {
+            let mut due = s.created_at.add(t.max_lifetime).min(s.last_activity.add(t.idle_timeout));
+            if let Attachment::Detached { since } = s.attachment {
+                due = due.min(since.add(t.resume_grace));
+            }
+            if s.container.is_some() && !self.observed.view().attached.contains(&s.id) {
+                due = due.min(now.add(Duration::from_secs(1)));
+            }
+            wake = wake.min(now_i + due.since(now));
+        }
+        for w in &self.queue {
+            wake = wake.min(w.deadline);
+        }
+        for b in self.backoff.values() {
+            wake = wake.min(b.not_before);
+        }
+        if let Some((_, deadline)) = &self.shutdown {
+            wake = wake.min(*deadline);
+        }
+        wake.max(now_i + Duration::from_millis(5))
+    }
+
+    fn record(&mut self, session: SessionId, kind: &'static str, detail: String) {
+        let at = self.now().as_millis();
+        let log = self.decisions.entry(session).or_default();
+        if log.len() >= DECISIONS_KEPT {
+            log.pop_front();
+        }
+        log.push_back(Decision { at, kind, detail });
+    }
+
+    fn publish_readiness(&self) {
+        let up = self.metrics.docker_up.get() == 1;
+        self.ready_tx.send_if_modified(|r| {
+            let next = Readiness {
+                docker_up: up,
+                listed: self.observed.is_listed(),
+                draining: self.desired.draining,
+                policy_hash: self.policy.hash(),
+            };
+            if *r == next {
+                false
+            } else {
+                *r = next;
+                true
+            }
+        });
+    }
+
+    // ----- inputs -----
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Open { req, reply } => {
+                let res = self.open(req);
+                let _ = reply.send(res);
+            }
+            Command::Resume { id, secret, reply } => {
+                let res = self.resume(id, &secret);
+                let _ = reply.send(res);
+            }
+            Command::Detach { id, lease } => {
+                let now = self.now();
+                if self.leases.get(&id) == Some(&lease) {
+                    if let Some(s) = self.desired.sessions.get_mut(&id) {
+                        if s.ending.is_none() {
+                            s.attachment = Attachment::Detached { since: now };
+                            self.record(id, "observed", "client disconnected; detached".into());
+                        }
+                    }
+                }
+            }
+            Command::Release { id, reason } => {
+                if let Some(s) = self.desired.sessions.get_mut(&id) {
+                    if s.ending.is_none() {
+                        self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                        s.ending = Some(reason.clone());
+                        self.record(id, "ended", reason.to_string());
+                    }
+                }
+            }
+            Command::List { reply } => {
+                let _ = reply.send(self.list_sessions());
+            }
+            Command::Show { id, reply } => {
+                let detail = self.info(&id).map(|session| SessionDetail {
+                    session,
+                    decisions: self.decisions.get(&id).map(|d| d.iter().cloned().collect()).unwrap_or_default(),
+                });
+                let _ = reply.send(detail);
+            }
+            Command::DryRun { reply } => {
+                let _ = reply.send(plan(&self.desired, self.observed.view(), &self.policy, self.now()));
+            }
+            Command::Resync => self.request_list(),
+            Command::Shutdown { reply } => self.begin_shutdown(Some(reply)),
+        }
+    }
+
+    fn open(&mut self, req: handle::SessionRequest) -> Result<Admission, OpenError> {
+        if self.desired.draining {
+            return Err(OpenError::Draining);
+        }
+        let profile = req.profile.clone().unwrap_or_else(|| self.policy.default_profile.clone());
+        if !self.policy.profiles.contains_key(&profile) {
+            return Err(OpenError::UnknownProfile(profile.to_string()));
+        }
+        match admit(&self.desired, &self.policy.limits, req.kind, req.client_ip) {
+            Ok(()) => self.admit_now(req).map(Admission::Admitted),
+            Err(reject) => {
+                let limits = &self.policy.limits;
+                if reject.queueable() && !limits.queue_wait.is_zero() && self.queue.len() < limits.queue_len {
+                    let (position, position_rx) = watch::channel(self.queue.len() + 1);
+                    let (reply, result) = oneshot::channel();
+                    self.queue.push_back(Waiter { req, reply, position, deadline: Instant::now() + limits.queue_wait });
+                    self.metrics.queue_len.set(self.queue.len() as i64);
+                    Ok(Admission::Queued { position: position_rx, result })
+                } else {
+                    self.metrics.rejected.with_label_values(&[reject.as_str()]).inc();
+                    Err(OpenError::Full { reason: reject.as_str(), retry_after: self.retry_after(reject) })
+                }
+            }
+        }
+    }
+
+    fn retry_after(&self, reject: Reject) -> Duration {
+        match reject {
+            Reject::PerIp => Duration::from_secs(30),
+            _ => Duration::from_secs(5),
+        }
+    }
+
+    fn admit_now(&mut self, req: handle::SessionRequest) -> Result<Ticket, OpenError> {
+        let id = SessionId::generate().map_err(|_| OpenError::Stopped)?;
+        let profile = req.profile.unwrap_or_else(|| self.policy.default_profile.clone());
+        let mut s = DesiredSession::new(id, profile, req.kind, self.now());
+        s.env = req.env;
+        s.resume_hash = req.resume_hash;
+        s.client_ip = req.client_ip;
+        self.desired.sessions.insert(id, s);
+        let (tx, rx) = watch::channel(Status::pending());
+        self.statuses.insert(id, tx);
+        self.record(id, "observed", "session requested".into());
+        debug!(session = %id, "session admitted");
+        Ok(Ticket { id, status: rx, lease: self.new_lease(id) })
+    }
+
+    fn new_lease(&mut self, id: SessionId) -> u64 {
+        self.next_lease += 1;
+        self.leases.insert(id, self.next_lease);
+        self.next_lease
+    }
+
+    fn resume(&mut self, id: SessionId, secret: &str) -> Result<Ticket, ResumeError> {
+        let presented = hex::encode(Sha256::digest(secret.as_bytes()));
+        let now = self.now();
+        let Some(s) = self.desired.sessions.get_mut(&id) else {
+            self.metrics.resumes.with_label_values(&["unknown"]).inc();
+            return Err(ResumeError::Refused);
+        };
+        let ok = s.ending.is_none()
+            && s.resume_hash.as_ref().is_some_and(|h| bool::from(h.as_bytes().ct_eq(presented.as_bytes())));
+        if !ok {
+            self.metrics.resumes.with_label_values(&["bad_secret"]).inc();
+            return Err(ResumeError::Refused);
+        }
+        s.attachment = Attachment::Attached;
+        s.last_activity = s.last_activity.max(now);
+        self.metrics.resumes.with_label_values(&["ok"]).inc();
+        let status = self.statuses.get(&id).map(watch::Sender::subscribe).ok_or(ResumeError::Refused)?;
+        self.record(id, "observed", "client resumed".into());
+        Ok(Ticket { id, status, lease: self.new_lease(id) })
+    }
+
+    fn on_completed(&mut self, done: Completed) {
+        let Completed { action, result, failed } = done;
+        for k in keys_of(&action) {
+            self.in_flight.remove(&k);
+        }
+        let kind = action.kind().as_str();
+        if let Some(session) = action.session() {
+            let detail = match &result {
+                Ok(_) => format!("{kind} ok"),
+                Err(e) => format!("{kind} failed: {e}"),
+            };
+            self.record(session, "outcome", detail);
+        }
+        match result {
+            Ok(Outcome::Created { session, container }) => {
+                let id = container.id.clone();
+                self.observed.upsert(container);
+                self.backoff.remove(&Key::Session(session));
+                if let Some(s) = self.desired.sessions.get_mut(&session) {
+                    s.container = Some(id);
+                    s.create_attempts = 0;
+                }
+            }
+            Ok(Outcome::Attached { session }) => {
+                self.backoff.remove(&Key::Session(session));
+                self.observed.set_attached(session, true);
+            }
+            Ok(Outcome::Started { container }) => {
+                if let Some(s) = action.session() {
+                    self.backoff.remove(&Key::Session(s));
+                }
+                self.observed.set_state(&container, ContainerState::Running);
+            }
+            Ok(Outcome::Stopped { container }) => self.observed.set_state(&container, ContainerState::Exited),
+            Ok(Outcome::Removed { containers }) => {
+                let reason = match &action {
+                    Action::Remove { reason, .. } | Action::BulkRemove { reason, .. } => *reason,
+                    _ => RemoveReason::SessionEnded,
+                };
+                for id in &containers {
+                    self.observed.remove(id);
+                    self.backoff.remove(&Key::Container(id.clone()));
+                    self.metrics.removed.with_label_values(&[reason.as_str()]).inc();
+                }
+                if let Some(s) = action.session() {
+                    self.backoff.remove(&Key::Session(s));
+                    if reason == RemoveReason::Unhealthy {
+                        if let Some(sess) = self.desired.sessions.get_mut(&s) {
+                            sess.container = None;
+                        }
+                    }
+                }
+            }
+            Err(e) => self.on_failed(&action, e),
+        }
+        for (id, e) in failed {
+            self.observed.set_removal_requested(&id, false);
+            self.back_off(Key::Container(id), &e);
+        }
+    }
+
+    fn on_failed(&mut self, action: &Action, e: RuntimeError) {
+        for c in action.containers() {
+            if matches!(action, Action::Remove { .. } | Action::BulkRemove { .. }) {
+                self.observed.set_removal_requested(c, false);
+            }
+        }
+        if let Action::Create { session, .. } = action {
+            let max = self.policy.reconcile.max_create_attempts;
+            if let Some(s) = self.desired.sessions.get_mut(session) {
+                s.create_attempts += 1;
+                let give_up = e.is_permanent() || s.create_attempts >= max;
+                if give_up && s.ending.is_none() {
+                    let reason = EndReason::CreateFailed { error: e.to_string() };
+                    self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                    s.ending = Some(reason);
+                }
+            }
+            if matches!(e, RuntimeError::Conflict(_)) {
+                // The name is taken: an earlier create may have succeeded without our hearing of it.
+                self.request_list();
+            }
+        }
+        for k in keys_of(action) {
+            self.back_off(k, &e);
+        }
+    }
+
+    fn back_off(&mut self, key: Key, e: &RuntimeError) {
+        let r = &self.policy.reconcile;
+        let b = self.backoff.entry(key).or_insert(Backoff { attempts: 0, not_before: Instant::now() });
+        b.attempts += 1;
+        b.not_before = Instant::now() + retry_delay(e, b.attempts, r.backoff_base, r.backoff_max);
+    }
+
+    fn on_observer(&mut self, msg: ObserverMsg) {
+        match msg {
+            ObserverMsg::Connected => self.request_list(),
+            ObserverMsg::Disconnected => {}
+            ObserverMsg::Upsert(c) => {
+                let (session, state) = (c.labels.session, c.state);
+                let mine = c.labels.owner == self.desired.owner;
+                self.observed.upsert(c);
+                if mine && self.desired.sessions.contains_key(&session) {
+                    self.record(session, "observed", format!("container is {}", state.as_str()));
+                }
+            }
+            ObserverMsg::Gone(id) => {
+                let session = self.observed.view().containers.get(&id).map(|c| c.labels.session);
+                self.observed.remove(&id);
+                if let Some(s) = session.filter(|s| self.desired.sessions.contains_key(s)) {
+                    self.record(s, "observed", "container destroyed".into());
+                }
+            }
+        }
+        self.publish_readiness();
+    }
+
+    fn on_terminal(&mut self, ev: TerminalEvent) {
+        match ev {
+            TerminalEvent::Lost(session) => self.observed.set_attached(session, false),
+        }
+    }
+
+    fn request_list(&mut self) {
+        if self.list_in_flight {
+            return;
+        }
+        self.list_in_flight = true;
+        let generation = self.observed.begin_list();
+        let at = self.now();
+        let runtime = self.runtime.clone();
+        let ns = self.policy.docker.namespace.clone();
+        let timeout = self.policy.reconcile.docker_timeout;
+        let tx = self.list_tx.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(
+            async move {
+                let res = timed(&metrics, "list", timeout, runtime.list(&ns)).await;
+                let _ = tx.send((generation, at, res)).await;
+            }
+            .instrument(info_span!("list")),
+        );
+    }
+
+    fn on_listed(
+        &mut self,
+        generation: u64,
+        at: Timestamp,
+        res: Result<Vec<berth_reconciler::ObservedContainer>, RuntimeError>,
+    ) {
+        self.list_in_flight = false;
+        match res {
+            Ok(list) => {
+                self.observed.apply_list(list, generation, at);
+                self.bind_unbound();
+            }
+            Err(e) => warn!(error = %e, "list failed"),
+        }
+        self.publish_readiness();
+    }
+
+    /// Binds sessions that have no container yet to the one container a list found for them (a create
+    /// whose reply was lost, or a name conflict).
+    fn bind_unbound(&mut self) {
+        let by_session = self.observed.view().by_session();
+        for s in self.desired.sessions.values_mut().filter(|s| s.container.is_none()) {
+            if let Some([only]) = by_session.get(&s.id).map(Vec::as_slice) {
+                if only.labels.owner == self.desired.owner {
+                    s.container = Some(only.id.clone());
+                }
+            }
+        }
+    }
+
+    fn on_policy(&mut self) {
+        let p = self.policy_rx.borrow_and_update().clone();
+        self.executor.reconfigure(p.reconcile.docker_timeout, p.reconcile.concurrency);
+        self.terminals.set_ring_bytes(p.server.replay_bytes);
+        info!(policy = %p.hash(), "policy applied");
+        self.policy = p;
+        self.publish_readiness();
+    }
+
+    fn begin_shutdown(&mut self, reply: Option<oneshot::Sender<()>>) {
+        if self.shutdown.is_some() {
+            if let Some(r) = reply {
+                let _ = r.send(());
+            }
+            return;
+        }
+        info!(mode = ?self.policy.reconcile.shutdown, "draining");
+        self.desired.draining = true;
+        for w in self.queue.drain(..) {
+            let _ = w.reply.send(Err(OpenError::Draining));
+        }
+        if self.policy.reconcile.shutdown == berth_reconciler::policy::ShutdownMode::Remove {
+            for s in self.desired.sessions.values_mut().filter(|s| s.ending.is_none()) {
+                s.ending = Some(EndReason::Shutdown);
+            }
+        }
+        let deadline = Instant::now() + self.policy.reconcile.shutdown_grace;
+        let (tx, rx) = oneshot::channel();
+        self.shutdown = Some((reply.unwrap_or(tx), deadline));
+        drop(rx);
+        self.publish_readiness();
+    }
+
+    fn finished(&self) -> bool {
+        let Some((_, deadline)) = &self.shutdown else {
+            return false;
+        };
+        if Instant::now() >= *deadline {
+            warn!(in_flight = self.in_flight.len(), "shutdown grace ran out");
+            return true;
+        }
+        let removing = self.policy.reconcile.shutdown == berth_reconciler::policy::ShutdownMode::Remove;
+        self.in_flight.is_empty() && (!removing || self.desired.sessions.is_empty() || !self.observed.is_listed())
+    }
+
+    // ----- the pass -----
+
+    fn pass(&mut self) {
+        if !self.observed.is_listed() {
+            return;
+        }
+        let started = Instant::now();
+        let now = self.now();
+        if !self.started {
+            self.apply_startup(now);
+        }
+        for s in self.desired.sessions.values_mut() {
+            if let Some(t) = self.terminals.get(&s.id) {
+                s.last_activity = s.last_activity.max(t.last_activity());
+            }
+        }
+        let Plan { actions, ends } = plan(&self.desired, self.observed.view(), &self.policy, now);
+        for (id, reason) in ends {
+            if let Some(s) = self.desired.sessions.get_mut(&id) {
+                if s.ending.is_none() {
+                    info!(session = %id, reason = %reason, "session ending");
+                    self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                    s.ending = Some(reason.clone());
+                    self.record(id, "ended", reason.to_string());
+                }
+            }
+        }
+        for action in actions {
+            self.dispatch(action);
+        }
+        self.publish_statuses();
+        self.admit_waiters();
+        self.update_gauges();
+        self.metrics.reconcile_passes.inc();
+        self.metrics.reconcile_duration.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
+    }
+
+    fn apply_startup(&mut self, now: Timestamp) {
+        self.started = true;
+        let s = startup(&self.desired, self.observed.view(), &self.policy, now);
+        info!(
+            mode = ?self.policy.reconcile.startup,
+            adopted = s.adopted.len(),
+            removing = s.remove.len(),
+            "startup: containers from an earlier run"
+        );
+        for session in s.adopted {
+            let id = session.id;
+            self.desired.sessions.insert(id, session);
+            self.statuses.insert(id, watch::channel(Status::pending()).0);
+            self.record(id, "observed", "adopted from an earlier run; detached".into());
+        }
+        if !s.remove.is_empty() {
+            self.dispatch(Action::BulkRemove { containers: s.remove, reason: RemoveReason::Startup });
+        }
+    }
+
+    fn dispatch(&mut self, mut action: Action) {
+        if let Action::BulkRemove { containers, .. } = &mut action {
+            containers.retain(|c| !self.in_flight.contains(&Key::Container(c.clone())));
+            let now = Instant::now();
+            containers.retain(|c| self.backoff.get(&Key::Container(c.clone())).is_none_or(|b| b.not_before <= now));
+            if containers.is_empty() {
+                return;
+            }
+        }
+        let keys = keys_of(&action);
+        if keys.iter().any(|k| self.in_flight.contains(k)) {
+            self.metrics.actions_deferred.with_label_values(&["in_flight"]).inc();
+            return;
+        }
+        let now = Instant::now();
+        if keys.iter().any(|k| self.backoff.get(k).is_some_and(|b| b.not_before > now)) {
+            self.metrics.actions_deferred.with_label_values(&["backoff"]).inc();
+            return;
+        }
+        if matches!(action, Action::Remove { .. } | Action::BulkRemove { .. }) {
+            for c in action.containers() {
+                self.observed.set_removal_requested(c, true);
+            }
+        }
+        if let Some(s) = action.session() {
+            let detail = match &action {
+                Action::Remove { container, reason, .. } => {
+                    format!("remove {} ({})", container.short(), reason.as_str())
+                }
+                Action::Attach { container, .. } => format!("attach {}", container.short()),
+                Action::Start { container, .. } => format!("start {}", container.short()),
+                Action::Stop { container, .. } => format!("stop {}", container.short()),
+                Action::Create { spec, .. } => format!("create {} from {}", spec.name, spec.image),
+                Action::BulkRemove { .. } => "bulk remove".into(),
+            };
+            self.record(s, "planned", detail);
+        }
+        self.in_flight.extend(keys);
+        let exec = self.executor.clone();
+        let tx = self.done_tx.clone();
+        let span = info_span!("action", action = action.kind().as_str(), session = ?action.session());
+        tokio::spawn(
+            async move {
+                let done = exec.run(action).await;
+                let _ = tx.send(done).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    fn publish_statuses(&mut self) {
+        let view = self.observed.view();
+        let mut gone = Vec::new();
+        for s in self.desired.sessions.values() {
+            let st = status_of(s, view);
+            if st.phase == Phase::Gone && !self.in_flight.contains(&Key::Session(s.id)) {
+                gone.push(s.id);
+            }
+            if let Some(tx) = self.statuses.get(&s.id) {
+                tx.send_if_modified(|cur| {
+                    if *cur == st {
+                        false
+                    } else {
+                        *cur = st;
+                        true
+                    }
+                });
+            }
+        }
+        for id in gone {
+            self.desired.sessions.remove(&id);
+            self.statuses.remove(&id);
+            self.leases.remove(&id);
+            self.decisions.remove(&id);
+            self.backoff.remove(&Key::Session(id));
+            self.terminals.forget(&id);
+            debug!(session = %id, "session gone");
+        }
+    }
+
+    fn admit_waiters(&mut self) {
+        let now = Instant::now();
+        let mut kept = VecDeque::new();
+        while let Some(w) = self.queue.pop_front() {
+            if w.reply.is_closed() {
+                continue;
+            }
+            if now >= w.deadline {
+                self.metrics.rejected.with_label_values(&["queue_timeout"]).inc();
+                let _ = w.reply.send(Err(OpenError::QueueTimeout(self.policy.limits.queue_wait)));
+                continue;
+            }
+            if kept.is_empty() && admit(&self.desired, &self.policy.limits, w.req.kind, w.req.client_ip).is_ok() {
+                match self.admit_now(w.req.clone()) {
+                    Ok(t) => {
+                        let _ = w.reply.send(Ok(t));
+                    }
+                    Err(e) => {
+                        let _ = w.reply.send(Err(e));
+                    }
+                }
+                continue;
+            }
+            kept.push_back(w);
+        }
+        for (i, w) in kept.iter().enumerate() {
+            w.position.send_if_modified(|p| {
+                let changed = *p != i + 1;
+                *p = i + 1;
+                changed
+            });
+        }
+        self.queue = kept;
+        self.metrics.queue_len.set(self.queue.len() as i64);
+    }
+
+    fn update_gauges(&self) {
+        let view = self.observed.view();
+        let mut phases: HashMap<Phase, i64> = Phase::ALL.iter().map(|p| (*p, 0)).collect();
+        for s in self.desired.sessions.values() {
+            *phases.entry(status_of(s, view).phase).or_default() += 1;
+        }
+        for (p, n) in phases {
+            self.metrics.sessions.with_label_values(&[p.as_str()]).set(n);
+        }
+        let mut states: HashMap<ContainerState, i64> = ContainerState::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut drift = 0;
+        for c in view.containers.values().filter(|c| c.labels.owner == self.desired.owner) {
+            *states.entry(c.state).or_default() += 1;
+            if let Some(p) = self.policy.profiles.get(&c.labels.profile) {
+                if p.hash() != c.labels.policy_hash && c.state == ContainerState::Running {
+                    drift += 1;
+                }
+            }
+        }
+        for (s, n) in states {
+            self.metrics.containers.with_label_values(&[s.as_str()]).set(n);
+        }
+        self.metrics.drifted.set(drift);
+    }
+
+    fn info(&self, id: &SessionId) -> Option<SessionInfo> {
+        let s = self.desired.sessions.get(id)?;
+        let view = self.observed.view();
+        let now = self.now();
+        let container = s.container.as_ref().and_then(|c| view.containers.get(c));
+        Some(SessionInfo {
+            id: s.id,
+            status: status_of(s, view),
+            profile: s.profile.clone(),
+            kind: s.kind,
+            age_seconds: now.since(s.created_at).as_secs(),
+            idle_seconds: now.since(s.last_activity).as_secs(),
+            attached: s.attachment == Attachment::Attached,
+            client_ip: s.client_ip,
+            owner: self.desired.owner.to_string(),
+            policy_hash: container.map(|c| c.labels.policy_hash.clone()),
+            current_policy_hash: self.policy.profiles.get(&s.profile).map(berth_reconciler::policy::Profile::hash),
+            adopted: s.adopted,
+        })
+    }
+
+    fn list_sessions(&self) -> Vec<SessionInfo> {
+        self.desired.sessions.keys().filter_map(|id| self.info(id)).collect()
+    }
+}

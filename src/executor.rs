@@ -1,0 +1,289 @@
+//! The executor: interprets planned actions against the runtime, with bounded concurrency and a timeout
+//! on every call. It decides nothing; outcomes go back to the controller.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_reconciler::observed::Health;
+use berth_reconciler::{
+    Action, ContainerId, ContainerSpec, ContainerState, LabelNamespace, ManagedLabels, ObservedContainer, SessionId,
+};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+use crate::runtime::{AttachIo, Runtime, RuntimeError};
+
+/// Runs one runtime call under `timeout`, recording its result and latency as `op`.
+pub async fn timed<T>(
+    metrics: &Metrics,
+    op: &'static str,
+    timeout: Duration,
+    call: impl Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    let started = Instant::now();
+    let res = match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(RuntimeError::Timeout { op, after: timeout }),
+    };
+    metrics.docker_latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+    metrics.docker_calls.with_label_values(&[op, if res.is_ok() { "ok" } else { "error" }]).inc();
+    res
+}
+
+/// The delay before retrying after the `attempt`-th consecutive failure (1-based), or `None` to give up.
+/// A separate function of the error and the attempt, so the policy is testable on its own.
+pub fn retry_delay(error: &RuntimeError, attempt: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
+    let delay = exp.min(max);
+    match error {
+        // An engine that is down gets the longer waits at once: no hot loop while it restarts.
+        RuntimeError::Unreachable(_) => delay.max(base.saturating_mul(4)).min(max),
+        _ => delay,
+    }
+}
+
+/// What one action did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A container was created.
+    Created {
+        /// The session.
+        session: SessionId,
+        /// The container as created (state `created`).
+        container: ObservedContainer,
+    },
+    /// The terminal stream is held.
+    Attached {
+        /// The session.
+        session: SessionId,
+    },
+    /// A container started.
+    Started {
+        /// Its id.
+        container: ContainerId,
+    },
+    /// A container stopped.
+    Stopped {
+        /// Its id.
+        container: ContainerId,
+    },
+    /// Containers were removed and verified gone.
+    Removed {
+        /// Their ids.
+        containers: Vec<ContainerId>,
+    },
+}
+
+/// An action's result, with the per-container failures of a bulk removal.
+#[derive(Debug)]
+pub struct Completed {
+    /// The action that ran.
+    pub action: Action,
+    /// What it did, or why it failed.
+    pub result: Result<Outcome, RuntimeError>,
+    /// For bulk removals: containers that could not be removed.
+    pub failed: Vec<(ContainerId, RuntimeError)>,
+}
+
+/// Receives attach streams; the terminal registry implements it.
+pub trait AttachSink: Send + Sync + 'static {
+    /// Takes the attach stream of `session`.
+    fn connect(&self, session: SessionId, io: AttachIo);
+}
+
+/// Applies actions to a runtime.
+pub struct Executor<R> {
+    runtime: R,
+    ns: LabelNamespace,
+    timeout: Duration,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn AttachSink>,
+}
+
+impl<R> std::fmt::Debug for Executor<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+impl<R> Clone for Executor<R>
+where
+    R: Clone,
+{
+    fn clone(&self) -> Self {
+        Self {
+            runtime: self.runtime.clone(),
+            ns: self.ns.clone(),
+            timeout: self.timeout,
+            permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
+            sink: self.sink.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> Executor<R> {
+    /// An executor running at most `concurrency` Docker actions at once.
+    pub fn new(
+        runtime: R,
+        ns: LabelNamespace,
+        timeout: Duration,
+        concurrency: usize,
+        metrics: Arc<Metrics>,
+        sink: Arc<dyn AttachSink>,
+    ) -> Self {
+        Self { runtime, ns, timeout, permits: Arc::new(Semaphore::new(concurrency.max(1))), metrics, sink }
+    }
+
+    /// Changes the timeout and concurrency for actions started from now on.
+    pub fn reconfigure(&mut self, timeout: Duration, concurrency: usize) {
+        self.timeout = timeout;
+        let current = self.permits.available_permits();
+        if concurrency != current {
+            // New semaphore: actions already holding permits finish under the old bound.
+            self.permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        op: &'static str,
+        f: impl Future<Output = Result<T, RuntimeError>>,
+    ) -> Result<T, RuntimeError> {
+        timed(&self.metrics, op, self.timeout, f).await
+    }
+
+    /// Runs one action to completion.
+    pub async fn run(&self, action: Action) -> Completed {
+        let kind = action.kind();
+        let mut failed = Vec::new();
+        let result = match &action {
+            Action::Create { session, spec } => self.create(*session, spec).await,
+            Action::Attach { session, container } => self.attach(*session, container).await,
+            Action::Start { container, .. } => {
+                let _permit = self.permits.acquire().await;
+                self.call("start", self.runtime.start(container))
+                    .await
+                    .map(|()| Outcome::Started { container: container.clone() })
+            }
+            Action::Stop { container, timeout, .. } => {
+                let _permit = self.permits.acquire().await;
+                let t = *timeout + self.timeout;
+                timed(&self.metrics, "stop", t, self.runtime.stop(container, *timeout))
+                    .await
+                    .map(|()| Outcome::Stopped { container: container.clone() })
+            }
+            Action::Remove { container, .. } => {
+                let _permit = self.permits.acquire().await;
+                self.remove_verified(container).await.map(|()| Outcome::Removed { containers: vec![container.clone()] })
+            }
+            Action::BulkRemove { containers, .. } => {
+                let results: Vec<(ContainerId, Result<(), RuntimeError>)> = futures::stream::iter(containers.clone())
+                    .map(|id| async move {
+                        let _permit = self.permits.acquire().await;
+                        let r = self.remove_verified(&id).await;
+                        (id, r)
+                    })
+                    .buffer_unordered(containers.len().max(1))
+                    .collect()
+                    .await;
+                let mut removed = Vec::new();
+                for (id, r) in results {
+                    match r {
+                        Ok(()) => removed.push(id),
+                        Err(e) => failed.push((id, e)),
+                    }
+                }
+                Ok(Outcome::Removed { containers: removed })
+            }
+        };
+        let ok = result.is_ok() && failed.is_empty();
+        self.metrics.actions.with_label_values(&[kind.as_str(), if ok { "ok" } else { "error" }]).inc();
+        if let Err(e) = &result {
+            warn!(action = kind.as_str(), session = ?action.session(), error = %e, "action failed");
+        }
+        Completed { action, result, failed }
+    }
+
+    async fn create(&self, session: SessionId, spec: &ContainerSpec) -> Result<Outcome, RuntimeError> {
+        if !spec.is_marked(&self.ns) {
+            return Err(RuntimeError::Rejected("refusing to create a container without berth's marker".into()));
+        }
+        let _permit = self.permits.acquire().await;
+        let id = self.call("create", self.runtime.create(spec)).await?;
+        let labels: std::collections::HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        let labels = ManagedLabels::parse(&self.ns, &labels)
+            .ok()
+            .flatten()
+            .ok_or_else(|| RuntimeError::Rejected("spec labels do not parse".into()))?;
+        debug!(session = %session, container = %id.short(), "created");
+        Ok(Outcome::Created {
+            session,
+            container: ObservedContainer {
+                id,
+                labels,
+                state: ContainerState::Created,
+                exit_code: None,
+                oom_killed: false,
+                health: Health::Unknown,
+                removal_requested: false,
+            },
+        })
+    }
+
+    async fn attach(&self, session: SessionId, container: &ContainerId) -> Result<Outcome, RuntimeError> {
+        // Attach does not take a permit: it is a long-lived stream, not a state change, and it must
+        // not queue behind creates (it sits between create and start on every session's path).
+        let io = self.call("attach", self.runtime.attach(container)).await?;
+        self.sink.connect(session, io);
+        Ok(Outcome::Attached { session })
+    }
+
+    /// Force-removes and then inspects until Docker says 404.
+    async fn remove_verified(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        self.call("remove", self.runtime.remove(id)).await?;
+        let deadline = Instant::now() + self.timeout;
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match self.call("inspect", self.runtime.inspect(&self.ns, id)).await? {
+                None => return Ok(()),
+                Some(c) if Instant::now() >= deadline => {
+                    return Err(RuntimeError::Other(format!("container still present ({:?}) after removal", c.state)));
+                }
+                Some(_) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_then_caps() {
+        let e = RuntimeError::Other("x".into());
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        let delays: Vec<_> = (1..=7).map(|a| retry_delay(&e, a, base, max)).collect();
+        assert_eq!(delays[0], Duration::from_millis(100));
+        assert_eq!(delays[1], Duration::from_millis(200));
+        assert_eq!(delays[3], Duration::from_millis(800));
+        assert_eq!(delays[6], max);
+    }
+
+    #[test]
+    fn an_unreachable_engine_is_retried_slowly_from_the_start() {
+        let e = RuntimeError::Unreachable("gone".into());
+        let d = retry_delay(&e, 1, Duration::from_millis(100), Duration::from_secs(30));
+        assert_eq!(d, Duration::from_millis(400));
+        assert_eq!(retry_delay(&e, 40, Duration::from_millis(100), Duration::from_secs(30)), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,13 @@
+//! berth: browser terminals, one hardened Docker container per session, run by a reconciliation controller.
+//!
+//! The pure core (planner, state, policy) lives in `berth-reconciler`; this crate holds the adapters:
+//! the Docker runtime, observer, executor, controller loop, terminal data path, HTTP/WebSocket API and metrics.
+
+pub mod controller;
+pub mod executor;
+pub mod metrics;
+pub mod observer;
+pub mod runtime;
+pub mod terminal;
+
+pub use berth_reconciler as reconciler;

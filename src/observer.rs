@@ -1,0 +1,129 @@
+//! The observer: follows Docker's event stream for managed containers and turns each event into an
+//! authoritative container state (by inspecting it), reconnecting with backoff when the engine goes away.
+//!
+//! Lists are run by the controller; this task tells it when one is needed (at connect and reconnect).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_reconciler::{ContainerId, LabelNamespace, ObservedContainer};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::executor::timed;
+use crate::metrics::Metrics;
+use crate::runtime::{EventKind, Runtime};
+
+/// What the observer reports to the controller.
+#[derive(Debug)]
+pub enum ObserverMsg {
+    /// The engine answers again (or for the first time): take a full list.
+    Connected,
+    /// The engine stopped answering.
+    Disconnected,
+    /// A container's current state, after an event.
+    Upsert(ObservedContainer),
+    /// A container no longer exists.
+    Gone(ContainerId),
+}
+
+/// Settings for the observer task.
+#[derive(Debug, Clone)]
+pub struct ObserverConfig {
+    /// The label namespace to follow.
+    pub ns: LabelNamespace,
+    /// Timeout on each call.
+    pub timeout: Duration,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+/// Runs until `shutdown` flips to true or the controller goes away.
+pub async fn run<R: Runtime>(
+    runtime: R,
+    cfg: ObserverConfig,
+    tx: mpsc::Sender<ObserverMsg>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut was_up: Option<bool> = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let up = timed(&metrics, "ping", cfg.timeout, runtime.ping()).await.is_ok();
+        if !up {
+            if was_up != Some(false) {
+                warn!("docker engine unreachable; retrying with backoff");
+                metrics.docker_up.set(0);
+                if tx.send(ObserverMsg::Disconnected).await.is_err() {
+                    return;
+                }
+            }
+            was_up = Some(false);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(cfg.max_backoff);
+            continue;
+        }
+        // Subscribe first, then ask for a list: nothing between the two is missed.
+        let mut events = runtime.events(&cfg.ns);
+        info!("docker engine reachable; following events");
+        metrics.docker_up.set(1);
+        backoff = Duration::from_millis(100);
+        if tx.send(ObserverMsg::Connected).await.is_err() {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                ev = events.next() => ev,
+                _ = shutdown.changed() => return,
+            };
+            let ev = match next {
+                Some(Ok(ev)) => ev,
+                Some(Err(e)) => {
+                    warn!(error = %e, "docker event stream failed");
+                    break;
+                }
+                None => {
+                    warn!("docker event stream ended");
+                    break;
+                }
+            };
+            let kind = match ev.kind {
+                EventKind::Create => "create",
+                EventKind::Start => "start",
+                EventKind::Die => "die",
+                EventKind::Oom => "oom",
+                EventKind::Destroy => "destroy",
+                EventKind::Health => "health",
+                EventKind::Other => "other",
+            };
+            metrics.events.with_label_values(&[kind]).inc();
+            let msg = match ev.kind {
+                EventKind::Other => continue,
+                EventKind::Destroy => ObserverMsg::Gone(ev.container),
+                _ => match timed(&metrics, "inspect", cfg.timeout, runtime.inspect(&cfg.ns, &ev.container)).await {
+                    Ok(Some(c)) => ObserverMsg::Upsert(c),
+                    Ok(None) => ObserverMsg::Gone(ev.container),
+                    Err(e) => {
+                        warn!(container = %ev.container.short(), error = %e, "inspect after event failed");
+                        continue;
+                    }
+                },
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        metrics.docker_up.set(0);
+        if tx.send(ObserverMsg::Disconnected).await.is_err() {
+            return;
+        }
+        was_up = Some(false);
+    }
+}

@@ -1,0 +1,373 @@
+//! The Docker runtime, through bollard. This is the only module in berth that imports bollard.
+//!
+//! Containers are found by label filters only; no Docker name filter ever carries client text.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use berth_reconciler::observed::{ContainerState, Health};
+use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer};
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig,
+    RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tracing::warn;
+
+use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent};
+
+/// The oldest engine API berth speaks (Docker 20.10); newer engines are negotiated up.
+const MIN_API: bollard::ClientVersion = bollard::ClientVersion { major_version: 1, minor_version: 41 };
+
+/// A Docker engine reached through bollard.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine at `host` (a `unix://` path or `tcp://` address), or the local default
+    /// (`DOCKER_HOST`, else `/var/run/docker.sock`), negotiating the API version.
+    ///
+    /// # Errors
+    /// When the address is malformed or the engine does not answer the version call.
+    pub async fn connect(host: Option<&str>) -> Result<Self, RuntimeError> {
+        let docker = match host {
+            Some(h) if h.starts_with("unix://") || h.starts_with('/') => {
+                Docker::connect_with_socket(h.trim_start_matches("unix://"), 30, bollard::API_DEFAULT_VERSION)
+            }
+            Some(h) => Docker::connect_with_http(h, 30, bollard::API_DEFAULT_VERSION),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(map_err)?;
+        let docker = docker.negotiate_version().await.map_err(map_err)?;
+        Ok(Self { docker })
+    }
+
+    /// Connects without talking to the engine yet; the version is negotiated on first success of `ping`.
+    ///
+    /// # Errors
+    /// When the address is malformed.
+    pub fn connect_lazy(host: Option<&str>) -> Result<Self, RuntimeError> {
+        let docker = match host {
+            Some(h) if h.starts_with("unix://") || h.starts_with('/') => {
+                Docker::connect_with_socket(h.trim_start_matches("unix://"), 30, &MIN_API)
+            }
+            Some(h) => Docker::connect_with_http(h, 30, &MIN_API),
+            None => Docker::connect_with_socket("/var/run/docker.sock", 30, &MIN_API),
+        }
+        .map_err(map_err)?;
+        Ok(Self { docker })
+    }
+}
+
+fn map_err(e: BollardError) -> RuntimeError {
+    match e {
+        BollardError::DockerResponseServerError { status_code: 404, message } => RuntimeError::NotFound(message),
+        BollardError::DockerResponseServerError { status_code: 409, message } => RuntimeError::Conflict(message),
+        BollardError::DockerResponseServerError { status_code: 400, message } => RuntimeError::Rejected(message),
+        BollardError::DockerResponseServerError { status_code, message } => {
+            RuntimeError::Other(format!("{status_code}: {message}"))
+        }
+        BollardError::IOError { err } => RuntimeError::Unreachable(err.to_string()),
+        BollardError::HyperResponseError { err } => RuntimeError::Unreachable(err.to_string()),
+        BollardError::SocketNotFoundError(p) => RuntimeError::Unreachable(format!("socket not found: {p}")),
+        other => RuntimeError::Other(other.to_string()),
+    }
+}
+
+fn label_filter(ns: &LabelNamespace) -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![format!("{}=true", ns.marker())])])
+}
+
+/// `Exited (137) 3 seconds ago` → 137.
+fn exit_code_from_status(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split(')').next()?.parse().ok()
+}
+
+fn health_from_status(status: &str) -> Health {
+    if status.contains("(unhealthy)") {
+        Health::Unhealthy
+    } else if status.contains("(healthy)") {
+        Health::Healthy
+    } else if status.contains("(health: starting)") {
+        Health::Starting
+    } else {
+        Health::Unknown
+    }
+}
+
+fn parse_managed(
+    ns: &LabelNamespace,
+    id: Option<&str>,
+    labels: Option<&HashMap<String, String>>,
+) -> Option<(ContainerId, ManagedLabels)> {
+    let id: ContainerId = id?.parse().ok()?;
+    match ManagedLabels::parse(ns, labels?) {
+        Ok(Some(l)) => Some((id, l)),
+        Ok(None) => None,
+        Err(e) => {
+            warn!(container = %id.short(), error = %e, "container carries the marker but unreadable labels; ignoring it");
+            None
+        }
+    }
+}
+
+impl Runtime for DockerRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.docker.ping().await.map(|_| ()).map_err(map_err)
+    }
+
+    async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
+        let filters = label_filter(ns);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(map_err)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let (id, labels) = parse_managed(ns, c.id.as_deref(), c.labels.as_ref())?;
+                let state = ContainerState::from_docker(&c.state.map(|s| s.to_string()).unwrap_or_default());
+                let status = c.status.unwrap_or_default();
+                Some(ObservedContainer {
+                    id,
+                    labels,
+                    state,
+                    exit_code: exit_code_from_status(&status),
+                    oom_killed: false,
+                    health: health_from_status(&status),
+                    removal_requested: false,
+                })
+            })
+            .collect())
+    }
+
+    async fn inspect(&self, ns: &LabelNamespace, id: &ContainerId) -> Result<Option<ObservedContainer>, RuntimeError> {
+        let info = match self.docker.inspect_container(id.as_str(), None).await.map_err(map_err) {
+            Ok(info) => info,
+            Err(RuntimeError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let labels = info.config.as_ref().and_then(|c| c.labels.as_ref());
+        let Some((id, labels)) = parse_managed(ns, info.id.as_deref(), labels) else {
+            return Ok(None);
+        };
+        let st = info.state.unwrap_or_default();
+        let state = match st.status {
+            Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
+            Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
+            Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
+            Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
+            Some(ContainerStateStatusEnum::REMOVING) => ContainerState::Removing,
+            Some(ContainerStateStatusEnum::EXITED) => ContainerState::Exited,
+            _ => ContainerState::Dead,
+        };
+        let health = match st.health.and_then(|h| h.status) {
+            Some(HealthStatusEnum::STARTING) => Health::Starting,
+            Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
+            Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
+            _ => Health::Unknown,
+        };
+        let exited = matches!(state, ContainerState::Exited | ContainerState::Dead);
+        Ok(Some(ObservedContainer {
+            id,
+            labels,
+            state,
+            exit_code: if exited { st.exit_code } else { None },
+            oom_killed: st.oom_killed.unwrap_or(false),
+            health,
+            removal_requested: false,
+        }))
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<ContainerId, RuntimeError> {
+        let body = create_body(spec);
+        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let resp = self.docker.create_container(Some(opts), body).await.map_err(map_err)?;
+        resp.id.parse().map_err(|_| RuntimeError::Other("docker returned a malformed container id".into()))
+    }
+
+    async fn start(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        self.docker.start_container(id.as_str(), None).await.map_err(map_err)
+    }
+
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<(), RuntimeError> {
+        let secs = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let opts = StopContainerOptionsBuilder::default().t(secs).build();
+        match self.docker.stop_container(id.as_str(), Some(opts)).await.map_err(map_err) {
+            Ok(()) | Err(RuntimeError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn remove(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(id.as_str(), Some(opts)).await.map_err(map_err) {
+            Ok(()) | Err(RuntimeError::NotFound(_)) => Ok(()),
+            // "removal of container ... is already in progress"
+            Err(RuntimeError::Conflict(m)) if m.contains("already in progress") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn attach(&self, id: &ContainerId) -> Result<AttachIo, RuntimeError> {
+        let opts = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let res = self.docker.attach_container(id.as_str(), Some(opts)).await.map_err(map_err)?;
+        let output = res.output.map_ok(|chunk| chunk.into_bytes()).map_err(map_err).boxed();
+        let docker = self.docker.clone();
+        let cid = id.clone();
+        let resize = Box::new(move |cols: u16, rows: u16| {
+            let docker = docker.clone();
+            let cid = cid.clone();
+            Box::pin(async move {
+                let opts = ResizeContainerTTYOptionsBuilder::default().w(i32::from(cols)).h(i32::from(rows)).build();
+                docker.resize_container_tty(cid.as_str(), opts).await.map_err(map_err)
+            }) as futures::future::BoxFuture<'static, Result<(), RuntimeError>>
+        });
+        Ok(AttachIo { output, input: res.input, resize })
+    }
+
+    fn events(&self, ns: &LabelNamespace) -> futures::stream::BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("label".to_owned(), vec![format!("{}=true", ns.marker())]),
+        ]);
+        let opts = EventsOptionsBuilder::default().filters(&filters).build();
+        self.docker
+            .events(Some(opts))
+            .filter_map(|ev| async move {
+                match ev {
+                    Err(e) => Some(Err(map_err(e))),
+                    Ok(msg) => {
+                        let id: ContainerId = msg.actor.as_ref()?.id.as_deref()?.parse().ok()?;
+                        let action = msg.action.unwrap_or_default();
+                        let kind = match action.as_str() {
+                            "create" => EventKind::Create,
+                            "start" => EventKind::Start,
+                            "die" => EventKind::Die,
+                            "oom" => EventKind::Oom,
+                            "destroy" => EventKind::Destroy,
+                            a if a.starts_with("health_status") => EventKind::Health,
+                            _ => EventKind::Other,
+                        };
+                        Some(Ok(RuntimeEvent { container: id, kind }))
+                    }
+                }
+            })
+            .boxed()
+    }
+
+    async fn log_tail(&self, id: &ContainerId, max_bytes: usize) -> Result<Bytes, RuntimeError> {
+        // A TTY container's log is its terminal output. Lines are a rough unit; trim to bytes after.
+        let lines = (max_bytes / 16).clamp(64, 100_000).to_string();
+        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&lines).build();
+        let mut out = Vec::new();
+        let mut stream = self.docker.logs(id.as_str(), Some(opts));
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.map_err(map_err)?.into_bytes());
+        }
+        let start = out.len().saturating_sub(max_bytes);
+        Ok(Bytes::copy_from_slice(&out[start..]))
+    }
+}
+
+fn secs_to_nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Translates berth's container spec into Docker's create body: TTY and open stdin, hardening from the profile,
+/// restart policy `no`, bounded logs.
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let sec = &spec.security;
+    let mut security_opt = Vec::new();
+    if sec.no_new_privileges {
+        security_opt.push("no-new-privileges:true".to_owned());
+    }
+    if let Some(p) = &sec.seccomp {
+        security_opt.push(format!("seccomp={p}"));
+    }
+    if let Some(p) = &sec.apparmor {
+        security_opt.push(format!("apparmor={p}"));
+    }
+    let tmpfs: HashMap<String, String> = sec.tmpfs.iter().map(|t| (t.path.clone(), t.options.clone())).collect();
+    let host_config = HostConfig {
+        memory: Some(spec.resources.memory_bytes),
+        memory_swap: Some(spec.resources.memory_bytes),
+        nano_cpus: Some(spec.resources.nano_cpus),
+        pids_limit: Some(spec.resources.pids),
+        readonly_rootfs: Some(sec.read_only_root),
+        cap_drop: sec.cap_drop_all.then(|| vec!["ALL".to_owned()]),
+        security_opt: Some(security_opt),
+        tmpfs: Some(tmpfs),
+        init: Some(sec.init),
+        network_mode: Some(spec.network.clone()),
+        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        auto_remove: Some(false),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".to_owned()),
+            config: Some(HashMap::from([
+                ("max-size".to_owned(), spec.logs.max_size.clone()),
+                ("max-file".to_owned(), spec.logs.max_files.to_string()),
+            ])),
+        }),
+        ..Default::default()
+    };
+    let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
+        test: Some(std::iter::once("CMD".to_owned()).chain(h.command.iter().cloned()).collect()),
+        interval: Some(secs_to_nanos(h.interval)),
+        timeout: Some(secs_to_nanos(h.timeout)),
+        retries: Some(i64::from(h.retries)),
+        start_period: Some(secs_to_nanos(h.start_period)),
+        start_interval: None,
+    });
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: spec.command.clone(),
+        env: Some(spec.env.iter().map(|e| format!("{}={}", e.name, e.value)).collect()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        user: Some(spec.user.clone()),
+        working_dir: spec.working_dir.clone(),
+        tty: Some(true),
+        open_stdin: Some(true),
+        stdin_once: Some(false),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        healthcheck,
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_read_from_list_status() {
+        assert_eq!(exit_code_from_status("Exited (137) 3 seconds ago"), Some(137));
+        assert_eq!(exit_code_from_status("Exited (0) About a minute ago"), Some(0));
+        assert_eq!(exit_code_from_status("Up 3 seconds"), None);
+    }
+
+    #[test]
+    fn health_is_read_from_list_status() {
+        assert_eq!(health_from_status("Up 3 seconds (unhealthy)"), Health::Unhealthy);
+        assert_eq!(health_from_status("Up 3 seconds (healthy)"), Health::Healthy);
+        assert_eq!(health_from_status("Up 1 second (health: starting)"), Health::Starting);
+        assert_eq!(health_from_status("Up 3 seconds"), Health::Unknown);
+    }
+}

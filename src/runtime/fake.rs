@@ -1,0 +1,232 @@
+//! An in-memory container engine for controller and executor tests: deterministic, instant, and
+//! scriptable (fail the next calls of an operation, count calls, emit events).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use berth_reconciler::observed::{ContainerState, Health};
+use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent};
+
+#[derive(Debug, Default)]
+struct State {
+    next: u64,
+    containers: BTreeMap<ContainerId, (String, HashMap<String, String>, ContainerState, Option<i64>)>,
+    calls: BTreeMap<&'static str, u64>,
+    fail_next: BTreeMap<&'static str, Vec<RuntimeError>>,
+    down: bool,
+}
+
+/// The fake engine. Clones share state.
+#[derive(Debug, Clone)]
+pub struct FakeRuntime {
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<RuntimeEvent>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        Self { state: Arc::default(), events: broadcast::channel(1024).0 }
+    }
+}
+
+impl FakeRuntime {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn enter(&self, op: &'static str) -> Result<(), RuntimeError> {
+        let mut s = self.lock();
+        *s.calls.entry(op).or_default() += 1;
+        if s.down {
+            return Err(RuntimeError::Unreachable("fake engine is down".into()));
+        }
+        match s.fail_next.get_mut(op) {
+            Some(errs) if !errs.is_empty() => Err(errs.remove(0)),
+            _ => Ok(()),
+        }
+    }
+
+    fn emit(&self, container: &ContainerId, kind: EventKind) {
+        let _ = self.events.send(RuntimeEvent { container: container.clone(), kind });
+    }
+
+    /// How many times `op` was called.
+    pub fn calls(&self, op: &str) -> u64 {
+        self.lock().calls.get(op).copied().unwrap_or(0)
+    }
+
+    /// Makes the next call(s) of `op` fail with `err`, once per queued error.
+    pub fn fail_next(&self, op: &'static str, err: RuntimeError) {
+        self.lock().fail_next.entry(op).or_default().push(err);
+    }
+
+    /// Takes the engine down (every call fails as unreachable) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// Number of containers in `state`, or all when `None`.
+    pub fn count(&self, state: Option<ContainerState>) -> usize {
+        self.lock().containers.values().filter(|c| state.is_none_or(|s| c.2 == s)).count()
+    }
+
+    /// Ids of every container.
+    pub fn ids(&self) -> Vec<ContainerId> {
+        self.lock().containers.keys().cloned().collect()
+    }
+
+    /// Adds a container as if someone else had created it.
+    pub fn insert(&self, labels: HashMap<String, String>, state: ContainerState) -> ContainerId {
+        let mut s = self.lock();
+        s.next += 1;
+        let id: ContainerId = format!("{:064x}", s.next).parse().unwrap_or_else(|_| unreachable!("hex id"));
+        let name = format!("outside-{}", s.next);
+        s.containers.insert(id.clone(), (name, labels, state, None));
+        id
+    }
+
+    /// Ends a container's process as `docker kill` would, and emits `die`.
+    pub fn kill(&self, id: &ContainerId, exit_code: i64) {
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.2 = ContainerState::Exited;
+            c.3 = Some(exit_code);
+        }
+        self.emit(id, EventKind::Die);
+    }
+
+    /// Removes a container behind berth's back, and emits `destroy`.
+    pub fn remove_outside(&self, id: &ContainerId) {
+        self.lock().containers.remove(id);
+        self.emit(id, EventKind::Destroy);
+    }
+
+    fn observed(
+        ns: &LabelNamespace,
+        id: &ContainerId,
+        labels: &HashMap<String, String>,
+        state: ContainerState,
+        code: Option<i64>,
+    ) -> Option<ObservedContainer> {
+        let labels = ManagedLabels::parse(ns, labels).ok()??;
+        Some(ObservedContainer {
+            id: id.clone(),
+            labels,
+            state,
+            exit_code: code,
+            oom_killed: false,
+            health: Health::Unknown,
+            removal_requested: false,
+        })
+    }
+}
+
+impl Runtime for FakeRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.enter("ping")
+    }
+
+    async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
+        self.enter("list")?;
+        let s = self.lock();
+        Ok(s.containers.iter().filter_map(|(id, (_, l, st, code))| Self::observed(ns, id, l, *st, *code)).collect())
+    }
+
+    async fn inspect(&self, ns: &LabelNamespace, id: &ContainerId) -> Result<Option<ObservedContainer>, RuntimeError> {
+        self.enter("inspect")?;
+        let s = self.lock();
+        Ok(s.containers.get(id).and_then(|(_, l, st, code)| Self::observed(ns, id, l, *st, *code)))
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<ContainerId, RuntimeError> {
+        self.enter("create")?;
+        let id = {
+            let mut s = self.lock();
+            if s.containers.values().any(|c| c.0 == spec.name) {
+                return Err(RuntimeError::Conflict(format!("name {} in use", spec.name)));
+            }
+            s.next += 1;
+            let id: ContainerId = format!("{:064x}", s.next).parse().unwrap_or_else(|_| unreachable!("hex id"));
+            let labels = spec.labels.clone().into_iter().collect();
+            s.containers.insert(id.clone(), (spec.name.clone(), labels, ContainerState::Created, None));
+            id
+        };
+        self.emit(&id, EventKind::Create);
+        Ok(id)
+    }
+
+    async fn start(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        self.enter("start")?;
+        match self.lock().containers.get_mut(id) {
+            Some(c) => c.2 = ContainerState::Running,
+            None => return Err(RuntimeError::NotFound(id.to_string())),
+        }
+        self.emit(id, EventKind::Start);
+        Ok(())
+    }
+
+    async fn stop(&self, id: &ContainerId, _grace: Duration) -> Result<(), RuntimeError> {
+        self.enter("stop")?;
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.2 = ContainerState::Exited;
+            c.3 = Some(143);
+        }
+        self.emit(id, EventKind::Die);
+        Ok(())
+    }
+
+    async fn remove(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        self.enter("remove")?;
+        let existed = self.lock().containers.remove(id).is_some();
+        if existed {
+            self.emit(id, EventKind::Destroy);
+        }
+        Ok(())
+    }
+
+    async fn attach(&self, id: &ContainerId) -> Result<AttachIo, RuntimeError> {
+        self.enter("attach")?;
+        if !self.lock().containers.contains_key(id) {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        // The fake "shell" echoes its input.
+        let (client, mut shell) = tokio::io::duplex(64 << 10);
+        let (client_read, client_write) = tokio::io::split(client);
+        drop(client_read);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = shell.read(&mut buf).await {
+                if n == 0 || tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let echoed = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(AttachIo {
+            output: echoed.boxed(),
+            input: Box::pin(client_write),
+            resize: Box::new(|_, _| Box::pin(async { Ok(()) })),
+        })
+    }
+
+    fn events(&self, _ns: &LabelNamespace) -> futures::stream::BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
+        if self.lock().down {
+            return futures::stream::once(async { Err(RuntimeError::Unreachable("fake engine is down".into())) })
+                .boxed();
+        }
+        BroadcastStream::new(self.events.subscribe()).filter_map(|e| async move { e.ok().map(Ok) }).boxed()
+    }
+
+    async fn log_tail(&self, _id: &ContainerId, _max_bytes: usize) -> Result<Bytes, RuntimeError> {
+        self.enter("log_tail")?;
+        Ok(Bytes::new())
+    }
+}

@@ -1,0 +1,134 @@
+//! The narrow container-runtime interface the controller drives, and its error type.
+//!
+//! `docker` implements it with bollard (the only module that imports bollard); `fake` is an in-memory
+//! engine for controller tests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ObservedContainer};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use tokio::io::AsyncWrite;
+
+pub mod docker;
+pub mod fake;
+
+/// A runtime call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be reached (socket missing, connection refused or reset).
+    #[error("docker unreachable: {0}")]
+    Unreachable(String),
+    /// The call did not finish within its timeout.
+    #[error("docker call {op} timed out after {after:?}")]
+    Timeout {
+        /// Which call.
+        op: &'static str,
+        /// The timeout that ran out.
+        after: Duration,
+    },
+    /// The container (or image) does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A container with that name already exists.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The engine refused the request as invalid; retrying will not help.
+    #[error("rejected by docker: {0}")]
+    Rejected(String),
+    /// Any other engine error.
+    #[error("docker error: {0}")]
+    Other(String),
+}
+
+impl RuntimeError {
+    /// Whether retrying the same call can succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::NotFound(_) | Self::Rejected(_))
+    }
+}
+
+/// What a Docker event told us about one managed container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// The container was created.
+    Create,
+    /// It started.
+    Start,
+    /// Its main process exited.
+    Die,
+    /// The OOM killer hit it.
+    Oom,
+    /// It was removed.
+    Destroy,
+    /// Its health status changed.
+    Health,
+    /// Something else (attach, resize, kill, ...): ignored.
+    Other,
+}
+
+/// One container event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEvent {
+    /// The container.
+    pub container: ContainerId,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The terminal byte stream of an attached container.
+pub struct AttachIo {
+    /// Output from the container's TTY.
+    pub output: BoxStream<'static, Result<Bytes, RuntimeError>>,
+    /// Input to the container's TTY.
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+    /// Resizes the TTY to (columns, rows).
+    pub resize: Box<dyn Fn(u16, u16) -> BoxFuture<'static, Result<(), RuntimeError>> + Send + Sync>,
+}
+
+impl std::fmt::Debug for AttachIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttachIo")
+    }
+}
+
+/// The calls berth makes to a container engine. Implementations put no timeouts of their own; the
+/// executor wraps every call in one.
+pub trait Runtime: Clone + Send + Sync + 'static {
+    /// Checks the engine answers.
+    fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Lists every container carrying `ns`'s managed marker, in any state.
+    fn list(&self, ns: &LabelNamespace) -> impl Future<Output = Result<Vec<ObservedContainer>, RuntimeError>> + Send;
+
+    /// Inspects one container; `Ok(None)` when it does not exist or is not managed in `ns`.
+    fn inspect(
+        &self,
+        ns: &LabelNamespace,
+        id: &ContainerId,
+    ) -> impl Future<Output = Result<Option<ObservedContainer>, RuntimeError>> + Send;
+
+    /// Creates a container from `spec`.
+    fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<ContainerId, RuntimeError>> + Send;
+
+    /// Starts a created container.
+    fn start(&self, id: &ContainerId) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Stops a running container, killing it after `grace`.
+    fn stop(&self, id: &ContainerId, grace: Duration) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Force-removes a container. Removing one that is already gone succeeds.
+    fn remove(&self, id: &ContainerId) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Attaches to a container's TTY (stdin, stdout, stderr, streaming).
+    fn attach(&self, id: &ContainerId) -> impl Future<Output = Result<AttachIo, RuntimeError>> + Send;
+
+    /// Streams events for containers carrying `ns`'s marker. The stream ends or errors when the engine goes away.
+    fn events(&self, ns: &LabelNamespace) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+
+    /// The last `max_bytes` of a container's own log (its TTY output), for cross-replica replay.
+    fn log_tail(&self, id: &ContainerId, max_bytes: usize) -> impl Future<Output = Result<Bytes, RuntimeError>> + Send;
+}

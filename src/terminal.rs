@@ -1,0 +1,432 @@
+//! The data path: one terminal per session, holding the container's attach stream, a bounded replay
+//! ring, and the cursor of the one client reading it.
+//!
+//! The controller hands each attach stream here (attach happens before start, so the first prompt is
+//! captured); WebSocket connections read and write through [`Terminal`] and never touch Docker.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use berth_reconciler::{SessionId, Timestamp};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, mpsc};
+use tracing::{Instrument, debug, info_span};
+
+use crate::runtime::{AttachIo, RuntimeError};
+
+type ResizeFn = Box<dyn Fn(u16, u16) -> futures::future::BoxFuture<'static, Result<(), RuntimeError>> + Send + Sync>;
+
+/// Something the data path tells the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminalEvent {
+    /// The attach stream of a session ended (container exited, or the engine went away).
+    Lost(SessionId),
+}
+
+/// A bounded byte ring addressed by absolute offsets since the session began.
+#[derive(Debug)]
+struct Ring {
+    buf: VecDeque<u8>,
+    start: u64,
+    cap: usize,
+}
+
+impl Ring {
+    fn end(&self) -> u64 {
+        self.start + self.buf.len() as u64
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend(data);
+        let over = self.buf.len().saturating_sub(self.cap);
+        if over > 0 {
+            self.buf.drain(..over);
+            self.start += over as u64;
+        }
+    }
+
+    /// Up to `max` bytes from `from` (clamped into the ring).
+    fn read(&self, from: u64, max: usize) -> Bytes {
+        let from = from.clamp(self.start, self.end());
+        let skip = usize::try_from(from - self.start).unwrap_or(usize::MAX);
+        let n = (self.buf.len() - skip).min(max);
+        self.buf.range(skip..skip + n).copied().collect::<Vec<u8>>().into()
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    ring: Ring,
+    /// The attached reader: its generation and the offset it has consumed.
+    reader: Option<(u64, u64)>,
+    generation: u64,
+    /// The attach stream is gone.
+    closed: bool,
+    /// Attach stream generation, so a stale pump cannot close a newer one.
+    stream: u64,
+}
+
+/// One session's terminal.
+pub struct Terminal {
+    session: SessionId,
+    shared: Mutex<Shared>,
+    output_ready: Notify,
+    drained: Notify,
+    input: Mutex<Option<mpsc::Sender<Bytes>>>,
+    resize: Mutex<Option<Arc<ResizeFn>>>,
+    last_activity: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl std::fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Terminal").field("session", &self.session).finish_non_exhaustive()
+    }
+}
+
+/// What a reader gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// Output bytes; `end` is the offset just past them.
+    Data {
+        /// The bytes.
+        bytes: Bytes,
+        /// Offset after them.
+        end: u64,
+    },
+    /// The reader asked for bytes the ring no longer holds; reading resumes at `resumed_at`.
+    Gap {
+        /// Bytes lost.
+        missed: u64,
+        /// Where reading continues.
+        resumed_at: u64,
+    },
+    /// The attach stream ended and everything was read.
+    Closed,
+    /// Another connection took the session over.
+    Superseded,
+}
+
+/// A reader's handle: its generation and position.
+#[derive(Debug)]
+pub struct Reader {
+    generation: u64,
+    offset: u64,
+}
+
+impl Reader {
+    /// Offset of the next byte this reader will get.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// Largest chunk handed to a reader at once.
+const CHUNK: usize = 32 << 10;
+
+impl Terminal {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The session this terminal serves.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// Attaches a reader starting at `from` (bytes the client already has; `None` = from the oldest byte
+    /// held). Any earlier reader is superseded.
+    pub fn subscribe(&self, from: Option<u64>) -> Reader {
+        let mut s = self.lock();
+        s.generation += 1;
+        let start = from.unwrap_or(s.ring.start).min(s.ring.end());
+        s.reader = Some((s.generation, start.max(s.ring.start)));
+        let r = Reader { generation: s.generation, offset: start };
+        drop(s);
+        self.output_ready.notify_waiters();
+        self.drained.notify_waiters();
+        r
+    }
+
+    /// Detaches `reader`, if it is still the current one: output keeps flowing into the ring.
+    pub fn unsubscribe(&self, reader: &Reader) {
+        let mut s = self.lock();
+        if s.reader.is_some_and(|(g, _)| g == reader.generation) {
+            s.reader = None;
+        }
+        drop(s);
+        self.drained.notify_waiters();
+    }
+
+    /// Waits for output for `reader`. Does not advance the reader's acknowledged position: call
+    /// [`Terminal::ack`] once the bytes are handed to the client.
+    pub async fn read(&self, reader: &mut Reader) -> Read {
+        loop {
+            let notified = self.output_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                if s.generation != reader.generation {
+                    return Read::Superseded;
+                }
+                if reader.offset < s.ring.start {
+                    let missed = s.ring.start - reader.offset;
+                    reader.offset = s.ring.start;
+                    return Read::Gap { missed, resumed_at: s.ring.start };
+                }
+                if reader.offset < s.ring.end() {
+                    let bytes = s.ring.read(reader.offset, CHUNK);
+                    reader.offset += bytes.len() as u64;
+                    return Read::Data { bytes, end: reader.offset };
+                }
+                if s.closed {
+                    return Read::Closed;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Records that the client has taken everything before `offset`, letting the pump read more.
+    pub fn ack(&self, reader: &Reader) {
+        let mut s = self.lock();
+        if let Some((g, off)) = s.reader.as_mut() {
+            if *g == reader.generation {
+                *off = reader.offset;
+            }
+        }
+        drop(s);
+        self.drained.notify_waiters();
+    }
+
+    /// Sends input to the shell; waits while the input queue is full.
+    ///
+    /// # Errors
+    /// When no attach stream is open.
+    pub async fn write(&self, data: Bytes) -> Result<(), RuntimeError> {
+        let tx = self.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let tx = tx.ok_or_else(|| RuntimeError::Other("terminal not attached".into()))?;
+        self.touch();
+        tx.send(data).await.map_err(|_| RuntimeError::Other("terminal input closed".into()))
+    }
+
+    /// Resizes the TTY.
+    ///
+    /// # Errors
+    /// When no attach stream is open or the engine refuses.
+    pub async fn resize(&self, cols: u16, rows: u16) -> Result<(), RuntimeError> {
+        let f = self.resize.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let f = f.ok_or_else(|| RuntimeError::Other("terminal not attached".into()))?;
+        f(cols, rows).await
+    }
+
+    /// Whether an attach stream is open.
+    pub fn is_open(&self) -> bool {
+        !self.lock().closed
+    }
+
+    /// Last input or output.
+    pub fn last_activity(&self) -> Timestamp {
+        Timestamp::from_millis(self.last_activity.load(Ordering::Relaxed))
+    }
+
+    /// Bytes of output read from the container so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+
+    /// Offset just past the newest byte.
+    pub fn end(&self) -> u64 {
+        self.lock().ring.end()
+    }
+
+    /// Bytes held in the replay ring.
+    pub fn buffered(&self) -> usize {
+        self.lock().ring.buf.len()
+    }
+
+    fn touch(&self) {
+        self.last_activity.store(Timestamp::now().as_millis(), Ordering::Relaxed);
+    }
+
+    /// Seeds the ring with earlier output (a log tail when adopting another replica's session).
+    pub fn seed(&self, data: &[u8]) {
+        let mut s = self.lock();
+        if s.ring.end() == 0 {
+            s.ring.push(data);
+        }
+    }
+
+    async fn wait_for_room(&self) {
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let s = self.lock();
+                let blocked = s.reader.is_some_and(|(_, off)| s.ring.end().saturating_sub(off) >= s.ring.cap as u64);
+                if !blocked {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Every session's terminal. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Terminals {
+    map: Arc<Mutex<HashMap<SessionId, Arc<Terminal>>>>,
+    events: mpsc::Sender<TerminalEvent>,
+    input_queue: usize,
+    ring_bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Terminals {
+    /// A registry that reports lost streams on `events`.
+    pub fn new(events: mpsc::Sender<TerminalEvent>, ring_bytes: usize) -> Self {
+        Self {
+            map: Arc::default(),
+            events,
+            input_queue: 64,
+            ring_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(ring_bytes)),
+        }
+    }
+
+    /// Sets the replay ring size for terminals created from now on.
+    pub fn set_ring_bytes(&self, bytes: usize) {
+        self.ring_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Terminal>>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The terminal of `session`, if it has one.
+    pub fn get(&self, session: &SessionId) -> Option<Arc<Terminal>> {
+        self.lock().get(session).cloned()
+    }
+
+    /// The terminal of `session`, created empty with a ring of `ring_bytes` when missing.
+    pub fn get_or_create(&self, session: SessionId, ring_bytes: usize) -> Arc<Terminal> {
+        self.lock()
+            .entry(session)
+            .or_insert_with(|| {
+                Arc::new(Terminal {
+                    session,
+                    shared: Mutex::new(Shared {
+                        ring: Ring { buf: VecDeque::new(), start: 0, cap: ring_bytes.max(1) },
+                        reader: None,
+                        generation: 0,
+                        closed: true,
+                        stream: 0,
+                    }),
+                    output_ready: Notify::new(),
+                    drained: Notify::new(),
+                    input: Mutex::new(None),
+                    resize: Mutex::new(None),
+                    last_activity: AtomicU64::new(Timestamp::now().as_millis()),
+                    bytes_out: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// Connects a fresh attach stream to `session`'s terminal, creating the terminal when missing.
+    pub fn connect(&self, session: SessionId, io: AttachIo) {
+        let term = self.get_or_create(session, self.ring_bytes.load(Ordering::Relaxed));
+        let AttachIo { mut output, mut input, resize } = io;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(self.input_queue);
+        *term.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        *term.resize.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(resize));
+        let stream = {
+            let mut s = term.lock();
+            s.closed = false;
+            s.stream += 1;
+            s.stream
+        };
+        let span = info_span!("terminal", session = %session);
+        tokio::spawn(
+            async move {
+                while let Some(data) = rx.recv().await {
+                    if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            .instrument(span.clone()),
+        );
+        let events = self.events.clone();
+        tokio::spawn(
+            async move {
+                loop {
+                    term.wait_for_room().await;
+                    match output.next().await {
+                        Some(Ok(chunk)) => {
+                            term.lock().ring.push(&chunk);
+                            term.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            term.touch();
+                            term.output_ready.notify_waiters();
+                        }
+                        Some(Err(e)) => {
+                            debug!(error = %e, "attach stream failed");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                {
+                    let mut s = term.lock();
+                    if s.stream == stream {
+                        s.closed = true;
+                    }
+                }
+                term.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                term.output_ready.notify_waiters();
+                let _ = events.send(TerminalEvent::Lost(session)).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Drops `session`'s terminal once the session is gone.
+    pub fn forget(&self, session: &SessionId) {
+        if let Some(t) = self.lock().remove(session) {
+            t.lock().closed = true;
+            t.output_ready.notify_waiters();
+        }
+    }
+
+    /// Number of terminals held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no terminal is held.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_keeps_only_the_newest_bytes_and_reads_by_offset() {
+        let mut r = Ring { buf: VecDeque::new(), start: 0, cap: 8 };
+        r.push(b"hello ");
+        r.push(b"world!");
+        assert_eq!(r.start, 4);
+        assert_eq!(r.end(), 12);
+        assert_eq!(&r.read(0, 100)[..], b"o world!");
+        assert_eq!(&r.read(10, 100)[..], b"d!");
+        assert_eq!(&r.read(6, 3)[..], b"wor");
+        assert_eq!(&r.read(12, 3)[..], b"");
+    }
+}
