@@ -3,11 +3,18 @@
 //! The pure core (planner, state, policy) lives in `berth-reconciler`; this crate holds the adapters:
 //! the Docker runtime, observer, executor, controller loop, terminal data path, HTTP/WebSocket API and metrics.
 
+pub mod auth;
 pub mod controller;
 pub mod executor;
+pub mod limits;
 pub mod metrics;
 pub mod observer;
 pub mod runtime;
 pub mod terminal;
 
 pub use berth_reconciler as reconciler;
+pub mod app;
+pub mod cli;
+pub mod http;
+pub mod page;
+pub mod ws;

@@ -15,9 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, debug, info_span};
 
-use crate::runtime::{AttachIo, RuntimeError};
-
-type ResizeFn = Box<dyn Fn(u16, u16) -> futures::future::BoxFuture<'static, Result<(), RuntimeError>> + Send + Sync>;
+use crate::runtime::{AttachIo, ResizeFn, RuntimeError};
 
 /// Something the data path tells the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,10 +192,10 @@ impl Terminal {
     /// Records that the client has taken everything before `offset`, letting the pump read more.
     pub fn ack(&self, reader: &Reader) {
         let mut s = self.lock();
-        if let Some((g, off)) = s.reader.as_mut() {
-            if *g == reader.generation {
-                *off = reader.offset;
-            }
+        if let Some((g, off)) = s.reader.as_mut()
+            && *g == reader.generation
+        {
+            *off = reader.offset;
         }
         drop(s);
         self.drained.notify_waiters();

@@ -91,7 +91,7 @@ async fn an_orphan_with_the_marker_is_removed_and_a_lookalike_without_it_survive
     let orphan_args: Vec<&str> = orphan.iter().map(String::as_str).collect();
     let orphan_id = w.cli(&orphan_args);
     // The look-alike has every label but the marker; it must never be touched.
-    let mut lookalike = vec!["run".to_owned(), "-d".to_owned()];
+    let mut lookalike = vec!["run".to_owned(), "-d".to_owned(), "--network".to_owned(), "none".to_owned()];
     for l in labels.iter().skip(1) {
         lookalike.extend(["--label".to_owned(), l.clone()]);
     }

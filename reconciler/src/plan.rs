@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::desired::{Attachment, Desired, DesiredSession, EnvVar};
-use crate::ids::{ContainerId, SessionId};
+use crate::ids::{ContainerId, ProfileName, SessionId};
 use crate::labels::{LabelNamespace, ManagedLabels};
 use crate::observed::{ContainerState, Health, Observed, ObservedContainer};
 use crate::policy::{HealthCheck, LogLimits, Policy, Profile, Resources, Security, UnhealthyAction};
@@ -46,15 +46,37 @@ pub struct ContainerSpec {
 }
 
 impl ContainerSpec {
-    /// The spec for `session` under `profile`.
-    pub fn build(desired: &Desired, session: &DesiredSession, profile: &Profile, policy: &Policy) -> Self {
+    /// The spec for `session` under `profile`, stamped as created at `now`.
+    ///
+    /// The created label is the container's own creation time, not the session's: the start timeout and the
+    /// orphan guard measure from it, and a session may get a container long after it was asked for.
+    pub fn build(
+        desired: &Desired,
+        session: &DesiredSession,
+        profile: &Profile,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> Self {
+        Self::with_hash(desired, session, profile, policy, now, profile.hash())
+    }
+
+    /// [`Self::build`] with the profile's hash already computed, so a pass with many creates hashes each
+    /// profile once.
+    fn with_hash(
+        desired: &Desired,
+        session: &DesiredSession,
+        profile: &Profile,
+        policy: &Policy,
+        now: Timestamp,
+        policy_hash: String,
+    ) -> Self {
         let labels = ManagedLabels {
             session: session.id,
             owner: desired.owner.clone(),
-            created_at: session.created_at,
+            created_at: now,
             profile: session.profile.clone(),
             kind: session.kind,
-            policy_hash: profile.hash(),
+            policy_hash,
             resume_hash: session.resume_hash.clone(),
             epoch: desired.epoch,
         };
@@ -262,10 +284,10 @@ pub fn timer_reason(session: &DesiredSession, policy: &Policy, now: Timestamp) -
     if now >= session.created_at.add(t.max_lifetime) {
         return Some(EndReason::LifetimeReached);
     }
-    if let Attachment::Detached { since } = session.attachment {
-        if now >= since.add(t.resume_grace) {
-            return Some(EndReason::ResumeGraceExpired);
-        }
+    if let Attachment::Detached { since } = session.attachment
+        && now >= since.add(t.resume_grace)
+    {
+        return Some(EndReason::ResumeGraceExpired);
     }
     if now >= session.last_activity.add(t.idle_timeout) {
         return Some(EndReason::Idle);
@@ -277,15 +299,64 @@ fn is_live(c: &ObservedContainer) -> bool {
     !c.removal_requested && c.state != ContainerState::Removing
 }
 
-/// Chooses the container a session keeps when it has several: the bound one, else a running one,
-/// else the oldest.
-fn keeper<'a>(session: &DesiredSession, live: &[&'a ObservedContainer]) -> Option<&'a ObservedContainer> {
-    if let Some(bound) = &session.container {
-        if let Some(c) = live.iter().find(|c| &c.id == bound) {
-            return Some(c);
+/// A session id as a number with the same order, so grouping sorts and merges compare integers.
+fn order_key(id: SessionId) -> u128 {
+    u128::from_be_bytes(*id.as_bytes())
+}
+
+/// One of this instance's containers, with what the per-session pass reads most copied out of it: that pass
+/// visits containers in session order, far from their map order, and following every pointer costs a cache miss.
+#[derive(Clone, Copy)]
+struct Member<'a> {
+    /// [`order_key`] of its session.
+    session: u128,
+    /// Nobody is removing it yet.
+    live: bool,
+    state: ContainerState,
+    health: Health,
+    container: &'a ObservedContainer,
+}
+
+impl<'a> Member<'a> {
+    fn new(container: &'a ObservedContainer) -> Self {
+        Self {
+            session: order_key(container.labels.session),
+            live: is_live(container),
+            state: container.state,
+            health: container.health,
+            container,
         }
     }
-    live.iter().min_by_key(|c| (c.state != ContainerState::Running, c.labels.created_at, c.id.clone())).copied()
+
+    fn id(&self) -> &'a ContainerId {
+        &self.container.id
+    }
+}
+
+/// The containers of `group` that nobody is removing yet, in container id order.
+fn live<'g, 'a>(group: &'g [Member<'a>]) -> impl Iterator<Item = &'g Member<'a>> + Clone {
+    group.iter().filter(|m| m.live)
+}
+
+/// Chooses the container a session keeps when it has several: the bound one, else a running one,
+/// else the oldest.
+fn keeper<'g, 'a>(
+    session: &DesiredSession,
+    mut live: impl Iterator<Item = &'g Member<'a>> + Clone,
+) -> Option<&'g Member<'a>> {
+    let first = live.next()?;
+    if live.clone().next().is_none() {
+        // The usual case: one container, kept whether or not it is the bound one.
+        return Some(first);
+    }
+    if let Some(bound) = &session.container
+        && let Some(m) = std::iter::once(first).chain(live.clone()).find(|m| m.id() == bound)
+    {
+        return Some(m);
+    }
+    let rank = |m: &Member<'a>| (m.state != ContainerState::Running, m.container.labels.created_at, m.id());
+    // Container ids are unique, so two ranks never tie.
+    Some(live.fold(first, |best, m| if rank(m) < rank(best) { m } else { best }))
 }
 
 /// Plans one reconcile pass. Pure: the same inputs always give the same plan.
@@ -294,26 +365,40 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
     let Some(listed_at) = observed.listed_at else {
         return out;
     };
-    let mut by_session: BTreeMap<SessionId, Vec<&ObservedContainer>> = BTreeMap::new();
-    for c in observed.containers.values().filter(|c| c.labels.owner == desired.owner) {
-        by_session.entry(c.labels.session).or_default().push(c);
-    }
+    // This instance's containers grouped by session: a stable sort keeps container id order within a group.
+    // Sessions, groups and attachments are all in session order, so one merge pass pairs them up.
+    let mut ours: Vec<Member<'_>> =
+        observed.containers.values().filter(|c| c.labels.owner == desired.owner).map(Member::new).collect();
+    ours.sort_by_key(|m| m.session);
+    let mut rest: &[Member<'_>] = &ours;
+    let mut attached_ids = observed.attached.iter().map(|id| order_key(*id)).peekable();
+    let mut orphans: Vec<ContainerId> = Vec::new();
+    let mut hashes: BTreeMap<&ProfileName, String> = BTreeMap::new();
+    let mut collect_orphans = |group: &[Member<'_>]| {
+        let stray = live(group).filter(|m| m.container.labels.created_at < listed_at);
+        orphans.extend(stray.map(|m| m.id().clone()));
+    };
 
     for session in desired.sessions.values() {
-        let containers = by_session.get(&session.id).map(Vec::as_slice).unwrap_or_default();
-        let live: Vec<&ObservedContainer> = containers.iter().copied().filter(|c| is_live(c)).collect();
+        let key = order_key(session.id);
+        let before = rest.iter().take_while(|m| m.session < key).count();
+        let (stray, tail) = rest.split_at(before);
+        collect_orphans(stray);
+        let mine = tail.iter().take_while(|m| m.session == key).count();
+        let (containers, tail) = tail.split_at(mine);
+        rest = tail;
+        while attached_ids.next_if(|&k| k < key).is_some() {}
+        let attached = attached_ids.next_if_eq(&key).is_some();
 
-        let ending = match &session.ending {
-            Some(reason) => Some(reason.clone()),
-            None => timer_reason(session, policy, now).inspect(|r| out.ends.push((session.id, r.clone()))),
-        };
-        if ending.is_some() {
-            plan_removal(&mut out, session, &live, policy);
+        let ending = session.ending.is_some()
+            || timer_reason(session, policy, now).inspect(|r| out.ends.push((session.id, r.clone()))).is_some();
+        if ending {
+            plan_removal(&mut out, session, live(containers), policy);
             continue;
         }
 
-        let Some(keep) = keeper(session, &live) else {
-            if live.len() < containers.len() {
+        let Some(keep) = keeper(session, live(containers)) else {
+            if containers.iter().any(|m| !m.live) {
                 // A removal is under way; wait for it before deciding anything.
                 continue;
             }
@@ -322,9 +407,10 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
             } else if desired.draining {
                 // No new containers while shutting down.
             } else if let Some(profile) = policy.profiles.get(&session.profile) {
+                let hash = hashes.entry(&session.profile).or_insert_with(|| profile.hash()).clone();
                 out.actions.push(Action::Create {
                     session: session.id,
-                    spec: Box::new(ContainerSpec::build(desired, session, profile, policy)),
+                    spec: Box::new(ContainerSpec::with_hash(desired, session, profile, policy, now, hash)),
                 });
             } else {
                 out.ends.push((
@@ -337,31 +423,26 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
             continue;
         };
 
-        for extra in live.iter().filter(|c| c.id != keep.id) {
-            out.actions.push(Action::Remove {
-                session: Some(session.id),
-                container: extra.id.clone(),
-                reason: RemoveReason::Duplicate,
-            });
+        for extra in live(containers).filter(|m| !std::ptr::eq(m.container, keep.container)) {
+            out.actions.push(remove(session, extra.id(), RemoveReason::Duplicate));
         }
 
-        let attached = observed.attached.contains(&session.id);
         match keep.state {
             ContainerState::Exited | ContainerState::Dead => {
-                out.ends.push((session.id, EndReason::from_exit(keep)));
-                out.actions.push(remove(session, keep, RemoveReason::SessionEnded));
+                out.ends.push((session.id, EndReason::from_exit(keep.container)));
+                out.actions.push(remove(session, keep.id(), RemoveReason::SessionEnded));
             }
             ContainerState::Created => {
-                if now >= keep.labels.created_at.add(policy.reconcile.start_timeout) {
+                if now >= keep.container.labels.created_at.add(policy.reconcile.start_timeout) {
                     let error = format!("container did not start within {:?}", policy.reconcile.start_timeout);
                     out.ends.push((session.id, EndReason::CreateFailed { error }));
-                    out.actions.push(remove(session, keep, RemoveReason::StuckCreated));
+                    out.actions.push(remove(session, keep.id(), RemoveReason::StuckCreated));
                 } else if desired.draining {
                     // Not started during shutdown.
                 } else if !attached {
-                    out.actions.push(Action::Attach { session: session.id, container: keep.id.clone() });
+                    out.actions.push(Action::Attach { session: session.id, container: keep.id().clone() });
                 } else {
-                    out.actions.push(Action::Start { session: session.id, container: keep.id.clone() });
+                    out.actions.push(Action::Start { session: session.id, container: keep.id().clone() });
                 }
             }
             ContainerState::Running => {
@@ -369,39 +450,40 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
                     && matches!(session.attachment, Attachment::Detached { .. })
                     && policy.profiles.get(&session.profile).map(|p| p.on_unhealthy) == Some(UnhealthyAction::Replace);
                 if replace {
-                    out.actions.push(remove(session, keep, RemoveReason::Unhealthy));
+                    out.actions.push(remove(session, keep.id(), RemoveReason::Unhealthy));
                 } else if !attached {
-                    out.actions.push(Action::Attach { session: session.id, container: keep.id.clone() });
+                    out.actions.push(Action::Attach { session: session.id, container: keep.id().clone() });
                 }
             }
             ContainerState::Paused | ContainerState::Restarting | ContainerState::Removing => {}
         }
     }
+    collect_orphans(rest);
 
-    let orphans: Vec<ContainerId> = observed
-        .containers
-        .values()
-        .filter(|c| c.labels.owner == desired.owner && !desired.sessions.contains_key(&c.labels.session))
-        .filter(|c| is_live(c) && c.labels.created_at < listed_at)
-        .map(|c| c.id.clone())
-        .collect();
     if !orphans.is_empty() {
+        // Grouping put them in session order; the action lists them in container id order.
+        orphans.sort_unstable();
         out.actions.push(Action::BulkRemove { containers: orphans, reason: RemoveReason::Orphan });
     }
     out
 }
 
-fn remove(session: &DesiredSession, c: &ObservedContainer, reason: RemoveReason) -> Action {
-    Action::Remove { session: Some(session.id), container: c.id.clone(), reason }
+fn remove(session: &DesiredSession, container: &ContainerId, reason: RemoveReason) -> Action {
+    Action::Remove { session: Some(session.id), container: container.clone(), reason }
 }
 
-fn plan_removal(out: &mut Plan, session: &DesiredSession, live: &[&ObservedContainer], policy: &Policy) {
+fn plan_removal<'g, 'a: 'g>(
+    out: &mut Plan,
+    session: &DesiredSession,
+    live: impl Iterator<Item = &'g Member<'a>>,
+    policy: &Policy,
+) {
     let grace = policy.reconcile.stop_timeout;
-    for c in live {
-        if c.state == ContainerState::Running && !grace.is_zero() {
-            out.actions.push(Action::Stop { session: session.id, container: c.id.clone(), timeout: grace });
+    for m in live {
+        if m.state == ContainerState::Running && !grace.is_zero() {
+            out.actions.push(Action::Stop { session: session.id, container: m.id().clone(), timeout: grace });
         } else {
-            out.actions.push(remove(session, c, RemoveReason::SessionEnded));
+            out.actions.push(remove(session, m.id(), RemoveReason::SessionEnded));
         }
     }
 }

@@ -35,12 +35,14 @@ impl Timestamp {
         Self(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    /// `self + d`, saturating.
+    /// `self + d`, saturating. (A method rather than `ops::Add`: it saturates where operators would overflow.)
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, d: Duration) -> Self {
         Self(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }
 
     /// `self - d`, saturating at the epoch.
+    #[allow(clippy::should_implement_trait)]
     pub fn sub(self, d: Duration) -> Self {
         Self(self.0.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }

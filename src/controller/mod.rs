@@ -263,7 +263,9 @@ impl<R: Runtime> Controller<R> {
         for w in &self.queue {
             wake = wake.min(w.deadline);
         }
-        for b in self.backoff.values() {
+        // Only backoffs still running: one that has run out while its action is in flight would otherwise
+        // wake the loop every few milliseconds until that action ends (a hot loop while Docker hangs).
+        for b in self.backoff.values().filter(|b| b.not_before > now_i) {
             wake = wake.min(b.not_before);
         }
         if let Some((_, deadline)) = &self.shutdown {
@@ -313,22 +315,21 @@ impl<R: Runtime> Controller<R> {
             }
             Command::Detach { id, lease } => {
                 let now = self.now();
-                if self.leases.get(&id) == Some(&lease) {
-                    if let Some(s) = self.desired.sessions.get_mut(&id) {
-                        if s.ending.is_none() {
-                            s.attachment = Attachment::Detached { since: now };
-                            self.record(id, "observed", "client disconnected; detached".into());
-                        }
-                    }
+                if self.leases.get(&id) == Some(&lease)
+                    && let Some(s) = self.desired.sessions.get_mut(&id)
+                    && s.ending.is_none()
+                {
+                    s.attachment = Attachment::Detached { since: now };
+                    self.record(id, "observed", "client disconnected; detached".into());
                 }
             }
             Command::Release { id, reason } => {
-                if let Some(s) = self.desired.sessions.get_mut(&id) {
-                    if s.ending.is_none() {
-                        self.metrics.ended.with_label_values(&[reason.code()]).inc();
-                        s.ending = Some(reason.clone());
-                        self.record(id, "ended", reason.to_string());
-                    }
+                if let Some(s) = self.desired.sessions.get_mut(&id)
+                    && s.ending.is_none()
+                {
+                    self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                    s.ending = Some(reason.clone());
+                    self.record(id, "ended", reason.to_string());
                 }
             }
             Command::List { reply } => {
@@ -470,10 +471,10 @@ impl<R: Runtime> Controller<R> {
                 }
                 if let Some(s) = action.session() {
                     self.backoff.remove(&Key::Session(s));
-                    if reason == RemoveReason::Unhealthy {
-                        if let Some(sess) = self.desired.sessions.get_mut(&s) {
-                            sess.container = None;
-                        }
+                    if reason == RemoveReason::Unhealthy
+                        && let Some(sess) = self.desired.sessions.get_mut(&s)
+                    {
+                        sess.container = None;
                     }
                 }
             }
@@ -591,10 +592,10 @@ impl<R: Runtime> Controller<R> {
     fn bind_unbound(&mut self) {
         let by_session = self.observed.view().by_session();
         for s in self.desired.sessions.values_mut().filter(|s| s.container.is_none()) {
-            if let Some([only]) = by_session.get(&s.id).map(Vec::as_slice) {
-                if only.labels.owner == self.desired.owner {
-                    s.container = Some(only.id.clone());
-                }
+            if let Some([only]) = by_session.get(&s.id).map(Vec::as_slice)
+                && only.labels.owner == self.desired.owner
+            {
+                s.container = Some(only.id.clone());
             }
         }
     }
@@ -662,13 +663,13 @@ impl<R: Runtime> Controller<R> {
         }
         let Plan { actions, ends } = plan(&self.desired, self.observed.view(), &self.policy, now);
         for (id, reason) in ends {
-            if let Some(s) = self.desired.sessions.get_mut(&id) {
-                if s.ending.is_none() {
-                    info!(session = %id, reason = %reason, "session ending");
-                    self.metrics.ended.with_label_values(&[reason.code()]).inc();
-                    s.ending = Some(reason.clone());
-                    self.record(id, "ended", reason.to_string());
-                }
+            if let Some(s) = self.desired.sessions.get_mut(&id)
+                && s.ending.is_none()
+            {
+                info!(session = %id, reason = %reason, "session ending");
+                self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                s.ending = Some(reason.clone());
+                self.record(id, "ended", reason.to_string());
             }
         }
         for action in actions {
@@ -830,10 +831,11 @@ impl<R: Runtime> Controller<R> {
         let mut drift = 0;
         for c in view.containers.values().filter(|c| c.labels.owner == self.desired.owner) {
             *states.entry(c.state).or_default() += 1;
-            if let Some(p) = self.policy.profiles.get(&c.labels.profile) {
-                if p.hash() != c.labels.policy_hash && c.state == ContainerState::Running {
-                    drift += 1;
-                }
+            if let Some(p) = self.policy.profiles.get(&c.labels.profile)
+                && p.hash() != c.labels.policy_hash
+                && c.state == ContainerState::Running
+            {
+                drift += 1;
             }
         }
         for (s, n) in states {

@@ -15,10 +15,13 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent};
 
+/// name, labels, state, exit code
+type FakeContainer = (String, HashMap<String, String>, ContainerState, Option<i64>);
+
 #[derive(Debug, Default)]
 struct State {
     next: u64,
-    containers: BTreeMap<ContainerId, (String, HashMap<String, String>, ContainerState, Option<i64>)>,
+    containers: BTreeMap<ContainerId, FakeContainer>,
     calls: BTreeMap<&'static str, u64>,
     fail_next: BTreeMap<&'static str, Vec<RuntimeError>>,
     down: bool,
@@ -29,11 +32,16 @@ struct State {
 pub struct FakeRuntime {
     state: Arc<Mutex<State>>,
     events: broadcast::Sender<RuntimeEvent>,
+    down: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for FakeRuntime {
     fn default() -> Self {
-        Self { state: Arc::default(), events: broadcast::channel(1024).0 }
+        Self {
+            state: Arc::default(),
+            events: broadcast::channel(1024).0,
+            down: Arc::new(tokio::sync::watch::channel(false).0),
+        }
     }
 }
 
@@ -71,6 +79,7 @@ impl FakeRuntime {
     /// Takes the engine down (every call fails as unreachable) or brings it back.
     pub fn set_down(&self, down: bool) {
         self.lock().down = down;
+        self.down.send_replace(down);
     }
 
     /// Number of containers in `state`, or all when `None`.
@@ -222,7 +231,15 @@ impl Runtime for FakeRuntime {
             return futures::stream::once(async { Err(RuntimeError::Unreachable("fake engine is down".into())) })
                 .boxed();
         }
-        BroadcastStream::new(self.events.subscribe()).filter_map(|e| async move { e.ok().map(Ok) }).boxed()
+        // The stream ends when the engine goes down, as Docker's does.
+        let mut down = self.down.subscribe();
+        let gone = async move {
+            let _ = down.wait_for(|d| *d).await;
+        };
+        BroadcastStream::new(self.events.subscribe())
+            .filter_map(|e| async move { e.ok().map(Ok) })
+            .take_until(Box::pin(gone))
+            .boxed()
     }
 
     async fn log_tail(&self, _id: &ContainerId, _max_bytes: usize) -> Result<Bytes, RuntimeError> {

@@ -79,6 +79,9 @@ pub struct RuntimeEvent {
     pub kind: EventKind,
 }
 
+/// Resizes a TTY to (columns, rows).
+pub type ResizeFn = Box<dyn Fn(u16, u16) -> BoxFuture<'static, Result<(), RuntimeError>> + Send + Sync>;
+
 /// The terminal byte stream of an attached container.
 pub struct AttachIo {
     /// Output from the container's TTY.
@@ -86,7 +89,7 @@ pub struct AttachIo {
     /// Input to the container's TTY.
     pub input: Pin<Box<dyn AsyncWrite + Send>>,
     /// Resizes the TTY to (columns, rows).
-    pub resize: Box<dyn Fn(u16, u16) -> BoxFuture<'static, Result<(), RuntimeError>> + Send + Sync>,
+    pub resize: ResizeFn,
 }
 
 impl std::fmt::Debug for AttachIo {

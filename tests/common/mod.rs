@@ -2,6 +2,8 @@
 //! instance id, so tests run in parallel and only ever see their own containers.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +92,24 @@ impl World {
         self.cli(&args).lines().map(str::to_owned).filter(|l| !l.is_empty()).collect()
     }
 
+    /// A whole berth (controller, WebSocket layer, page, metrics) on 127.0.0.1 with an ephemeral port.
+    pub async fn serve(&self) -> berth::app::Server {
+        self.serve_with(self.policy.clone()).await
+    }
+
+    pub async fn serve_with(&self, mut policy: Policy) -> berth::app::Server {
+        policy.server.listen = "127.0.0.1:0".parse().expect("address");
+        let server = berth::app::Server::start(policy, self.instance.clone(), self.host.as_deref())
+            .await
+            .expect("server starts");
+        let mut r = server.handle.readiness();
+        tokio::time::timeout(Duration::from_secs(30), r.wait_for(|r| r.is_ready()))
+            .await
+            .expect("berth ready within 30 s")
+            .expect("controller alive");
+        server
+    }
+
     pub fn start(&self) -> Running {
         self.start_with(self.policy.clone())
     }
@@ -106,9 +126,14 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        // Leave nothing behind, whatever the test did.
-        let ids = self.containers(None);
-        if !ids.is_empty() {
+        // Leave nothing behind, whatever the test did. Never panic here: this also runs while a failed test
+        // unwinds, perhaps with its engine gone, and a second panic would abort before other guards run.
+        let filter = self.marker_filter();
+        let Ok(out) = self.docker_cmd().args(["ps", "-aq", "--no-trunc", "--filter", filter.as_str()]).output() else {
+            return;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+        if out.status.success() && !ids.is_empty() {
             let mut c = self.docker_cmd();
             c.args(["rm", "-f"]).args(&ids);
             let _ = c.output();

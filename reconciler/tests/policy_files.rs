@@ -1,0 +1,146 @@
+//! The policy files shipped in `manifests/` parse, the default one is exactly the built-in default, and a
+//! corrupted copy is refused with the error located where the corruption is.
+
+use std::path::{Path, PathBuf};
+
+use berth_reconciler::Policy;
+use berth_reconciler::policy_file::{PolicyErrors, parse_policy, parse_policy_with};
+
+fn manifests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Stands in for key files, which are secrets and never in the repository.
+fn fake_key_file(path: &Path) -> std::io::Result<String> {
+    assert!(path.ends_with("jwt.key"), "unexpected key file {}", path.display());
+    Ok("k".repeat(48))
+}
+
+fn parse_manifest(path: &Path) -> Result<Policy, PolicyErrors> {
+    parse_policy_with(&read(path), &path.display().to_string(), &fake_key_file)
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The line (1-based) holding `needle`, which must occur once.
+fn line_of(text: &str, needle: &str) -> usize {
+    let lines: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.contains(needle)).map(|(i, _)| i + 1).collect();
+    assert_eq!(lines.len(), 1, "{needle:?} should occur once");
+    lines[0]
+}
+
+fn corrupt(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "{from:?} should occur once");
+    text.replacen(from, to, 1)
+}
+
+#[test]
+fn every_shipped_policy_file_parses() {
+    let mut files = yaml_files(&manifests());
+    files.extend(yaml_files(&manifests().join("examples")));
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        if let Err(e) = parse_manifest(&file) {
+            panic!("{} does not parse:\n{e}", file.display());
+        }
+    }
+}
+
+#[test]
+fn the_default_manifest_is_exactly_the_built_in_default_policy() {
+    let policy = parse_manifest(&manifests().join("policy.yaml")).expect("parses");
+    assert_eq!(policy, Policy::default());
+}
+
+#[test]
+fn the_examples_configure_what_their_names_promise() {
+    let demo = parse_manifest(&manifests().join("examples/public-demo.yaml")).expect("parses");
+    assert!(demo.auth.anonymous && demo.auth.jwt.is_none() && demo.auth.static_tokens.is_empty());
+
+    let jwt = parse_manifest(&manifests().join("examples/jwt.yaml")).expect("parses");
+    assert!(!jwt.auth.anonymous);
+    assert_eq!(jwt.auth.jwt.as_ref().map(|j| j.key.0.len()), Some(48));
+
+    let locked = parse_manifest(&manifests().join("examples/locked-down.yaml")).expect("parses");
+    assert!(!locked.auth.anonymous && locked.auth.jwt.is_none());
+    let profile = &locked.profiles[&locked.default_profile];
+    assert_eq!(profile.network, "none");
+    assert_eq!(profile.client_env, ["TERM"]);
+    assert!(profile.security.read_only_root && profile.security.cap_drop_all && profile.security.no_new_privileges);
+    assert!(
+        profile.resources.memory_bytes
+            < Policy::default().profiles.values().next().expect("one").resources.memory_bytes
+    );
+}
+
+#[test]
+fn a_key_file_is_refused_when_the_caller_reads_no_files() {
+    let path = manifests().join("examples/jwt.yaml");
+    let err = parse_policy(&read(&path), "jwt.yaml").expect_err("key_file needs a reader");
+    assert_eq!(err.errors.len(), 1, "{err}");
+    assert!(err.errors[0].message.starts_with("auth.jwt.key_file: cannot read jwt.key"), "{err}");
+}
+
+#[test]
+fn a_bad_duration_in_a_copy_of_the_default_is_located() {
+    let text = read(&manifests().join("policy.yaml"));
+    let broken = corrupt(&text, "  hello_timeout: 10s\n", "  hello_timeout: 10 seconds\n");
+    let err = parse_policy(&broken, "copy.yaml").expect_err("refused");
+    assert_eq!(err.errors.len(), 1, "{err}");
+    let e = &err.errors[0];
+    assert_eq!((e.line, e.column), (line_of(&text, "hello_timeout:"), 18), "{err}");
+    assert!(e.message.starts_with("server.hello_timeout: \"10 seconds\""), "{err}");
+    assert!(err.to_string().starts_with(&format!("copy.yaml:{}:18: server.hello_timeout", e.line)), "{err}");
+}
+
+#[test]
+fn an_unknown_key_in_a_copy_of_the_default_is_located_and_named() {
+    let text = read(&manifests().join("policy.yaml"));
+    let broken = corrupt(&text, "  ping_interval: 20s\n", "  ping_intervall: 20s\n");
+    let err = parse_policy(&broken, "copy.yaml").expect_err("refused");
+    assert_eq!(err.errors.len(), 1, "{err}");
+    let e = &err.errors[0];
+    assert_eq!((e.line, e.column), (line_of(&text, "ping_interval:"), 3), "{err}");
+    assert!(e.message.contains("unknown key `ping_intervall`: did you mean `ping_interval`?"), "{err}");
+}
+
+#[test]
+fn several_corruptions_are_all_reported_in_file_order() {
+    let text = read(&manifests().join("policy.yaml"));
+    let broken = corrupt(&text, "      cpus: 1\n", "      cpus: .nan\n");
+    let broken = corrupt(&broken, "  max_sessions: 100\n", "  max_sessions: -5\n");
+    let broken = corrupt(&broken, "  name_prefix: berth\n", "  name_prefix: Berth_\n");
+    let err = parse_policy(&broken, "copy.yaml").expect_err("refused");
+    let located: Vec<(usize, &str)> =
+        err.errors.iter().map(|e| (e.line, e.message.split(':').next().unwrap_or_default())).collect();
+    assert_eq!(
+        located,
+        [
+            (line_of(&text, "cpus:"), "profiles.default.resources.cpus"),
+            (line_of(&text, "max_sessions:"), "limits.max_sessions"),
+            (line_of(&text, "name_prefix: berth"), "docker.name_prefix"),
+        ],
+        "{err}"
+    );
+}
+
+#[test]
+fn a_yaml_syntax_error_in_a_copy_is_located() {
+    let text = read(&manifests().join("policy.yaml"));
+    let broken = corrupt(&text, "  stall_timeout: 60s\n", "  stall_timeout: [60s\n");
+    let err = parse_policy(&broken, "copy.yaml").expect_err("refused");
+    assert_eq!(err.errors.len(), 1, "{err}");
+    assert!(err.errors[0].line >= line_of(&text, "stall_timeout:"), "{err}");
+}

@@ -1,0 +1,274 @@
+//! The protocol's JSON control messages (docs/protocol.md), and their error and close codes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The WebSocket subprotocol of this protocol version.
+pub const SUBPROTOCOL: &str = "berth.v1";
+
+/// Largest terminal dimension accepted.
+pub const MAX_DIM: u32 = 1000;
+
+/// The first message.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Hello {
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Requested profile.
+    pub profile: Option<String>,
+    /// Columns.
+    pub cols: u32,
+    /// Rows.
+    pub rows: u32,
+    /// Environment the client asks for.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Credentials for the profile's mapping.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
+    /// Resume an existing session instead of opening one.
+    pub resume: Option<Resume>,
+}
+
+/// Resume credentials.
+#[derive(Clone, Deserialize)]
+pub struct Resume {
+    /// Session id (validated separately).
+    pub session: String,
+    /// The resume secret.
+    pub secret: String,
+    /// Output bytes the client already holds.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume").field("session", &self.session).field("offset", &self.offset).finish_non_exhaustive()
+    }
+}
+
+/// `resize`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Resize {
+    /// Columns.
+    pub cols: u32,
+    /// Rows.
+    pub rows: u32,
+}
+
+/// A control message from the client.
+#[derive(Debug)]
+pub enum ClientMsg {
+    /// `hello`.
+    Hello(Box<Hello>),
+    /// `resize`.
+    Resize(Resize),
+    /// `release`.
+    Release,
+}
+
+/// A protocol error: stable code, close code (when fatal) and a human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtoError {
+    /// Stable error code.
+    pub code: &'static str,
+    /// WebSocket close code, for fatal errors.
+    pub close: Option<u16>,
+    /// Human-readable message.
+    pub message: String,
+    /// Retry hint, seconds.
+    pub retry_after: Option<u64>,
+}
+
+impl ProtoError {
+    /// A fatal error closing with `close`.
+    pub fn fatal(code: &'static str, close: u16, message: impl Into<String>) -> Self {
+        Self { code, close: Some(close), message: message.into(), retry_after: None }
+    }
+
+    /// A non-fatal error.
+    pub fn soft(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, close: None, message: message.into(), retry_after: None }
+    }
+
+    /// The JSON error message.
+    pub fn to_json(&self) -> String {
+        let mut v = serde_json::json!({"type": "error", "code": self.code, "message": self.message});
+        if let Some(r) = self.retry_after {
+            v["retry_after"] = r.into();
+        }
+        v.to_string()
+    }
+}
+
+/// Close codes (see docs/protocol.md).
+pub mod close {
+    /// Normal close after `exit`.
+    pub const SESSION_ENDED: u16 = 4000;
+    /// Another connection took the session over.
+    pub const TAKEN_OVER: u16 = 4001;
+    /// No or late hello.
+    pub const HELLO: u16 = 4002;
+    /// Authentication or authorization failed.
+    pub const UNAUTHORIZED: u16 = 4003;
+    /// Resume refused.
+    pub const UNKNOWN_SESSION: u16 = 4004;
+    /// Malformed message.
+    pub const BAD_MESSAGE: u16 = 4005;
+    /// The client did not read its output.
+    pub const STALLED: u16 = 4008;
+    /// Nothing heard from the client.
+    pub const PING_TIMEOUT: u16 = 4009;
+    /// The container could not be created.
+    pub const CREATE_FAILED: u16 = 4010;
+    /// berth is shutting down.
+    pub const DRAINING: u16 = 4011;
+    /// No capacity.
+    pub const FULL: u16 = 4029;
+    /// Message too big (RFC 6455).
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error (RFC 6455).
+    pub const INTERNAL: u16 = 1011;
+}
+
+const KNOWN: [&str; 3] = ["hello", "resize", "release"];
+
+/// Parses one text frame.
+///
+/// # Errors
+/// `bad_json` for anything that is not a JSON object of a known shape, `unknown_type` for an unknown `type`,
+/// `bad_resize` for sizes out of range.
+pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
+    let bad = |m: String| ProtoError::fatal("bad_json", close::BAD_MESSAGE, m);
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let ty =
+        v.get("type").and_then(serde_json::Value::as_str).ok_or_else(|| bad("missing string field \"type\"".into()))?;
+    if !KNOWN.contains(&ty) {
+        return Err(ProtoError::fatal(
+            "unknown_type",
+            close::BAD_MESSAGE,
+            format!("unknown message type {:?}; known: {}", ty.chars().take(40).collect::<String>(), KNOWN.join(", ")),
+        ));
+    }
+    match ty {
+        "hello" => {
+            let h: Hello = serde_json::from_value(v).map_err(|e| bad(format!("malformed hello: {e}")))?;
+            check_size(h.cols, h.rows).map_err(|mut e| {
+                e.close = Some(close::BAD_MESSAGE);
+                e
+            })?;
+            Ok(ClientMsg::Hello(Box::new(h)))
+        }
+        "resize" => {
+            let r: Resize = serde_json::from_value(v).map_err(|e| bad(format!("malformed resize: {e}")))?;
+            check_size(r.cols, r.rows)?;
+            Ok(ClientMsg::Resize(r))
+        }
+        _ => Ok(ClientMsg::Release),
+    }
+}
+
+fn check_size(cols: u32, rows: u32) -> Result<(), ProtoError> {
+    if cols == 0 || rows == 0 || cols > MAX_DIM || rows > MAX_DIM {
+        return Err(ProtoError::soft(
+            "bad_resize",
+            format!("terminal size {cols}x{rows} is out of range: columns and rows must be 1 to {MAX_DIM}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Server → client messages.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg<'a> {
+    /// Waiting for capacity.
+    Queued {
+        /// 1 = next.
+        position: usize,
+    },
+    /// Admitted or resumed.
+    Session {
+        /// Session id.
+        session: String,
+        /// Resume secret (new sessions only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        secret: Option<&'a str>,
+        /// Whether this resumed an existing session.
+        resumed: bool,
+    },
+    /// Phase before ready.
+    Status {
+        /// `pending` or `creating`.
+        phase: &'a str,
+    },
+    /// Attached; output follows.
+    Ready {
+        /// Offset of the first byte that follows.
+        offset: u64,
+        /// Bytes asked for that the ring no longer held.
+        missed: u64,
+    },
+    /// Output was dropped.
+    Gap {
+        /// Bytes lost.
+        missed: u64,
+    },
+    /// A warning.
+    Warning {
+        /// Stable code.
+        code: &'a str,
+        /// Human message.
+        message: String,
+        /// Seconds left (idle).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seconds: Option<u64>,
+        /// Names concerned (env_ignored).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        names: Option<Vec<String>>,
+    },
+    /// The session ended.
+    Exit {
+        /// End reason code.
+        reason: &'a str,
+        /// Exit code, for `exited`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<i64>,
+        /// Human message.
+        message: String,
+    },
+}
+
+impl ServerMsg<'_> {
+    /// As a JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bad_input_gets_its_code() {
+        assert_eq!(parse("{").map(|_| ()).expect_err("refused").code, "bad_json");
+        assert_eq!(parse("[]").map(|_| ()).expect_err("refused").code, "bad_json");
+        assert_eq!(parse(r#"{"type":"nope"}"#).map(|_| ()).expect_err("refused").code, "unknown_type");
+        assert_eq!(parse(r#"{"type":"hello","cols":"x","rows":1}"#).map(|_| ()).expect_err("refused").code, "bad_json");
+        let e = parse(r#"{"type":"hello","cols":0,"rows":24}"#).map(|_| ()).expect_err("refused");
+        assert_eq!((e.code, e.close), ("bad_resize", Some(close::BAD_MESSAGE)));
+        let e = parse(r#"{"type":"resize","cols":1001,"rows":24}"#).map(|_| ()).expect_err("refused");
+        assert_eq!((e.code, e.close), ("bad_resize", None));
+        assert!(matches!(parse(r#"{"type":"resize","cols":80,"rows":24}"#), Ok(ClientMsg::Resize(_))));
+        assert!(matches!(parse(r#"{"type":"release"}"#), Ok(ClientMsg::Release)));
+    }
+
+    #[test]
+    fn resume_secrets_do_not_print() {
+        let r = Resume { session: "s".into(), secret: "hunter2".into(), offset: 1 };
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+}

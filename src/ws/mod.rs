@@ -1,0 +1,611 @@
+//! The WebSocket layer: the HTTP upgrade checks (subprotocol, origin, rate, readiness), and one task per
+//! connection that asks the controller for a session, waits for it to run, and then moves bytes between
+//! the socket and the session's terminal. It changes desired state only; it never creates or removes
+//! containers.
+
+pub mod messages;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_reconciler::{EndReason, Phase, Policy, SessionId, Status};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+use warp::Filter;
+use warp::filters::ws::{Message, WebSocket, Ws};
+use warp::http::StatusCode;
+use warp::reply::Reply;
+
+use crate::auth::{self, AuthError};
+use crate::controller::{Admission, Handle, OpenError, SessionRequest, Ticket};
+use crate::limits::{ConnectionLimiter, client_ip, origin_allowed};
+use crate::metrics::Metrics;
+use crate::terminal::{Read, Terminal, Terminals};
+use messages::{ClientMsg, Hello, ProtoError, SUBPROTOCOL, ServerMsg, close};
+
+/// What the WebSocket layer shares across connections.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// The controller.
+    pub handle: Handle,
+    /// The data path.
+    pub terminals: Terminals,
+    /// The policy in force.
+    pub policy: watch::Receiver<Arc<Policy>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Per-IP connection rate.
+    pub limiter: Arc<ConnectionLimiter>,
+    /// Flips to true when berth shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// `GET /ws`.
+pub fn routes(edge: Arc<Edge>) -> impl Filter<Extract = (Box<dyn Reply>,), Error = warp::Rejection> + Clone {
+    warp::path!("ws")
+        .and(warp::get())
+        .and(warp::ws())
+        .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("host"))
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::header::optional::<String>("sec-websocket-protocol"))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::any().map(move || edge.clone()))
+        .map(upgrade)
+}
+
+fn refuse(code: StatusCode, msg: &str) -> Box<dyn Reply> {
+    Box::new(warp::reply::with_status(format!("{msg}\n"), code))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn upgrade(
+    ws: Ws,
+    peer: Option<SocketAddr>,
+    origin: Option<String>,
+    host: Option<String>,
+    xff: Option<String>,
+    protocols: Option<String>,
+    query: String,
+    edge: Arc<Edge>,
+) -> Box<dyn Reply> {
+    let connected = Instant::now();
+    let policy = edge.policy.borrow().clone();
+    let offered = protocols.as_deref().unwrap_or("").split(',').any(|p| p.trim() == SUBPROTOCOL);
+    if !offered {
+        edge.metrics.rejected.with_label_values(&["bad_request"]).inc();
+        return refuse(StatusCode::BAD_REQUEST, "berth: offer the WebSocket subprotocol berth.v1");
+    }
+    if let Some(s) = query.split('&').find_map(|kv| kv.strip_prefix("session="))
+        && s.parse::<SessionId>().is_err()
+    {
+        edge.metrics.rejected.with_label_values(&["bad_request"]).inc();
+        return refuse(StatusCode::BAD_REQUEST, "berth: malformed session id in the query");
+    }
+    let Some(peer) = peer else {
+        return refuse(StatusCode::BAD_REQUEST, "berth: no peer address");
+    };
+    let ip = client_ip(peer, xff.as_deref(), &policy.server.trusted_proxies);
+    if !origin_allowed(origin.as_deref(), host.as_deref(), &policy.server.allowed_origins) {
+        edge.metrics.rejected.with_label_values(&["unauthorized"]).inc();
+        return refuse(StatusCode::FORBIDDEN, "berth: origin not allowed");
+    }
+    if let Err(retry) = edge.limiter.check(ip) {
+        edge.metrics.rejected.with_label_values(&["rate_limited"]).inc();
+        let secs = retry.as_secs().max(1).to_string();
+        return Box::new(warp::reply::with_header(
+            warp::reply::with_status("berth: too many connections from this address\n", StatusCode::TOO_MANY_REQUESTS),
+            "retry-after",
+            secs,
+        ));
+    }
+    let ready = edge.handle.readiness().borrow().clone();
+    if !ready.is_ready() {
+        let why = if ready.draining { "draining" } else { "not ready" };
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, &format!("berth: {why}"));
+    }
+    let limit = policy.server.max_message_bytes;
+    let reply = ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
+        let span = info_span!("ws", client = %ip, session = tracing::field::Empty);
+        Conn::run(edge, socket, ip, connected).instrument(span).await;
+    });
+    Box::new(warp::reply::with_header(reply, "sec-websocket-protocol", SUBPROTOCOL))
+}
+
+/// Why a connection ended, and how to tell the client.
+#[derive(Debug)]
+enum End {
+    /// Send this error (if the peer is still there) and close with its code.
+    Error(ProtoError),
+    /// The session ended: `exit` then close 4000.
+    Exited(EndReason),
+    /// The peer went away.
+    PeerGone,
+}
+
+impl From<ProtoError> for End {
+    fn from(e: ProtoError) -> Self {
+        Self::Error(e)
+    }
+}
+
+struct Conn {
+    edge: Arc<Edge>,
+    policy: Arc<Policy>,
+    out: mpsc::Sender<Message>,
+    incoming: futures::stream::SplitStream<WebSocket>,
+    ip: IpAddr,
+    connected: Instant,
+    last_heard: Instant,
+    first_output: bool,
+}
+
+enum Incoming {
+    Msg(ClientMsg),
+    Input(Bytes),
+    Nothing,
+}
+
+impl Conn {
+    async fn run(edge: Arc<Edge>, socket: WebSocket, ip: IpAddr, connected: Instant) {
+        edge.metrics.ws_total.inc();
+        edge.metrics.ws_open.inc();
+        let (mut sink, incoming) = socket.split();
+        let (out, mut out_rx) = mpsc::channel::<Message>(16);
+        let writer = tokio::spawn(
+            async move {
+                while let Some(msg) = out_rx.recv().await {
+                    let closing = msg.is_close();
+                    if sink.send(msg).await.is_err() || closing {
+                        break;
+                    }
+                }
+                let _ = sink.close().await;
+            }
+            .in_current_span(),
+        );
+        let policy = edge.policy.borrow().clone();
+        let mut conn = Conn {
+            edge: edge.clone(),
+            policy,
+            out,
+            incoming,
+            ip,
+            connected,
+            last_heard: Instant::now(),
+            first_output: false,
+        };
+        let mut held: Option<(SessionId, u64)> = None;
+        let end = conn.serve(&mut held).await;
+        let code = match &end {
+            End::Error(e) => {
+                debug!(code = e.code, message = %e.message, "closing");
+                let code = e.close.unwrap_or(close::INTERNAL);
+                conn.try_send(Message::text(e.to_json()));
+                conn.try_send(Message::close_with(code, e.code));
+                code
+            }
+            End::Exited(reason) => {
+                let code = match reason {
+                    EndReason::Exited { code } => Some(*code),
+                    _ => None,
+                };
+                let msg = ServerMsg::Exit { reason: reason.code(), code, message: reason.to_string() };
+                conn.try_send(Message::text(msg.to_json()));
+                conn.try_send(Message::close_with(close::SESSION_ENDED, "session ended"));
+                close::SESSION_ENDED
+            }
+            End::PeerGone => 1006,
+        };
+        // Any way out but the end of the session leaves it detached and resumable.
+        if let (Some((id, lease)), false) = (held, matches!(end, End::Exited(_))) {
+            edge.handle.detach(id, lease).await;
+        }
+        drop(conn);
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        edge.metrics.ws_open.dec();
+        edge.metrics.ws_closed.with_label_values(&[&code.to_string()]).inc();
+    }
+
+    fn try_send(&self, msg: Message) {
+        let _ = self.out.try_send(msg);
+    }
+
+    /// Sends, waiting at most the stall timeout for room.
+    async fn send(&self, msg: Message) -> Result<(), End> {
+        match tokio::time::timeout(self.policy.server.stall_timeout, self.out.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::PeerGone),
+            Err(_) => Err(End::Error(ProtoError::fatal(
+                "stalled",
+                close::STALLED,
+                format!("output not read for {:?}; the session stays resumable", self.policy.server.stall_timeout),
+            ))),
+        }
+    }
+
+    async fn send_json(&self, msg: &ServerMsg<'_>) -> Result<(), End> {
+        self.send(Message::text(msg.to_json())).await
+    }
+
+    /// Reads one frame from the client and classifies it.
+    async fn recv(&mut self) -> Result<Incoming, End> {
+        let frame = match self.incoming.next().await {
+            None => return Err(End::PeerGone),
+            Some(Err(e)) => return Err(End::Error(read_error(&e))),
+            Some(Ok(m)) => m,
+        };
+        self.last_heard = Instant::now();
+        if frame.is_binary() {
+            let data = frame.into_bytes();
+            self.edge.metrics.bytes.with_label_values(&["in"]).inc_by(data.len() as u64);
+            return Ok(Incoming::Input(data));
+        }
+        if frame.is_text() {
+            let text = frame
+                .to_str()
+                .map_err(|()| ProtoError::fatal("not_utf8", close::BAD_MESSAGE, "text frames must be UTF-8 JSON"))?;
+            return match messages::parse(text) {
+                Ok(m) => Ok(Incoming::Msg(m)),
+                Err(e) if e.close.is_none() => {
+                    self.send(Message::text(e.to_json())).await?;
+                    Ok(Incoming::Nothing)
+                }
+                Err(e) => Err(End::Error(e)),
+            };
+        }
+        if frame.is_close() {
+            return Err(End::PeerGone);
+        }
+        Ok(Incoming::Nothing)
+    }
+
+    async fn serve(&mut self, held: &mut Option<(SessionId, u64)>) -> End {
+        match self.serve_inner(held).await {
+            Ok(end) | Err(end) => end,
+        }
+    }
+
+    async fn serve_inner(&mut self, held: &mut Option<(SessionId, u64)>) -> Result<End, End> {
+        let hello = match tokio::time::timeout(self.policy.server.hello_timeout, self.recv()).await {
+            Err(_) => {
+                return Err(
+                    ProtoError::fatal("hello_timeout", close::HELLO, "no hello within the hello timeout").into()
+                );
+            }
+            Ok(r) => match r? {
+                Incoming::Msg(ClientMsg::Hello(h)) => h,
+                _ => {
+                    return Err(
+                        ProtoError::fatal("missing_hello", close::HELLO, "the first message must be hello").into()
+                    );
+                }
+            },
+        };
+        let mut ticket = self.admit(&hello).await?;
+        *held = Some((ticket.id, ticket.lease));
+        tracing::Span::current().record("session", tracing::field::display(ticket.id));
+
+        // Until the shell runs: buffer input, remember resizes, report progress.
+        let mut size = (hello.cols, hello.rows);
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut pending_bytes = 0usize;
+        let mut last_phase: Option<Phase> = None;
+        loop {
+            let status = ticket.status.borrow_and_update().clone();
+            if let Some(reason) = ending(&status) {
+                return match reason {
+                    EndReason::CreateFailed { error } => Err(ProtoError::fatal(
+                        "create_failed",
+                        close::CREATE_FAILED,
+                        format!("the session container could not be created: {error}"),
+                    )
+                    .into()),
+                    r => Ok(End::Exited(r)),
+                };
+            }
+            if status.phase == Phase::Running {
+                break;
+            }
+            if last_phase != Some(status.phase) {
+                last_phase = Some(status.phase);
+                self.send_json(&ServerMsg::Status { phase: status.phase.as_str() }).await?;
+            }
+            tokio::select! {
+                changed = ticket.status.changed() => {
+                    if changed.is_err() {
+                        return Ok(End::Exited(EndReason::Released));
+                    }
+                }
+                incoming = self.recv() => match incoming? {
+                    Incoming::Input(data) => {
+                        if pending_bytes + data.len() <= self.policy.server.input_buffer_bytes {
+                            pending_bytes += data.len();
+                            pending.push(data);
+                        } else {
+                            self.send_json(&ServerMsg::Warning {
+                                code: "input_overflow",
+                                message: "input before the shell started exceeded the buffer; some was dropped".into(),
+                                seconds: None,
+                                names: None,
+                            }).await?;
+                        }
+                    }
+                    Incoming::Msg(ClientMsg::Resize(r)) => size = (r.cols, r.rows),
+                    Incoming::Msg(ClientMsg::Release) => self.edge.handle.release(ticket.id, EndReason::Released).await,
+                    Incoming::Msg(ClientMsg::Hello(_)) => {
+                        return Err(ProtoError::fatal("bad_json", close::BAD_MESSAGE, "hello sent twice").into());
+                    }
+                    Incoming::Nothing => {}
+                },
+            }
+        }
+
+        let Some(term) = self.edge.terminals.get(&ticket.id) else {
+            return Err(ProtoError::fatal("internal", close::INTERNAL, "session running without a terminal").into());
+        };
+        let from = hello.resume.as_ref().map_or(0, |r| r.offset);
+        let mut reader = term.subscribe(Some(from));
+        let missed = term_start_gap(from, &reader);
+        self.send_json(&ServerMsg::Ready { offset: reader.offset(), missed }).await?;
+        let _ = resize(&term, size).await;
+        for data in pending {
+            let _ = term.write(data).await;
+        }
+        let result = self.pump(&term, &mut reader, &mut ticket).await;
+        term.unsubscribe(&reader);
+        result
+    }
+
+    async fn admit(&mut self, hello: &Hello) -> Result<Ticket, End> {
+        let identity = auth::authenticate(&self.policy.auth, hello.token.as_deref(), unix_now()).map_err(auth_error)?;
+        if let Some(resume) = &hello.resume {
+            let id: SessionId = resume.session.parse().map_err(|_| {
+                ProtoError::fatal(
+                    "bad_session_id",
+                    close::BAD_MESSAGE,
+                    "resume.session must be 32 lowercase hex digits",
+                )
+            })?;
+            let ticket = self
+                .edge
+                .handle
+                .resume(id, resume.secret.clone())
+                .await
+                .map_err(|e| ProtoError::fatal("unknown_session", close::UNKNOWN_SESSION, e.to_string()))?;
+            info!(session = %id, "resumed");
+            self.send_json(&ServerMsg::Session { session: id.to_string(), secret: None, resumed: true }).await?;
+            return Ok(ticket);
+        }
+        let profile_name =
+            auth::choose_profile(&identity, &self.policy, hello.profile.as_deref()).map_err(auth_error)?;
+        let Some(profile) = self.policy.profiles.get(&profile_name) else {
+            return Err(ProtoError::fatal("unknown_profile", close::BAD_MESSAGE, "no such profile").into());
+        };
+        let (env, ignored) = auth::session_env(profile, &identity, &hello.env, &hello.credentials);
+        if !ignored.is_empty() {
+            self.send_json(&ServerMsg::Warning {
+                code: "env_ignored",
+                message: "these names are not allowed by the profile and were ignored".into(),
+                seconds: None,
+                names: Some(ignored),
+            })
+            .await?;
+        }
+        let (secret, secret_hash) = auth::new_resume_secret().map_err(auth_error)?;
+        let req = SessionRequest {
+            profile: Some(profile_name),
+            kind: identity.kind,
+            env,
+            resume_hash: Some(secret_hash),
+            client_ip: Some(self.ip),
+        };
+        let ticket = match self.edge.handle.open(req).await {
+            Ok(Admission::Admitted(t)) => t,
+            Ok(Admission::Queued { mut position, mut result }) => loop {
+                let p = *position.borrow_and_update();
+                self.send_json(&ServerMsg::Queued { position: p }).await?;
+                tokio::select! {
+                    r = &mut result => break r.unwrap_or(Err(OpenError::Stopped)).map_err(open_error)?,
+                    _ = position.changed() => {}
+                    incoming = self.recv() => { incoming?; }
+                }
+            },
+            Err(e) => return Err(open_error(e)),
+        };
+        debug!(session = %ticket.id, kind = identity.kind.as_str(), "admitted");
+        self.send_json(&ServerMsg::Session { session: ticket.id.to_string(), secret: Some(&secret), resumed: false })
+            .await?;
+        Ok(ticket)
+    }
+
+    /// The data path: output to the client, input to the shell, until something ends it.
+    async fn pump(
+        &mut self,
+        term: &Arc<Terminal>,
+        reader: &mut crate::terminal::Reader,
+        ticket: &mut Ticket,
+    ) -> Result<End, End> {
+        let mut ping = tokio::time::interval(self.policy.server.ping_interval);
+        ping.reset();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut warned_at: Option<berth_reconciler::Timestamp> = None;
+        let mut shutdown = self.edge.shutdown.clone();
+        let shutting_down = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        tokio::pin!(shutting_down);
+        loop {
+            tokio::select! {
+                read = term.read(reader) => match read {
+                    Read::Data { bytes, .. } => {
+                        let n = bytes.len() as u64;
+                        self.send(Message::binary(bytes)).await?;
+                        term.ack(reader);
+                        self.edge.metrics.bytes.with_label_values(&["out"]).inc_by(n);
+                        if !self.first_output {
+                            self.first_output = true;
+                            self.edge.metrics.first_output.with_label_values::<&str>(&[]).observe(self.connected.elapsed().as_secs_f64());
+                        }
+                    }
+                    Read::Gap { missed, .. } => self.send_json(&ServerMsg::Gap { missed }).await?,
+                    Read::Superseded => {
+                        return Err(ProtoError::fatal("taken_over", close::TAKEN_OVER, "another connection resumed this session").into());
+                    }
+                    Read::Closed => {
+                        // The shell's stream ended: wait (bounded) for the controller to say why.
+                        let deadline = tokio::time::sleep(Duration::from_secs(10));
+                        tokio::pin!(deadline);
+                        loop {
+                            let st = ticket.status.borrow_and_update().clone();
+                            if let Some(r) = ending(&st) {
+                                return Ok(End::Exited(r));
+                            }
+                            if term.is_open() {
+                                break;
+                            }
+                            tokio::select! {
+                                c = ticket.status.changed() => if c.is_err() { return Ok(End::Exited(EndReason::Released)); },
+                                () = &mut deadline => return Err(ProtoError::fatal("internal", close::INTERNAL, "terminal stream lost").into()),
+                                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            }
+                        }
+                    }
+                },
+                changed = ticket.status.changed() => {
+                    if changed.is_err() {
+                        return Ok(End::Exited(EndReason::Released));
+                    }
+                    let st = ticket.status.borrow().clone();
+                    if let Some(r) = ending(&st) {
+                        // Let the last output through, then report.
+                        drain(self, term, reader).await?;
+                        return Ok(End::Exited(r));
+                    }
+                }
+                incoming = self.recv() => match incoming? {
+                    Incoming::Input(data) => {
+                        if term.write(data).await.is_err() {
+                            debug!("input dropped: terminal not attached");
+                        }
+                    }
+                    Incoming::Msg(ClientMsg::Resize(r)) => {
+                        if let Err(e) = resize(term, (r.cols, r.rows)).await {
+                            debug!(error = %e, "resize failed");
+                        }
+                    }
+                    Incoming::Msg(ClientMsg::Release) => self.edge.handle.release(ticket.id, EndReason::Released).await,
+                    Incoming::Msg(ClientMsg::Hello(_)) => {
+                        return Err(ProtoError::fatal("bad_json", close::BAD_MESSAGE, "hello sent twice").into());
+                    }
+                    Incoming::Nothing => {}
+                },
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() > self.policy.server.pong_timeout {
+                        return Err(ProtoError::fatal("ping_timeout", close::PING_TIMEOUT, "nothing heard from the client").into());
+                    }
+                    self.send(Message::ping(Bytes::new())).await?;
+                }
+                _ = tick.tick() => {
+                    let t = &self.policy.sessions;
+                    let last = term.last_activity();
+                    let now = berth_reconciler::Timestamp::now();
+                    let left = last.add(t.idle_timeout).since(now);
+                    if left <= t.idle_warning && warned_at != Some(last) {
+                        warned_at = Some(last);
+                        self.send_json(&ServerMsg::Warning {
+                            code: "idle",
+                            message: format!("no activity: this session ends in {} s unless you type", left.as_secs()),
+                            seconds: Some(left.as_secs()),
+                            names: None,
+                        }).await?;
+                    }
+                }
+                () = &mut shutting_down => {
+                    return Err(ProtoError::fatal("draining", close::DRAINING, "berth is shutting down; reconnect to resume").into());
+                }
+            }
+        }
+    }
+}
+
+/// Sends whatever output is already in the ring (bounded wait), before an `exit`.
+async fn drain(conn: &Conn, term: &Terminal, reader: &mut crate::terminal::Reader) -> Result<(), End> {
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(100), term.read(reader)).await {
+            Ok(Read::Data { bytes, .. }) => {
+                conn.send(Message::binary(bytes)).await?;
+                term.ack(reader);
+            }
+            Ok(Read::Gap { .. }) => {}
+            Ok(Read::Closed | Read::Superseded) | Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+fn term_start_gap(from: u64, reader: &crate::terminal::Reader) -> u64 {
+    reader.offset().saturating_sub(from)
+}
+
+async fn resize(term: &Terminal, (cols, rows): (u32, u32)) -> Result<(), crate::runtime::RuntimeError> {
+    let c = u16::try_from(cols).unwrap_or(u16::MAX);
+    let r = u16::try_from(rows).unwrap_or(u16::MAX);
+    tokio::time::timeout(Duration::from_secs(5), term.resize(c, r))
+        .await
+        .unwrap_or(Err(crate::runtime::RuntimeError::Timeout { op: "resize", after: Duration::from_secs(5) }))
+}
+
+fn ending(s: &Status) -> Option<EndReason> {
+    matches!(s.phase, Phase::Terminating | Phase::Gone).then(|| s.reason.clone().unwrap_or(EndReason::Released))
+}
+
+fn unix_now() -> u64 {
+    berth_reconciler::Timestamp::now().as_millis() / 1000
+}
+
+fn auth_error(e: AuthError) -> End {
+    let code = match e {
+        AuthError::ForbiddenProfile(_) => "forbidden_profile",
+        AuthError::UnknownProfile(_) => "unknown_profile",
+        _ => "unauthorized",
+    };
+    let close = if code == "unknown_profile" { close::BAD_MESSAGE } else { close::UNAUTHORIZED };
+    End::Error(ProtoError::fatal(code, close, e.to_string()))
+}
+
+fn open_error(e: OpenError) -> End {
+    let mut err = match &e {
+        OpenError::Draining => ProtoError::fatal("draining", close::DRAINING, e.to_string()),
+        OpenError::Full { reason, retry_after } => {
+            let code = if *reason == "per_ip" { "per_ip" } else { "full" };
+            let mut p = ProtoError::fatal(code, close::FULL, e.to_string());
+            p.retry_after = Some(retry_after.as_secs().max(1));
+            p
+        }
+        OpenError::QueueTimeout(_) => ProtoError::fatal("queue_timeout", close::FULL, e.to_string()),
+        OpenError::UnknownProfile(_) => ProtoError::fatal("unknown_profile", close::BAD_MESSAGE, e.to_string()),
+        OpenError::Stopped => ProtoError::fatal("draining", close::DRAINING, e.to_string()),
+    };
+    if err.code == "queue_timeout" {
+        err.retry_after = Some(5);
+    }
+    End::Error(err)
+}
+
+fn read_error(e: &warp::Error) -> ProtoError {
+    let text = e.to_string();
+    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") || text.contains("size") {
+        ProtoError::fatal("message_too_big", close::TOO_BIG, "message over the size limit")
+    } else if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
+        ProtoError::fatal("not_utf8", close::BAD_MESSAGE, "text frames must be UTF-8 JSON")
+    } else {
+        warn!(error = %text, "websocket read error");
+        ProtoError::fatal("bad_frame", close::BAD_MESSAGE, "malformed WebSocket frame")
+    }
+}

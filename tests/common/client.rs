@@ -1,0 +1,196 @@
+//! A protocol client for tests, over tokio-tungstenite, speaking docs/protocol.md.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Json(Value),
+    Output(Vec<u8>),
+    Closed(Option<u16>, String),
+}
+
+pub struct Client {
+    pub ws: Ws,
+    /// Every output byte received, in order.
+    pub output: Vec<u8>,
+    /// Control messages received, in order.
+    pub messages: Vec<Value>,
+    pub session: Option<String>,
+    pub secret: Option<String>,
+    pub closed: Option<(Option<u16>, String)>,
+}
+
+/// Connects to `/ws` with the berth.v1 subprotocol and optional extra headers.
+pub async fn connect_with(
+    addr: SocketAddr,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, tungstenite::Error> {
+    let mut req = format!("ws://{addr}/ws{query}").into_client_request()?;
+    req.headers_mut().insert("sec-websocket-protocol", "berth.v1".parse().expect("header"));
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+            v.parse().expect("header value"),
+        );
+    }
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+    assert_eq!(
+        resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
+        Some("berth.v1"),
+        "the server answers with the subprotocol"
+    );
+    Ok(Client { ws, output: Vec::new(), messages: Vec::new(), session: None, secret: None, closed: None })
+}
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    connect_with(addr, "", &[]).await.expect("websocket connect")
+}
+
+impl Client {
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.expect("send");
+    }
+
+    pub async fn hello(&mut self) {
+        self.send_json(json!({"type": "hello", "cols": 80, "rows": 24})).await;
+    }
+
+    pub async fn input(&mut self, s: &str) {
+        self.ws.send(Message::binary(s.as_bytes().to_vec())).await.expect("send input");
+    }
+
+    /// The next event, or `None` after `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Option<Event> {
+        if let Some((c, r)) = &self.closed {
+            return Some(Event::Closed(*c, r.clone()));
+        }
+        loop {
+            let msg = match tokio::time::timeout(limit, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => {
+                    self.closed = Some((None, String::new()));
+                    return Some(Event::Closed(None, String::new()));
+                }
+                Ok(Some(Err(e))) => {
+                    self.closed = Some((None, e.to_string()));
+                    return Some(Event::Closed(None, e.to_string()));
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sends JSON");
+                    if v["type"] == "session" {
+                        self.session = v["session"].as_str().map(str::to_owned);
+                        if let Some(s) = v["secret"].as_str() {
+                            self.secret = Some(s.to_owned());
+                        }
+                    }
+                    self.messages.push(v.clone());
+                    return Some(Event::Json(v));
+                }
+                Message::Binary(b) => {
+                    self.output.extend_from_slice(&b);
+                    return Some(Event::Output(b.to_vec()));
+                }
+                Message::Close(f) => {
+                    let (code, reason) = f
+                        .map(|f: CloseFrame| (Some(u16::from(f.code)), f.reason.to_string()))
+                        .unwrap_or((None, String::new()));
+                    self.closed = Some((code, reason.clone()));
+                    return Some(Event::Closed(code, reason));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads until a JSON message of `ty` arrives; panics on close or timeout.
+    pub async fn until_json(&mut self, ty: &str, limit: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Event::Json(v)) if v["type"] == ty => return v,
+                Some(Event::Closed(c, r)) => {
+                    panic!("closed ({c:?} {r}) while waiting for {ty}; messages: {:?}", self.messages)
+                }
+                None => panic!("no {ty} within {limit:?}; messages: {:?}", self.messages),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn until_ready(&mut self) -> Value {
+        self.until_json("ready", Duration::from_secs(60)).await
+    }
+
+    /// Reads until the output (since byte `from`) contains `needle`.
+    pub async fn until_output_from(&mut self, from: usize, needle: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !String::from_utf8_lossy(&self.output[from.min(self.output.len())..]).contains(needle) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Event::Closed(c, r)) => panic!(
+                    "closed ({c:?} {r}) while waiting for {needle:?}; output: {:?}",
+                    String::from_utf8_lossy(&self.output)
+                ),
+                None => panic!("no {needle:?} within {limit:?}; output: {:?}", String::from_utf8_lossy(&self.output)),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn until_output(&mut self, needle: &str) {
+        self.until_output_from(0, needle, Duration::from_secs(20)).await;
+    }
+
+    /// Reads until the socket closes; returns the close code and the last error code received.
+    pub async fn until_closed(&mut self, limit: Duration) -> (Option<u16>, Option<String>) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await {
+                Some(Event::Closed(c, _)) => {
+                    let err = self
+                        .messages
+                        .iter()
+                        .rev()
+                        .find(|m| m["type"] == "error")
+                        .and_then(|m| m["code"].as_str())
+                        .map(str::to_owned);
+                    return (c, err);
+                }
+                None => panic!("not closed within {limit:?}; messages: {:?}", self.messages),
+                _ => {}
+            }
+        }
+    }
+
+    /// Resets the TCP connection (RST, no close frame), as a crashed client or a dead network does.
+    pub fn drop_abruptly(self) {
+        if let MaybeTlsStream::Plain(tcp) = self.ws.get_ref() {
+            let _ = socket_linger_zero(tcp);
+        }
+        drop(self.ws);
+    }
+}
+
+#[allow(deprecated)]
+fn socket_linger_zero(tcp: &TcpStream) -> std::io::Result<()> {
+    tcp.set_linger(Some(Duration::ZERO))
+}

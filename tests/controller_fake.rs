@@ -1,0 +1,137 @@
+//! The controller's logic against the in-memory fake engine: retries, give-ups, idle passes, an engine that
+//! is down. The fake proves the logic; `controller_docker.rs` proves the product.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth::controller::{self, ControllerConfig, Handle, SessionRequest, Ticket};
+use berth::metrics::Metrics;
+use berth::reconciler::{ContainerState, EndReason, Phase, Policy, SessionKind};
+use berth::runtime::RuntimeError;
+use berth::runtime::fake::FakeRuntime;
+use tokio::sync::watch;
+
+fn policy() -> Policy {
+    let mut p = Policy::default();
+    p.reconcile.resync_interval = Duration::from_millis(200);
+    p.reconcile.backoff_base = Duration::from_millis(10);
+    p.reconcile.backoff_max = Duration::from_millis(100);
+    p
+}
+
+async fn start(fake: &FakeRuntime, p: Policy) -> (Handle, Arc<Metrics>) {
+    let (_tx, rx) = watch::channel(Arc::new(p));
+    std::mem::forget(_tx);
+    let metrics = Arc::new(Metrics::new());
+    let cfg = ControllerConfig { instance: "fake".parse().expect("valid"), epoch: 1 };
+    let (handle, _terms, _task) = controller::spawn(fake.clone(), cfg, rx, metrics.clone());
+    let mut r = handle.readiness();
+    tokio::time::timeout(Duration::from_secs(5), r.wait_for(|r| r.is_ready())).await.expect("ready").expect("alive");
+    (handle, metrics)
+}
+
+async fn open(h: &Handle) -> Ticket {
+    h.open_and_wait(SessionRequest {
+        profile: None,
+        kind: SessionKind::Anonymous,
+        env: vec![],
+        resume_hash: None,
+        client_ip: None,
+    })
+    .await
+    .expect("admitted")
+}
+
+async fn until(t: &mut Ticket, phase: Phase) -> berth::reconciler::Status {
+    let res = tokio::time::timeout(Duration::from_secs(5), async {
+        t.status.wait_for(|s| s.phase == phase).await.map(|s| s.clone())
+    })
+    .await;
+    match res {
+        Ok(Ok(s)) => s,
+        _ => panic!("no {phase:?}; last {:?}", *t.status.borrow()),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_image_ends_the_session_with_create_failed_at_once() {
+    let fake = FakeRuntime::default();
+    let (h, _) = start(&fake, policy()).await;
+    fake.fail_next("create", RuntimeError::NotFound("No such image: nope".into()));
+    let mut t = open(&h).await;
+    let s = until(&mut t, Phase::Gone).await;
+    assert!(
+        matches!(s.reason, Some(EndReason::CreateFailed { ref error }) if error.contains("No such image")),
+        "{s:?}"
+    );
+    assert_eq!(fake.calls("create"), 1, "a permanent error is not retried");
+}
+
+#[tokio::test]
+async fn transient_create_failures_are_retried_with_backoff_until_success() {
+    let fake = FakeRuntime::default();
+    let (h, m) = start(&fake, policy()).await;
+    for _ in 0..3 {
+        fake.fail_next("create", RuntimeError::Other("500: daemon busy".into()));
+    }
+    let mut t = open(&h).await;
+    until(&mut t, Phase::Running).await;
+    assert_eq!(fake.calls("create"), 4);
+    assert_eq!(fake.count(Some(ContainerState::Running)), 1);
+    let text = m.render();
+    assert!(text.contains(r#"berth_actions_total{kind="create",result="error"} 3"#), "{text}");
+}
+
+#[tokio::test]
+async fn repeated_create_failures_give_up_after_the_policy_limit() {
+    let fake = FakeRuntime::default();
+    let mut p = policy();
+    p.reconcile.max_create_attempts = 2;
+    let (h, _) = start(&fake, p).await;
+    for _ in 0..5 {
+        fake.fail_next("create", RuntimeError::Other("500: daemon busy".into()));
+    }
+    let mut t = open(&h).await;
+    let s = until(&mut t, Phase::Gone).await;
+    assert!(matches!(s.reason, Some(EndReason::CreateFailed { .. })));
+    assert_eq!(fake.calls("create"), 2);
+}
+
+#[tokio::test]
+async fn an_idle_resync_makes_one_list_call_and_no_writes() {
+    let fake = FakeRuntime::default();
+    let (h, _) = start(&fake, policy()).await;
+    let mut t = open(&h).await;
+    until(&mut t, Phase::Running).await;
+    let writes = |f: &FakeRuntime| ["create", "start", "stop", "remove", "attach"].map(|op| f.calls(op));
+    let before = (fake.calls("list"), writes(&fake), fake.calls("inspect"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = (fake.calls("list"), writes(&fake), fake.calls("inspect"));
+    let lists = after.0 - before.0;
+    assert!((3..=7).contains(&lists), "about one list per 200 ms resync, got {lists}");
+    assert_eq!(after.1, before.1, "no writes while nothing changes");
+    assert_eq!(after.2, before.2, "no inspects while nothing changes");
+}
+
+#[tokio::test]
+async fn an_engine_that_is_down_is_retried_without_a_hot_loop_and_recovers() {
+    let fake = FakeRuntime::default();
+    let (h, _) = start(&fake, policy()).await;
+    let mut r = h.readiness();
+    fake.set_down(true);
+    tokio::time::timeout(Duration::from_secs(2), r.wait_for(|r| !r.docker_up))
+        .await
+        .expect("down noticed")
+        .expect("alive");
+    let pings_before = fake.calls("ping");
+    let lists_before = fake.calls("list");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pings = fake.calls("ping") - pings_before;
+    let lists = fake.calls("list") - lists_before;
+    assert!(pings <= 12, "backoff holds while the engine is down: {pings} pings in 2 s");
+    assert!(lists <= 12, "resync lists stay at the resync rate: {lists} in 2 s");
+    fake.set_down(false);
+    tokio::time::timeout(Duration::from_secs(10), r.wait_for(|r| r.docker_up)).await.expect("up again").expect("alive");
+    let mut t = open(&h).await;
+    until(&mut t, Phase::Running).await;
+}

@@ -1,0 +1,214 @@
+//! The WebSocket layer end to end: a real berth on 127.0.0.1, real Docker, a real client (tokio-tungstenite).
+
+mod common;
+
+use std::time::Duration;
+
+use common::World;
+use common::client::{Event, connect, connect_with};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_prompt_arrives_without_a_key_press_and_echo_works() {
+    common::docker().await;
+    let w = World::new();
+    let server = w.serve().await;
+    let mut c = connect(server.addr).await;
+    c.hello().await;
+    let session = c.until_json("session", T).await;
+    assert_eq!(session["resumed"], false);
+    assert_eq!(session["secret"].as_str().map(str::len), Some(64));
+    let ready = c.until_ready().await;
+    assert_eq!(ready["offset"], 0);
+    c.until_output("$ ").await;
+    c.input("echo $((6*7))\r").await;
+    c.until_output("42").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_sent_after_hello_but_before_ready_is_delivered() {
+    common::docker().await;
+    let w = World::new();
+    let server = w.serve().await;
+    let mut c = connect(server.addr).await;
+    c.hello().await;
+    c.input("echo early$((1+1))\r").await;
+    c.until_ready().await;
+    c.until_output("early2").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_replays_only_what_the_client_missed() {
+    common::docker().await;
+    let w = World::new();
+    let server = w.serve().await;
+    let mut a = connect(server.addr).await;
+    a.hello().await;
+    a.until_ready().await;
+    a.input("echo first$((0+1))\r").await;
+    a.until_output("first1").await;
+    // Ask for output that arrives after the drop, then drop without a close frame.
+    a.input("sleep 1; echo second$((1+1))\r").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Some(Event::Output(_)) = a.next(Duration::from_millis(200)).await {}
+    let have = a.output.len() as u64;
+    let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
+    a.drop_abruptly();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut b = connect_with(server.addr, &format!("?session={session}"), &[]).await.expect("connect");
+    b.send_json(json!({"type": "hello", "cols": 80, "rows": 24,
+        "resume": {"session": session, "secret": secret, "offset": have}}))
+        .await;
+    let s = b.until_json("session", T).await;
+    assert_eq!(s["resumed"], true);
+    assert!(s.get("secret").is_none(), "the secret is not sent again");
+    let ready = b.until_ready().await;
+    assert_eq!(ready["offset"], have, "output resumes exactly where the client stopped");
+    assert_eq!(ready["missed"], 0);
+    b.until_output("second2").await;
+    let replay = String::from_utf8_lossy(&b.output).to_string();
+    assert!(!replay.contains("first1"), "nothing the client already had is sent again: {replay:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_takes_the_session_over_and_the_first_gets_4001() {
+    common::docker().await;
+    let w = World::new();
+    let server = w.serve().await;
+    let mut a = connect(server.addr).await;
+    a.hello().await;
+    a.until_ready().await;
+    let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
+    let mut b = connect(server.addr).await;
+    b.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "resume": {"session": session, "secret": secret}}))
+        .await;
+    b.until_ready().await;
+    let (code, err) = a.until_closed(T).await;
+    assert_eq!(code, Some(4001));
+    assert_eq!(err.as_deref(), Some("taken_over"));
+    b.input("echo still$((2+2))\r").await;
+    b.until_output("still4").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_input_gets_its_documented_code_and_other_sessions_keep_working() {
+    common::docker().await;
+    let w = World::new();
+    let server = w.serve().await;
+    let mut good = connect(server.addr).await;
+    good.hello().await;
+    good.until_ready().await;
+
+    async fn expect(
+        addr: std::net::SocketAddr,
+        send: Vec<tokio_tungstenite::tungstenite::Message>,
+        code: u16,
+        err: &str,
+    ) {
+        let mut c = connect(addr).await;
+        for m in send {
+            let _ = futures::SinkExt::send(&mut c.ws, m).await;
+        }
+        let (got, got_err) = c.until_closed(Duration::from_secs(15)).await;
+        assert_eq!((got, got_err.as_deref()), (Some(code), Some(err)), "for {err}");
+    }
+    use tokio_tungstenite::tungstenite::Message;
+    let hello = || Message::text(json!({"type": "hello", "cols": 80, "rows": 24}).to_string());
+    expect(server.addr, vec![Message::text("{not json")], 4005, "bad_json").await;
+    expect(server.addr, vec![Message::text(r#"{"type":"launch"}"#)], 4005, "unknown_type").await;
+    expect(server.addr, vec![Message::text(r#"{"type":"resize","cols":80,"rows":24}"#)], 4002, "missing_hello").await;
+    expect(
+        server.addr,
+        vec![Message::text(
+            json!({"type":"hello","cols":80,"rows":24,"resume":{"session":"../etc","secret":"x"}}).to_string(),
+        )],
+        4005,
+        "bad_session_id",
+    )
+    .await;
+    expect(
+        server.addr,
+        vec![Message::text(
+            json!({"type":"hello","cols":80,"rows":24,"resume":{"session":"0123456789abcdef0123456789abcdef","secret":"x"}})
+                .to_string(),
+        )],
+        4004,
+        "unknown_session",
+    )
+    .await;
+    expect(
+        server.addr,
+        vec![Message::text(json!({"type":"hello","cols":0,"rows":24}).to_string())],
+        4005,
+        "bad_resize",
+    )
+    .await;
+    expect(server.addr, vec![hello(), Message::binary(vec![b'x'; 100 * 1024])], 1009, "message_too_big").await;
+
+    // A resize out of range on a live session is refused without closing it.
+    good.send_json(json!({"type": "resize", "cols": 5000, "rows": 24})).await;
+    let e = good.until_json("error", T).await;
+    assert_eq!(e["code"], "bad_resize");
+    good.input("echo alive$((3*3))\r").await;
+    good.until_output("alive9").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_hello_times_out_with_4002() {
+    common::docker().await;
+    let mut w = World::new();
+    w.policy.server.hello_timeout = Duration::from_millis(500);
+    let server = w.serve().await;
+    let mut c = connect(server.addr).await;
+    let (code, err) = c.until_closed(Duration::from_secs(5)).await;
+    assert_eq!((code, err.as_deref()), (Some(4002), Some("hello_timeout")));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_var_outside_the_allowlist_never_reaches_the_container() {
+    common::docker().await;
+    let w = World::new();
+    let server = w.serve().await;
+    let mut c = connect(server.addr).await;
+    c.send_json(json!({"type": "hello", "cols": 80, "rows": 24,
+        "env": {"LD_PRELOAD": "/tmp/evil.so", "PATH": "/tmp", "BERTH_SECRET_MODE": "off", "LANG": "C.UTF-8"}}))
+        .await;
+    let warn = c.until_json("warning", T).await;
+    assert_eq!(warn["code"], "env_ignored");
+    let names: Vec<&str> = warn["names"].as_array().expect("names").iter().filter_map(|v| v.as_str()).collect();
+    assert!(
+        names.contains(&"LD_PRELOAD") && names.contains(&"PATH") && names.contains(&"BERTH_SECRET_MODE"),
+        "{names:?}"
+    );
+    c.until_ready().await;
+    c.input("echo \"[${LD_PRELOAD}][${BERTH_SECRET_MODE}][${LANG}][${PATH}]\"\r").await;
+    c.until_output("[][][C.UTF-8][/bin]").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_exit_reports_the_exit_code_and_closes_with_4000() {
+    common::docker().await;
+    let w = World::new();
+    let server = w.serve().await;
+    let mut c = connect(server.addr).await;
+    c.hello().await;
+    c.until_ready().await;
+    c.input("exit 3\r").await;
+    let exit = c.until_json("exit", T).await;
+    assert_eq!(exit["reason"], "exited");
+    assert_eq!(exit["code"], 3);
+    let (code, _) = c.until_closed(T).await;
+    assert_eq!(code, Some(4000));
+    common::eventually(Duration::from_secs(5), "container removed", || w.containers(None).is_empty()).await;
+    server.stop().await;
+}
