@@ -10,8 +10,9 @@ use berth_reconciler::policy_file::parse_policy_with;
 use berth_reconciler::{InstanceId, Policy};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+use warp::Filter;
 
-use crate::cli::{Cli, Command, LogFormat, PolicyCommand, ServeArgs};
+use crate::cli::{Cli, Command, LogFormat, PolicyCommand, ServeArgs, SessionsCommand};
 use crate::controller::{self, ControllerConfig};
 use crate::metrics::Metrics;
 use crate::runtime::docker::DockerRuntime;
@@ -32,7 +33,69 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Policy(PolicyCommand::Diff { old, new }) => match (load_policy(&old), load_policy(&new)) {
+            (Ok(a), Ok(b)) => {
+                let changes = berth_reconciler::policy_diff::diff(&a, &b);
+                if changes.is_empty() {
+                    println!("no changes");
+                }
+                for c in changes {
+                    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
+                    println!("{}: {} -> {}\n    applies to: {}", c.key, show(&c.old), show(&c.new), c.reach.describe());
+                }
+                ExitCode::SUCCESS
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Sessions { admin, command } => {
+            let (method, path) = match &command {
+                SessionsCommand::Ls => ("GET", "/admin/sessions".to_owned()),
+                SessionsCommand::Show { id } => ("GET", format!("/admin/sessions/{}", url_safe(id))),
+                SessionsCommand::Rm { id } => ("DELETE", format!("/admin/sessions/{}", url_safe(id))),
+            };
+            admin_call(&admin, method, &path, matches!(command, SessionsCommand::Ls))
+        }
+        Command::Gc { admin, dry_run } => {
+            let (method, path) = if dry_run { ("GET", "/admin/plan") } else { ("POST", "/admin/reconcile") };
+            admin_call(&admin, method, path, false)
+        }
         Command::Serve(args) => serve(args),
+    }
+}
+
+/// Keeps only characters a session id can have, so nothing else reaches the request line.
+fn url_safe(id: &str) -> String {
+    id.chars().filter(char::is_ascii_alphanumeric).take(64).collect()
+}
+
+fn admin_call(admin: &crate::cli::AdminArgs, method: &str, path: &str, table: bool) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(crate::admin_client::request(&admin.admin_url, admin.token_file.as_deref(), method, path)) {
+        Ok(body) => {
+            if table {
+                print!("{}", crate::admin_client::sessions_table(&body));
+            } else {
+                let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                    .unwrap_or(body);
+                println!("{pretty}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -120,11 +183,11 @@ fn instance_id(flag: Option<&str>, state_dir: &Path) -> anyhow::Result<InstanceI
 }
 
 async fn serve_async(args: ServeArgs, policy: Policy, instance: InstanceId) -> anyhow::Result<()> {
-    let server = Server::start(policy, instance.clone(), args.docker_host.as_deref()).await?;
-    if let Some(path) = args.policy.clone() {
-        tokio::spawn(reload_on_sighup(path, server.policy.clone(), server.metrics.clone()));
-    }
+    let server = Server::start_with(policy, instance.clone(), args.docker_host.as_deref(), args.policy.clone()).await?;
     let local = server.addr;
+    if let Some(admin) = server.admin_addr {
+        info!(address = %admin, "admin API listening on http://{admin}/admin/");
+    }
     info!(address = %local, instance = %instance, "berth listening on http://{local}/");
     println!("berth listening on http://{local}/");
 
@@ -151,6 +214,12 @@ pub struct Server {
     pub policy: Arc<watch::Sender<Arc<Policy>>>,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    /// Every session's terminal (the data path), for inspection.
+    pub terminals: crate::terminal::Terminals,
+    /// The admin listener's address, when `server.admin_listen` is set.
+    pub admin_addr: Option<std::net::SocketAddr>,
+    /// The outcome of the last policy reload.
+    pub reload: watch::Receiver<crate::reload::ReloadStatus>,
     shutdown: watch::Sender<bool>,
     controller: tokio::task::JoinHandle<()>,
     http: tokio::task::JoinHandle<()>,
@@ -162,6 +231,19 @@ impl Server {
     /// # Errors
     /// When the address cannot be bound or the Docker address is malformed.
     pub async fn start(policy: Policy, instance: InstanceId, docker_host: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(policy, instance, docker_host, None).await
+    }
+
+    /// As [`Server::start`], also reloading the policy from `policy_file` when it changes or on SIGHUP.
+    ///
+    /// # Errors
+    /// When an address cannot be bound or the Docker address is malformed.
+    pub async fn start_with(
+        policy: Policy,
+        instance: InstanceId,
+        docker_host: Option<&str>,
+        policy_file: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let listen = policy.server.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
@@ -169,25 +251,64 @@ impl Server {
         metrics.policy_loaded.set(berth_reconciler::Timestamp::now().as_millis() as f64 / 1000.0);
         let runtime = DockerRuntime::connect_lazy(docker_host)?;
         let limiter = Arc::new(crate::limits::ConnectionLimiter::new(&policy.limits));
+        let admin_listener = match policy.server.admin_listen {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin {a}"))?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
+        let (reload_tx, reload_rx) =
+            watch::channel(crate::reload::ReloadStatus { policy_hash: policy.hash(), last_error: None, at: 0 });
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
+        let policy_tx = Arc::new(policy_tx);
         let cfg = ControllerConfig { instance, epoch: 1 };
         let (handle, terminals, controller) = controller::spawn(runtime, cfg, policy_rx.clone(), metrics.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let edge = Arc::new(crate::ws::Edge {
             handle: handle.clone(),
-            terminals,
+            terminals: terminals.clone(),
             policy: policy_rx.clone(),
             metrics: metrics.clone(),
             limiter: limiter.clone(),
             shutdown: shutdown_rx.clone(),
         });
+        let admin = Arc::new(crate::admin::Admin {
+            handle: handle.clone(),
+            policy: policy_rx.clone(),
+            reload: reload_rx.clone(),
+        });
         tokio::spawn(evict_rate_limits(limiter, policy_rx));
-        let mut stop_rx = shutdown_rx;
-        let http = warp::serve(crate::http::routes(edge)).incoming(listener).graceful(async move {
+        if let Some(path) = policy_file {
+            let load: crate::reload::Loader = Arc::new(load_policy);
+            let task = crate::reload::run(path, load, policy_tx.clone(), Arc::new(reload_tx), metrics.clone());
+            tokio::spawn(task);
+        }
+        let mut stop_rx = shutdown_rx.clone();
+        let routes = crate::http::routes(edge).or(crate::admin::routes(admin.clone(), false));
+        let http = warp::serve(routes).incoming(listener).graceful(async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         });
         let http = tokio::spawn(http.run());
-        Ok(Self { addr, handle, policy: Arc::new(policy_tx), metrics, shutdown, controller, http })
+        if let Some(l) = admin_listener {
+            let mut stop_rx = shutdown_rx;
+            let routes =
+                crate::admin::routes(admin, true).or(crate::http::health_routes(handle.clone(), metrics.clone()));
+            let server = warp::serve(routes).incoming(l).graceful(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            });
+            tokio::spawn(server.run());
+        }
+        Ok(Self {
+            addr,
+            handle,
+            policy: policy_tx,
+            metrics,
+            terminals,
+            admin_addr,
+            reload: reload_rx,
+            shutdown,
+            controller,
+            http,
+        })
     }
 
     /// Tells open connections to reconnect elsewhere (close 4011), drains the controller and stops.
@@ -225,26 +346,5 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-async fn reload_on_sighup(path: PathBuf, tx: Arc<watch::Sender<Arc<Policy>>>, metrics: Arc<Metrics>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match load_policy(&path) {
-            Ok(p) => {
-                info!(policy = %p.hash(), "policy reloaded");
-                metrics.reloads.with_label_values(&["ok"]).inc();
-                metrics.policy_loaded.set(berth_reconciler::Timestamp::now().as_millis() as f64 / 1000.0);
-                let _ = tx.send(Arc::new(p));
-            }
-            Err(e) => {
-                warn!(errors = %e, "policy reload refused; the old policy stays in force");
-                metrics.reloads.with_label_values(&["error"]).inc();
-            }
-        }
     }
 }

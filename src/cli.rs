@@ -22,6 +22,52 @@ pub enum Command {
     /// Check or compare policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// List, inspect or end sessions of a running berth (through its admin API).
+    Sessions {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Reconcile now; with --dry-run, print the plan a pass would make without doing it.
+    Gc {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the plan as JSON instead of acting.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// How the CLI reaches a running berth's admin API.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Base URL of the admin API (`server.admin_listen`, or the main listener when an admin token is set).
+    #[arg(long, env = "BERTH_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    pub admin_url: String,
+    /// A file holding the admin bearer token (whose SHA-256 is `server.admin_token_sha256`).
+    #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `berth sessions ...`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// One line per session: id, phase, profile, age, idle, client, owner, policy drift.
+    Ls,
+    /// One session with its last 20 reconcile decisions ("why is my session stuck?").
+    Show {
+        /// The session id.
+        id: String,
+    },
+    /// End a session now (its container is removed).
+    Rm {
+        /// The session id.
+        id: String,
+    },
 }
 
 /// Log output format.
@@ -65,5 +111,12 @@ pub enum PolicyCommand {
     Check {
         /// The file.
         file: PathBuf,
+    },
+    /// Say what changing OLD into NEW would do to new and existing sessions.
+    Diff {
+        /// The policy in force.
+        old: PathBuf,
+        /// The candidate.
+        new: PathBuf,
     },
 }

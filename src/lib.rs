@@ -13,8 +13,11 @@ pub mod runtime;
 pub mod terminal;
 
 pub use berth_reconciler as reconciler;
+pub mod admin;
+pub mod admin_client;
 pub mod app;
 pub mod cli;
 pub mod http;
 pub mod page;
+pub mod reload;
 pub mod ws;

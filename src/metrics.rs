@@ -75,6 +75,8 @@ pub struct Metrics {
     pub drifted: IntGauge,
     /// Unix time of the last successful policy load.
     pub policy_loaded: Gauge,
+    /// `limits.max_sessions` of the policy in force, for capacity alerts.
+    pub capacity: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -114,6 +116,10 @@ impl Metrics {
         let drifted = int_gauge(
             "berth_containers_policy_drift",
             "Running session containers created from a profile that has since changed.",
+        );
+        let capacity = int_gauge(
+            "berth_session_capacity",
+            "Sessions this instance admits at most (limits.max_sessions of the policy in force).",
         );
         let reconcile_passes = IntCounter::new("berth_reconcile_passes_total", "Reconcile passes run.")
             .unwrap_or_else(|e| panic!("metric: {e}"));
@@ -190,6 +196,7 @@ impl Metrics {
             queue_len,
             drifted,
             policy_loaded,
+            capacity,
             registry: r,
         };
         #[cfg(target_os = "linux")]
@@ -202,6 +209,12 @@ impl Metrics {
     }
 
     fn precreate(&self) {
+        // Histograms too, so that dashboards show zero rather than "no data" on a fresh instance.
+        self.reconcile_duration.with_label_values::<&str>(&[]);
+        self.first_output.with_label_values::<&str>(&[]);
+        for op in DOCKER_OPS {
+            self.docker_latency.with_label_values(&[op]);
+        }
         for p in Phase::ALL {
             self.sessions.with_label_values(&[p.as_str()]);
         }
@@ -270,6 +283,10 @@ mod tests {
         assert!(text.contains(r#"berth_containers_removed_total{reason="orphan"} 0"#));
         assert!(text.contains(r#"berth_policy_reloads_total{result="error"} 0"#));
         assert!(text.contains(r#"berth_sessions{phase="running"} 0"#));
+        assert!(text.contains("berth_session_capacity 0"));
+        assert!(text.contains("berth_reconcile_duration_seconds_bucket"));
+        assert!(text.contains(r#"berth_docker_api_call_duration_seconds_count{op="create"} 0"#));
+        assert!(text.contains("berth_time_to_first_output_seconds_count 0"));
         assert!(!text.contains("session_id"));
     }
 }

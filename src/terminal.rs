@@ -140,8 +140,10 @@ impl Terminal {
     pub fn subscribe(&self, from: Option<u64>) -> Reader {
         let mut s = self.lock();
         s.generation += 1;
-        let start = from.unwrap_or(s.ring.start).min(s.ring.end());
-        s.reader = Some((s.generation, start.max(s.ring.start)));
+        // Bytes older than the ring cannot be sent: the reader starts at the oldest byte held, so that its
+        // offset is where output really resumes (the caller reports the difference as missed).
+        let start = from.unwrap_or(s.ring.start).clamp(s.ring.start, s.ring.end());
+        s.reader = Some((s.generation, start));
         let r = Reader { generation: s.generation, offset: start };
         drop(s);
         self.output_ready.notify_waiters();
@@ -259,16 +261,30 @@ impl Terminal {
         }
     }
 
-    async fn wait_for_room(&self) {
-        loop {
+    /// Appends `data` to the ring. While a reader is attached, a byte goes in only when the ring has room for it
+    /// beyond what the reader has not yet acknowledged, so that an attached client never loses output: a slow
+    /// one pauses the stream (and with it the shell) instead. With no reader, the oldest bytes make room.
+    async fn push_when_room(&self, mut data: &[u8]) {
+        while !data.is_empty() {
             let notified = self.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let s = self.lock();
-                let blocked = s.reader.is_some_and(|(_, off)| s.ring.end().saturating_sub(off) >= s.ring.cap as u64);
-                if !blocked {
-                    return;
+                let mut s = self.lock();
+                let room = match s.reader {
+                    Some((_, acked)) => {
+                        let unacked = usize::try_from(s.ring.end().saturating_sub(acked)).unwrap_or(usize::MAX);
+                        s.ring.cap.saturating_sub(unacked)
+                    }
+                    None => data.len(),
+                };
+                if room > 0 {
+                    let n = room.min(data.len());
+                    s.ring.push(&data[..n]);
+                    drop(s);
+                    data = &data[n..];
+                    self.output_ready.notify_waiters();
+                    continue;
                 }
             }
             notified.await;
@@ -363,13 +379,11 @@ impl Terminals {
         tokio::spawn(
             async move {
                 loop {
-                    term.wait_for_room().await;
                     match output.next().await {
                         Some(Ok(chunk)) => {
-                            term.lock().ring.push(&chunk);
+                            term.push_when_room(&chunk).await;
                             term.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                             term.touch();
-                            term.output_ready.notify_waiters();
                         }
                         Some(Err(e)) => {
                             debug!(error = %e, "attach stream failed");

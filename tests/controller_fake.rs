@@ -135,3 +135,52 @@ async fn an_engine_that_is_down_is_retried_without_a_hot_loop_and_recovers() {
     let mut t = open(&h).await;
     until(&mut t, Phase::Running).await;
 }
+
+#[tokio::test]
+async fn the_dry_run_plan_is_what_the_controller_then_does() {
+    use berth::reconciler::{Action, ManagedLabels, SessionId, Timestamp};
+    let fake = FakeRuntime::default();
+    let mut p = policy();
+    p.reconcile.backoff_base = Duration::from_millis(400);
+    p.reconcile.backoff_max = Duration::from_millis(400);
+    let ns = p.docker.namespace.clone();
+    let (h, _) = start(&fake, p).await;
+    // An orphan appears after startup (ours by label, no session), and its first removal fails.
+    let labels = ManagedLabels {
+        session: SessionId::from_bytes([9; 16]),
+        owner: "fake".parse().expect("valid"),
+        created_at: Timestamp::from_millis(1000),
+        profile: "default".parse().expect("valid"),
+        kind: SessionKind::Anonymous,
+        policy_hash: "00".into(),
+        resume_hash: None,
+        epoch: 1,
+    };
+    let orphan = fake.insert(labels.to_labels(&ns).into_iter().collect(), ContainerState::Running);
+    fake.fail_next("remove", RuntimeError::Other("500: device busy".into()));
+    h.resync().await;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while fake.calls("remove") < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("first removal attempted");
+    // While it backs off, the dry run shows the plan the controller is waiting to carry out.
+    let plan = h.dry_run().await.expect("plan");
+    assert_eq!(plan.actions.len(), 1, "{plan:?}");
+    let Action::BulkRemove { containers, .. } = &plan.actions[0] else { panic!("{plan:?}") };
+    assert_eq!(containers, &vec![orphan.clone()]);
+    assert_eq!(fake.count(None), 1, "nothing removed yet");
+    // Then the controller does exactly that.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while fake.count(None) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("orphan removed after the backoff");
+    assert_eq!(fake.calls("remove"), 2);
+    assert_eq!(fake.calls("create"), 0);
+    assert!(h.dry_run().await.expect("plan").actions.is_empty());
+}

@@ -9,6 +9,7 @@ pub mod labels;
 pub mod observed;
 pub mod plan;
 pub mod policy;
+pub mod policy_diff;
 pub mod policy_file;
 pub mod startup;
 pub mod status;

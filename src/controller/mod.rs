@@ -125,6 +125,7 @@ pub fn spawn<R: Runtime>(
     metrics: Arc<Metrics>,
 ) -> (Handle, Terminals, tokio::task::JoinHandle<()>) {
     let policy = policy_rx.borrow().clone();
+    metrics.capacity.set(i64::try_from(policy.limits.max_sessions).unwrap_or(i64::MAX));
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (done_tx, done_rx) = mpsc::channel(COMMAND_QUEUE);
     let (obs_tx, obs_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -604,6 +605,7 @@ impl<R: Runtime> Controller<R> {
         let p = self.policy_rx.borrow_and_update().clone();
         self.executor.reconfigure(p.reconcile.docker_timeout, p.reconcile.concurrency);
         self.terminals.set_ring_bytes(p.server.replay_bytes);
+        self.metrics.capacity.set(i64::try_from(p.limits.max_sessions).unwrap_or(i64::MAX));
         info!(policy = %p.hash(), "policy applied");
         self.policy = p;
         self.publish_readiness();

@@ -26,6 +26,12 @@ use crate::metrics::Metrics;
 use crate::terminal::{Read, Terminal, Terminals};
 use messages::{ClientMsg, Hello, ProtoError, SUBPROTOCOL, ServerMsg, close};
 
+/// Messages queued for a connection's writer, beyond the two kept for the error or exit and the close frame.
+const OUT_QUEUE: usize = 16;
+
+/// How long a closing connection's queued messages get to reach the client before the socket is dropped.
+const LAST_WORDS_GRACE: Duration = Duration::from_secs(5);
+
 /// What the WebSocket layer shares across connections.
 #[derive(Debug, Clone)]
 pub struct Edge {
@@ -155,7 +161,15 @@ impl Conn {
         edge.metrics.ws_total.inc();
         edge.metrics.ws_open.inc();
         let (mut sink, incoming) = socket.split();
-        let (out, mut out_rx) = mpsc::channel::<Message>(16);
+        let (out, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE + 2);
+        // Room for the last two messages (the error or exit, then the close frame) is set aside now: they queue
+        // behind pending output even when a client that stopped reading has filled the queue.
+        let mut last_words = Vec::with_capacity(2);
+        for _ in 0..2 {
+            if let Ok(permit) = out.clone().reserve_owned().await {
+                last_words.push(permit);
+            }
+        }
         let writer = tokio::spawn(
             async move {
                 while let Some(msg) = out_rx.recv().await {
@@ -181,12 +195,17 @@ impl Conn {
         };
         let mut held: Option<(SessionId, u64)> = None;
         let end = conn.serve(&mut held).await;
+        let mut say = |msg: Message| {
+            if let Some(permit) = last_words.pop() {
+                permit.send(msg);
+            }
+        };
         let code = match &end {
             End::Error(e) => {
                 debug!(code = e.code, message = %e.message, "closing");
                 let code = e.close.unwrap_or(close::INTERNAL);
-                conn.try_send(Message::text(e.to_json()));
-                conn.try_send(Message::close_with(code, e.code));
+                say(Message::text(e.to_json()));
+                say(Message::close_with(code, e.code));
                 code
             }
             End::Exited(reason) => {
@@ -195,24 +214,26 @@ impl Conn {
                     _ => None,
                 };
                 let msg = ServerMsg::Exit { reason: reason.code(), code, message: reason.to_string() };
-                conn.try_send(Message::text(msg.to_json()));
-                conn.try_send(Message::close_with(close::SESSION_ENDED, "session ended"));
+                say(Message::text(msg.to_json()));
+                say(Message::close_with(close::SESSION_ENDED, "session ended"));
                 close::SESSION_ENDED
             }
             End::PeerGone => 1006,
         };
+        drop(last_words);
         // Any way out but the end of the session leaves it detached and resumable.
         if let (Some((id, lease)), false) = (held, matches!(end, End::Exited(_))) {
             edge.handle.detach(id, lease).await;
         }
         drop(conn);
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        // The client has this long to take what is still queued; then the socket is closed regardless, so a
+        // peer that never reads cannot hold the connection open.
+        let mut writer = writer;
+        if tokio::time::timeout(LAST_WORDS_GRACE, &mut writer).await.is_err() {
+            writer.abort();
+        }
         edge.metrics.ws_open.dec();
         edge.metrics.ws_closed.with_label_values(&[&code.to_string()]).inc();
-    }
-
-    fn try_send(&self, msg: Message) {
-        let _ = self.out.try_send(msg);
     }
 
     /// Sends, waiting at most the stall timeout for room.
@@ -351,7 +372,10 @@ impl Conn {
         let from = hello.resume.as_ref().map_or(0, |r| r.offset);
         let mut reader = term.subscribe(Some(from));
         let missed = term_start_gap(from, &reader);
-        self.send_json(&ServerMsg::Ready { offset: reader.offset(), missed }).await?;
+        if let Err(e) = self.send_json(&ServerMsg::Ready { offset: reader.offset(), missed }).await {
+            term.unsubscribe(&reader);
+            return Err(e);
+        }
         let _ = resize(&term, size).await;
         for data in pending {
             let _ = term.write(data).await;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod process;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -50,15 +51,21 @@ pub struct World {
 
 impl World {
     pub fn new() -> Self {
-        let tag = rand_hex(4);
+        Self::with_prefix("t")
+    }
+
+    /// A world whose namespace, name prefix and instance start with `prefix` (one lowercase letter), so that
+    /// a leftover container tells which kind of test made it.
+    pub fn with_prefix(prefix: &str) -> Self {
+        let tag = format!("{prefix}{}", rand_hex(4));
         let mut policy = Policy::default();
-        let ns: LabelNamespace = format!("test.berth.t{tag}").parse().expect("namespace");
+        let ns: LabelNamespace = format!("test.berth.{tag}").parse().expect("namespace");
         policy.docker.namespace = ns.clone();
-        policy.docker.name_prefix = format!("berth-t{tag}");
+        policy.docker.name_prefix = format!("berth-{tag}");
         policy.reconcile.resync_interval = Duration::from_secs(2);
         policy.reconcile.concurrency = 6;
         policy.limits.max_per_ip = 1000;
-        Self { ns, instance: format!("t{tag}").parse().expect("instance"), policy, host: None }
+        Self { ns, instance: tag.parse().expect("instance"), policy, host: None }
     }
 
     pub fn marker_filter(&self) -> String {

@@ -1,0 +1,114 @@
+//! The web page in a real browser against a real berth: the `berth` binary on its default policy (in a
+//! namespace of its own) and real Docker, driven by `web/test/browser.mjs` (headless Chromium through
+//! playwright-core). The script opens the page, runs commands, resizes, reloads into the same shell and takes a
+//! screenshot (`ci-artifacts/browser-terminal.png`).
+//!
+//! The browser and node are not optional: when they are missing the test fails and says how to install them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::World;
+use common::process::{Berth, TempDir, write_policy};
+
+/// The whole browser script's bound; its own steps time out well before.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
+
+/// Checks that node, Chromium and playwright-core are installed, or fails with what to run.
+fn browser_tools(root: &Path) -> PathBuf {
+    let chromium = std::env::var_os("BERTH_CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let mut missing = Vec::new();
+    match std::process::Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            // playwright-core declares node >= 20.
+            let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let major: u32 =
+                version.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            if major < 20 {
+                missing.push(format!("node >= 20 (this one is {version})"));
+            }
+        }
+        _ => missing.push("node (Debian packages nodejs and npm)".to_owned()),
+    }
+    if !chromium.is_file() {
+        missing.push(format!("{} (Debian package chromium)", chromium.display()));
+    }
+    let driver = root.join("web/node_modules/playwright-core");
+    if !driver.is_dir() {
+        missing.push(format!("{} (npm ci in web/)", driver.display()));
+    }
+    assert!(
+        missing.is_empty(),
+        "The browser test needs node, Chromium and web/node_modules, and was not skipped. Missing: {}. \
+         Run scripts/test.sh (or BERTH_SETUP_TEST_TOOLS=1 scripts/setup.sh), which installs them.",
+        missing.join("; ")
+    );
+    chromium
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_runs_a_shell_in_chromium_against_the_real_binary() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    browser_tools(root);
+    common::docker().await;
+    let began = Instant::now();
+
+    // Declared first, so it is dropped last: its containers are removed after berth is gone.
+    let w = World::with_prefix("b");
+    let dir = TempDir::new("browser");
+    let policy = write_policy(dir.path(), &w, &[]);
+    let mut berth = Berth::spawn(&policy, w.instance.as_str(), dir.path());
+    berth.wait_ready(Duration::from_secs(30)).await;
+
+    let artifacts = root.join("ci-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("creating ci-artifacts/");
+    let screenshot = artifacts.join("browser-terminal.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let url = format!("http://{}/", berth.addr);
+    let script = root.join("web/test/browser.mjs");
+    let ran = Instant::now();
+    let node = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(&url)
+        .arg(&screenshot)
+        .current_dir(root.join("web"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(SCRIPT_LIMIT, node).await {
+        Ok(out) => out.expect("running node"),
+        Err(_) => panic!("{} did not finish within {SCRIPT_LIMIT:?} (node was killed)", script.display()),
+    };
+    eprintln!(
+        "--- node {} {url} ({:?}, {})\n{}{}---",
+        script.display(),
+        ran.elapsed(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the browser test failed ({}); its output is above", out.status);
+    let png = std::fs::metadata(&screenshot).map(|m| m.len()).unwrap_or(0);
+    assert!(png > 0, "no screenshot at {}", screenshot.display());
+    eprintln!("screenshot: {} ({png} bytes)", screenshot.display());
+
+    // berth drains on SIGTERM; its default shutdown mode leaves running sessions for the next start to adopt.
+    let status = berth.terminate(Duration::from_secs(30));
+    assert!(status.success(), "berth exits 0 after SIGTERM, got {status}; its log:\n{}", berth.log_tail(40));
+    let left = w.containers(None);
+    let running = w.containers(Some("running"));
+    assert_eq!(left.len(), 1, "exactly the page's one session is left for adoption: {left:?}");
+    assert_eq!(running, left, "and its container still runs");
+
+    // The test, not berth, cleans up what the default policy leaves.
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(left.iter().map(String::as_str));
+    w.cli(&rm);
+    assert!(w.containers(None).is_empty(), "no container of the test is left");
+    eprintln!("whole test took {:?}", began.elapsed());
+}
