@@ -15,6 +15,7 @@ use warp::Filter;
 use crate::cli::{Cli, Command, LogFormat, PolicyCommand, ServeArgs, SessionsCommand};
 use crate::controller::{self, ControllerConfig};
 use crate::metrics::Metrics;
+use crate::runtime::Runtime;
 use crate::runtime::docker::DockerRuntime;
 
 /// EX_USAGE: invalid configuration.
@@ -244,12 +245,26 @@ impl Server {
         docker_host: Option<&str>,
         policy_file: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        let runtime = DockerRuntime::connect_lazy(docker_host)?;
+        Self::start_on(runtime, policy, instance, policy_file).await
+    }
+
+    /// As [`Server::start_with`], on a runtime the caller built: tests run berth on the in-memory fake, or on a
+    /// [`FaultyRuntime`](crate::runtime::faulty::FaultyRuntime) wrapping Docker to inject faults.
+    ///
+    /// # Errors
+    /// When an address cannot be bound.
+    pub async fn start_on<R: Runtime>(
+        runtime: R,
+        policy: Policy,
+        instance: InstanceId,
+        policy_file: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         let listen = policy.server.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
         let metrics = Arc::new(Metrics::new());
         metrics.policy_loaded.set(berth_reconciler::Timestamp::now().as_millis() as f64 / 1000.0);
-        let runtime = DockerRuntime::connect_lazy(docker_host)?;
         let limiter = Arc::new(crate::limits::ConnectionLimiter::new(&policy.limits));
         let admin_listener = match policy.server.admin_listen {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin {a}"))?),

@@ -21,5 +21,5 @@ pub use labels::{LabelNamespace, ManagedLabels};
 pub use observed::{ContainerState, Health, Observed, ObservedContainer};
 pub use plan::{Action, ActionKind, ContainerSpec, Plan, RemoveReason, plan};
 pub use policy::Policy;
-pub use status::{EndReason, Phase, Status, status_of};
+pub use status::{EndReason, Phase, Status, status_in, status_of};
 pub use time::Timestamp;

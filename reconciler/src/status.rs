@@ -5,7 +5,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::desired::DesiredSession;
-use crate::ids::ContainerId;
+use crate::ids::{ContainerId, InstanceId};
 use crate::observed::{ContainerState, Health, Observed, ObservedContainer};
 
 /// Where a session is in its life.
@@ -157,11 +157,25 @@ impl Status {
     }
 }
 
-/// The status of `session` given what is observed. Pure.
-pub fn status_of(session: &DesiredSession, observed: &Observed) -> Status {
-    let mine: Vec<&ObservedContainer> =
-        observed.containers.values().filter(|c| c.labels.session == session.id).collect();
-    let bound = session.container.as_ref().and_then(|id| observed.containers.get(id)).or_else(|| mine.first().copied());
+/// The status of `session` given what is observed. Pure. Only containers owned by `owner` count, so a
+/// session can never be shown another instance's container. O(containers): passes use [`status_in`].
+pub fn status_of(session: &DesiredSession, observed: &Observed, owner: &InstanceId) -> Status {
+    let mine: Vec<&ObservedContainer> = observed
+        .containers
+        .values()
+        .filter(|c| c.labels.session == session.id && &c.labels.owner == owner)
+        .collect();
+    status_in(session, &mine, observed.attached.contains(&session.id))
+}
+
+/// The status of `session` given its own containers (already filtered by session and owner) and whether
+/// berth holds its terminal stream. Pure.
+pub fn status_in(session: &DesiredSession, mine: &[&ObservedContainer], attached: bool) -> Status {
+    let bound = session
+        .container
+        .as_ref()
+        .and_then(|id| mine.iter().find(|c| &c.id == id).copied())
+        .or_else(|| mine.first().copied());
     let health = bound.map_or(Health::Unknown, |c| c.health);
     let container = bound.map(|c| c.id.clone());
     if let Some(reason) = &session.ending {
@@ -170,7 +184,7 @@ pub fn status_of(session: &DesiredSession, observed: &Observed) -> Status {
     }
     let phase = match bound {
         None => Phase::Pending,
-        Some(c) if c.state == ContainerState::Running && observed.attached.contains(&session.id) => Phase::Running,
+        Some(c) if c.state == ContainerState::Running && attached => Phase::Running,
         Some(_) => Phase::Creating,
     };
     Status { phase, reason: None, container, health }

@@ -14,7 +14,7 @@ use berth_reconciler::plan::{Plan, RemoveReason};
 use berth_reconciler::startup::startup;
 use berth_reconciler::{
     Action, Attachment, ContainerId, ContainerState, Desired, DesiredSession, EndReason, InstanceId, Phase, Policy,
-    SessionId, Status, Timestamp, plan, status_of,
+    SessionId, Status, Timestamp, plan, status_in, status_of,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -523,7 +523,11 @@ impl<R: Runtime> Controller<R> {
 
     fn on_observer(&mut self, msg: ObserverMsg) {
         match msg {
-            ObserverMsg::Connected => self.request_list(),
+            ObserverMsg::Connected => {
+                // The engine is back: whatever was backing off because it was away may try again now.
+                self.backoff.clear();
+                self.request_list();
+            }
             ObserverMsg::Disconnected => {}
             ObserverMsg::Upsert(c) => {
                 let (session, state) = (c.labels.session, c.state);
@@ -582,6 +586,12 @@ impl<R: Runtime> Controller<R> {
             Ok(list) => {
                 self.observed.apply_list(list, generation, at);
                 self.bind_unbound();
+                // Backoff for things that no longer exist is dropped, so the map stays bounded.
+                let (view, desired) = (self.observed.view(), &self.desired);
+                self.backoff.retain(|k, _| match k {
+                    Key::Container(id) => view.containers.contains_key(id),
+                    Key::Session(s) => desired.sessions.contains_key(s),
+                });
             }
             Err(e) => warn!(error = %e, "list failed"),
         }
@@ -754,11 +764,25 @@ impl<R: Runtime> Controller<R> {
         );
     }
 
+    /// Each session's own containers (owned by this instance), indexed once per pass.
+    fn containers_by_session(&self) -> HashMap<SessionId, Vec<&berth_reconciler::ObservedContainer>> {
+        let mut by: HashMap<SessionId, Vec<&berth_reconciler::ObservedContainer>> = HashMap::new();
+        for c in self.observed.view().containers.values().filter(|c| c.labels.owner == self.desired.owner) {
+            by.entry(c.labels.session).or_default().push(c);
+        }
+        by
+    }
+
+    fn status(&self, s: &DesiredSession, by: &HashMap<SessionId, Vec<&berth_reconciler::ObservedContainer>>) -> Status {
+        let mine = by.get(&s.id).map(Vec::as_slice).unwrap_or_default();
+        status_in(s, mine, self.observed.view().attached.contains(&s.id))
+    }
+
     fn publish_statuses(&mut self) {
-        let view = self.observed.view();
+        let by = self.containers_by_session();
         let mut gone = Vec::new();
         for s in self.desired.sessions.values() {
-            let st = status_of(s, view);
+            let st = self.status(s, &by);
             if st.phase == Phase::Gone && !self.in_flight.contains(&Key::Session(s.id)) {
                 gone.push(s.id);
             }
@@ -773,6 +797,7 @@ impl<R: Runtime> Controller<R> {
                 });
             }
         }
+        drop(by);
         for id in gone {
             self.desired.sessions.remove(&id);
             self.statuses.remove(&id);
@@ -823,8 +848,9 @@ impl<R: Runtime> Controller<R> {
     fn update_gauges(&self) {
         let view = self.observed.view();
         let mut phases: HashMap<Phase, i64> = Phase::ALL.iter().map(|p| (*p, 0)).collect();
+        let by = self.containers_by_session();
         for s in self.desired.sessions.values() {
-            *phases.entry(status_of(s, view).phase).or_default() += 1;
+            *phases.entry(self.status(s, &by).phase).or_default() += 1;
         }
         for (p, n) in phases {
             self.metrics.sessions.with_label_values(&[p.as_str()]).set(n);
@@ -853,7 +879,7 @@ impl<R: Runtime> Controller<R> {
         let container = s.container.as_ref().and_then(|c| view.containers.get(c));
         Some(SessionInfo {
             id: s.id,
-            status: status_of(s, view),
+            status: status_of(s, view, &self.desired.owner),
             profile: s.profile.clone(),
             kind: s.kind,
             age_seconds: now.since(s.created_at).as_secs(),

@@ -1,7 +1,7 @@
 //! The narrow container-runtime interface the controller drives, and its error type.
 //!
 //! `docker` implements it with bollard (the only module that imports bollard); `fake` is an in-memory
-//! engine for controller tests.
+//! engine for controller tests; `faulty` wraps either to inject delays, failures, outages and lost events.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +15,7 @@ use tokio::io::AsyncWrite;
 
 pub mod docker;
 pub mod fake;
+pub mod faulty;
 
 /// A runtime call failed.
 #[derive(Debug, Clone, thiserror::Error)]
