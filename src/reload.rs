@@ -27,16 +27,19 @@ pub struct ReloadStatus {
     pub at: u64,
 }
 
-/// What cannot change without a restart; carried over from the running policy.
-fn keep_fixed(new: &mut Policy, current: &Policy) {
-    if new.server.listen != current.server.listen || new.server.admin_listen != current.server.admin_listen {
-        warn!("listen addresses change only on restart; keeping the current ones");
+/// What cannot change without a restart; carried over from the running policy. Warns only when the file
+/// itself changed such a value (`previous` is the file as last read), not when a flag overrides it.
+fn keep_fixed(new: &mut Policy, current: &Policy, previous: Option<&Policy>) {
+    if let Some(prev) = previous {
+        if new.server.listen != prev.server.listen || new.server.admin_listen != prev.server.admin_listen {
+            warn!("listen addresses change only on restart; keeping the current ones");
+        }
+        if new.docker.namespace != prev.docker.namespace || new.docker.name_prefix != prev.docker.name_prefix {
+            warn!("docker.namespace and docker.name_prefix change only on restart; keeping the current ones");
+        }
     }
     new.server.listen = current.server.listen;
     new.server.admin_listen = current.server.admin_listen;
-    if new.docker.namespace != current.docker.namespace || new.docker.name_prefix != current.docker.name_prefix {
-        warn!("docker.namespace and docker.name_prefix change only on restart; keeping the current ones");
-    }
     new.docker.namespace = current.docker.namespace.clone();
     new.docker.name_prefix = current.docker.name_prefix.clone();
 }
@@ -48,12 +51,15 @@ pub fn reload_once(
     tx: &watch::Sender<Arc<Policy>>,
     status: &watch::Sender<ReloadStatus>,
     metrics: &Metrics,
+    previous: &mut Option<Policy>,
 ) -> bool {
     let at = Timestamp::now().as_millis();
     match load(path) {
         Ok(mut p) => {
             let current = tx.borrow().clone();
-            keep_fixed(&mut p, &current);
+            let as_read = p.clone();
+            keep_fixed(&mut p, &current, previous.as_ref());
+            *previous = Some(as_read);
             let changed = *current != p;
             if changed {
                 info!(policy = %p.hash(), "policy reloaded");
@@ -73,6 +79,22 @@ pub fn reload_once(
     }
 }
 
+/// Whether a change in the policy file's directory may have changed the file named `name`. Opening or reading
+/// a file changes nothing (and each reload opens the policy file: counting that would reload forever), and
+/// neither does a change to another file, such as a log written beside it. Entries whose names start with
+/// `..` are how Kubernetes swaps a ConfigMap's files in at once (`..data` and its timestamped targets).
+fn may_change_policy(ev: &notify::Event, name: &std::ffi::OsStr) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    let writes = match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    };
+    writes
+        && ev.paths.iter().filter_map(|p| p.file_name()).any(|n| n == name || n.as_encoded_bytes().starts_with(b".."))
+}
+
 /// Watches `path`'s directory and SIGHUP until the process ends.
 pub async fn run(
     path: PathBuf,
@@ -81,12 +103,15 @@ pub async fn run(
     status: Arc<watch::Sender<ReloadStatus>>,
     metrics: Arc<Metrics>,
 ) {
+    // The file as it was read at startup, so a flag overriding a fixed value does not warn on every reload.
+    let mut previous = load(&path).ok();
     let (ev_tx, mut ev_rx) = mpsc::channel::<()>(1);
     // Held for the life of the loop, so the channel stays open even without a watcher.
     let _keep_open = ev_tx.clone();
     let dir = path.parent().map(Path::to_path_buf).filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| ".".into());
+    let name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.is_ok_and(|ev| may_change_policy(&ev, &name)) {
             // A full channel means a reload is already pending: dropping this event loses nothing.
             let _ = ev_tx.try_send(());
         }
@@ -125,6 +150,44 @@ pub async fn run(
             }
             () = hup_fut => info!("SIGHUP: reloading the policy"),
         }
-        reload_once(&path, load.as_ref(), &tx, &status, &metrics);
+        reload_once(&path, load.as_ref(), &tx, &status, &metrics, &mut previous);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RenameMode};
+    use notify::{Event, EventKind};
+
+    use super::may_change_policy;
+
+    fn ev(kind: EventKind, path: &str) -> Event {
+        Event::new(kind).add_path(path.into())
+    }
+
+    #[test]
+    fn writes_and_renames_of_the_policy_file_count() {
+        let name = OsStr::new("policy.yaml");
+        for kind in [
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+        ] {
+            assert!(may_change_policy(&ev(kind, "/etc/berth/policy.yaml"), name), "{kind:?}");
+        }
+        let swap = ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "/etc/berth/..data");
+        assert!(may_change_policy(&swap, name), "a Kubernetes ConfigMap swap");
+    }
+
+    #[test]
+    fn opening_the_policy_file_or_writing_another_file_does_not_count() {
+        let name = OsStr::new("policy.yaml");
+        let open = ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/etc/berth/policy.yaml");
+        assert!(!may_change_policy(&open, name), "a reload's own read");
+        let log = ev(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "/etc/berth/berth.log");
+        assert!(!may_change_policy(&log, name), "a log beside the policy");
     }
 }

@@ -428,6 +428,7 @@ impl Terminals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn ring_keeps_only_the_newest_bytes_and_reads_by_offset() {
@@ -440,5 +441,50 @@ mod tests {
         assert_eq!(&r.read(10, 100)[..], b"d!");
         assert_eq!(&r.read(6, 3)[..], b"wor");
         assert_eq!(&r.read(12, 3)[..], b"");
+    }
+
+    fn terminal(cap: usize) -> Arc<Terminal> {
+        let (tx, _rx) = mpsc::channel(1);
+        let id: SessionId = "0123456789abcdef0123456789abcdef".parse().expect("session id");
+        let t = Terminals::new(tx, cap).get_or_create(id, cap);
+        // As if an attach stream were open.
+        t.lock().closed = false;
+        t
+    }
+
+    #[tokio::test]
+    async fn a_reader_asking_for_dropped_bytes_starts_at_the_oldest_byte_held() {
+        let t = terminal(8);
+        t.push_when_room(b"hello world!").await;
+        let r = t.subscribe(Some(2));
+        assert_eq!(r.offset(), 4, "bytes 2..4 are gone; the caller reports them as missed");
+        assert_eq!(t.subscribe(Some(6)).offset(), 6);
+        assert_eq!(t.subscribe(Some(99)).offset(), 12);
+        assert_eq!(t.subscribe(None).offset(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attached_reader_that_does_not_acknowledge_pauses_the_stream_without_losing_bytes() {
+        let t = terminal(8);
+        let mut r = t.subscribe(None);
+        let pusher = tokio::spawn({
+            let t = t.clone();
+            async move { t.push_when_room(b"0123456789abcdef").await }
+        });
+        let mut got = Vec::new();
+        while got.len() < 16 {
+            match t.read(&mut r).await {
+                Read::Data { bytes, .. } => {
+                    got.extend_from_slice(&bytes);
+                    // Nothing beyond the ring's room is taken before the reader acknowledges.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    assert!(t.buffered() <= 8 && t.end() <= r.offset() + 8);
+                    t.ack(&r);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, b"0123456789abcdef");
+        pusher.await.expect("pusher");
     }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 use berth::controller::{self, ControllerConfig, Handle, SessionRequest, Ticket};
 use berth::metrics::Metrics;
 use berth::reconciler::{ContainerState, EndReason, Phase, Policy, SessionKind};
-use berth::runtime::RuntimeError;
 use berth::runtime::fake::FakeRuntime;
+use berth::runtime::faulty::{Faults, FaultyRuntime, Op};
+use berth::runtime::{Runtime, RuntimeError};
 use tokio::sync::watch;
 
 fn policy() -> Policy {
@@ -19,7 +20,7 @@ fn policy() -> Policy {
     p
 }
 
-async fn start(fake: &FakeRuntime, p: Policy) -> (Handle, Arc<Metrics>) {
+async fn start<R: Runtime>(fake: &R, p: Policy) -> (Handle, Arc<Metrics>) {
     let (_tx, rx) = watch::channel(Arc::new(p));
     std::mem::forget(_tx);
     let metrics = Arc::new(Metrics::new());
@@ -183,4 +184,41 @@ async fn the_dry_run_plan_is_what_the_controller_then_does() {
     assert_eq!(fake.calls("remove"), 2);
     assert_eq!(fake.calls("create"), 0);
     assert!(h.dry_run().await.expect("plan").actions.is_empty());
+}
+
+#[tokio::test]
+async fn sessions_converge_while_creates_fail_and_half_the_events_are_lost() {
+    let fake = FakeRuntime::default();
+    let faults = Faults::new(11);
+    faults.set_fail_rate(Op::Create, 0.3);
+    faults.set_event_drop(0.5);
+    let mut p = policy();
+    p.reconcile.max_create_attempts = 30;
+    let (h, _) = start(&FaultyRuntime::new(fake.clone(), faults.clone()), p).await;
+    let mut tickets = futures::future::join_all((0..20).map(|_| open(&h))).await;
+    for t in &mut tickets {
+        until(t, Phase::Running).await;
+    }
+    assert_eq!(fake.count(Some(ContainerState::Running)), 20);
+    assert!(faults.injected(Op::Create) > 0, "some creates failed");
+
+    // Half the containers die; half of their `die` events are lost, and the periodic resync finds those.
+    let (dead, alive) = tickets.split_at_mut(10);
+    for t in dead.iter_mut() {
+        let id = t.status.borrow().container.clone().expect("a container");
+        fake.kill(&id, 137);
+    }
+    for t in dead.iter_mut() {
+        let s = until(t, Phase::Gone).await;
+        assert_eq!(s.reason, Some(EndReason::Killed { signal: 9 }));
+    }
+    assert!(faults.dropped_events() > 0, "some events were dropped");
+    for t in alive.iter_mut() {
+        h.release(t.id, EndReason::Released).await;
+    }
+    for t in alive.iter_mut() {
+        until(t, Phase::Gone).await;
+    }
+    assert_eq!(fake.count(None), 0, "nothing left");
+    assert!(h.list().await.is_empty());
 }

@@ -155,6 +155,11 @@ async fn after_a_kill_9_a_restart_adopts_the_running_sessions_and_ends_the_unres
         Some((SESSIONS - 1) as f64),
         "the unresumed sessions ended for their resume grace"
     );
+    // Nothing edited the policy file, though berth's log is written beside it: nothing was reloaded.
+    for result in ["ok", "error"] {
+        let series = format!("berth_policy_reloads_total{{result=\"{result}\"}}");
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
     c.input("echo \"alive:$((MARK+1))\"\r").await;
     c.until_output_from(from, "alive:43", T).await;
 

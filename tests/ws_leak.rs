@@ -18,7 +18,7 @@ const CONCURRENCY: usize = 6;
 /// Session ids of this world's containers, read from their labels.
 fn container_sessions(w: &World) -> BTreeSet<String> {
     let filter = w.marker_filter();
-    let format = format!("{{{{index .Labels \"{}\"}}}}", w.ns.key("session"));
+    let format = format!("{{{{.Label \"{}\"}}}}", w.ns.key("session"));
     w.cli(&["ps", "-a", "--filter", &filter, "--format", &format])
         .lines()
         .map(str::to_owned)

@@ -160,11 +160,8 @@ impl Status {
 /// The status of `session` given what is observed. Pure. Only containers owned by `owner` count, so a
 /// session can never be shown another instance's container. O(containers): passes use [`status_in`].
 pub fn status_of(session: &DesiredSession, observed: &Observed, owner: &InstanceId) -> Status {
-    let mine: Vec<&ObservedContainer> = observed
-        .containers
-        .values()
-        .filter(|c| c.labels.session == session.id && &c.labels.owner == owner)
-        .collect();
+    let mine: Vec<&ObservedContainer> =
+        observed.containers.values().filter(|c| c.labels.session == session.id && &c.labels.owner == owner).collect();
     status_in(session, &mine, observed.attached.contains(&session.id))
 }
 

@@ -125,6 +125,8 @@ pub mod close {
     pub const CREATE_FAILED: u16 = 4010;
     /// berth is shutting down.
     pub const DRAINING: u16 = 4011;
+    /// The terminal stream was lost because the container engine is unreachable.
+    pub const DOCKER_UNAVAILABLE: u16 = 4012;
     /// No capacity.
     pub const FULL: u16 = 4029;
     /// Message too big (RFC 6455).

@@ -225,13 +225,21 @@ impl Conn {
         if let (Some((id, lease)), false) = (held, matches!(end, End::Exited(_))) {
             edge.handle.detach(id, lease).await;
         }
-        drop(conn);
-        // The client has this long to take what is still queued; then the socket is closed regardless, so a
-        // peer that never reads cannot hold the connection open.
+        // The client has this long to take what is still queued and to answer the close frame; then the socket is
+        // closed regardless, so a peer that never reads cannot hold the connection open. Meanwhile what it still
+        // sends is read and dropped: closing a socket with unread input in it makes the kernel reset the
+        // connection, and a client that had not yet read its last words (the error or exit, and the close code)
+        // would lose them.
+        let Conn { mut incoming, .. } = conn;
         let mut writer = writer;
-        if tokio::time::timeout(LAST_WORDS_GRACE, &mut writer).await.is_err() {
+        let linger = async {
+            let _ = (&mut writer).await;
+            while let Some(Ok(_)) = incoming.next().await {}
+        };
+        if tokio::time::timeout(LAST_WORDS_GRACE, linger).await.is_err() {
             writer.abort();
         }
+        drop(incoming);
         edge.metrics.ws_open.dec();
         edge.metrics.ws_closed.with_label_values(&[&code.to_string()]).inc();
     }
@@ -481,9 +489,11 @@ impl Conn {
                         return Err(ProtoError::fatal("taken_over", close::TAKEN_OVER, "another connection resumed this session").into());
                     }
                     Read::Closed => {
-                        // The shell's stream ended: wait (bounded) for the controller to say why.
+                        // The shell's stream ended: wait (bounded) for the controller to say why. When the engine
+                        // is unreachable it cannot say, so the client is told that at once.
                         let deadline = tokio::time::sleep(Duration::from_secs(10));
                         tokio::pin!(deadline);
+                        let mut readiness = self.edge.handle.readiness();
                         loop {
                             let st = ticket.status.borrow_and_update().clone();
                             if let Some(r) = ending(&st) {
@@ -492,8 +502,16 @@ impl Conn {
                             if term.is_open() {
                                 break;
                             }
+                            if !readiness.borrow_and_update().docker_up {
+                                return Err(ProtoError::fatal(
+                                    "docker_unavailable",
+                                    close::DOCKER_UNAVAILABLE,
+                                    "the container engine is unreachable; the session stays resumable until it ends",
+                                ).into());
+                            }
                             tokio::select! {
                                 c = ticket.status.changed() => if c.is_err() { return Ok(End::Exited(EndReason::Released)); },
+                                Ok(()) = readiness.changed() => {}
                                 () = &mut deadline => return Err(ProtoError::fatal("internal", close::INTERNAL, "terminal stream lost").into()),
                                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
                             }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod engine;
+pub mod load;
 pub mod process;
 
 use std::process::Command;
@@ -104,11 +106,16 @@ impl World {
         self.serve_with(self.policy.clone()).await
     }
 
-    pub async fn serve_with(&self, mut policy: Policy) -> berth::app::Server {
+    pub async fn serve_with(&self, policy: Policy) -> berth::app::Server {
+        let runtime = DockerRuntime::connect_lazy(self.host.as_deref()).expect("docker address");
+        self.serve_on(runtime, policy).await
+    }
+
+    /// A whole berth on `runtime` (a fault-injecting wrapper, say), ready.
+    pub async fn serve_on<R: Runtime>(&self, runtime: R, mut policy: Policy) -> berth::app::Server {
         policy.server.listen = "127.0.0.1:0".parse().expect("address");
-        let server = berth::app::Server::start(policy, self.instance.clone(), self.host.as_deref())
-            .await
-            .expect("server starts");
+        let server =
+            berth::app::Server::start_on(runtime, policy, self.instance.clone(), None).await.expect("server starts");
         let mut r = server.handle.readiness();
         tokio::time::timeout(Duration::from_secs(30), r.wait_for(|r| r.is_ready()))
             .await

@@ -1,0 +1,392 @@
+//! One full observe-and-plan pass over real containers, and the Docker API calls an idle pass makes.
+//!
+//! The fixture is a fleet of real containers (`docker create` through berth's runtime, never started) in a fresh
+//! label namespace, and a desired state that matches it: one session per container, bound to it. Containers
+//! that were created but not started are exactly what a draining instance leaves alone, so the desired state is
+//! marked draining and the plan is empty; the planner still groups, pairs and examines every session and
+//! container as it does for running, attached ones. Then:
+//! - `observe/list_and_plan`: list through `DockerRuntime`, merge into the controller's `ObservedStore`, plan;
+//! - `observe/plan`: the planner alone on that view;
+//! - the calls of one idle pass, counted by a wrapper around the runtime, twice: that pass with the real executor
+//!   applying its (empty) plan, and the real controller loop asked to resync, as a peer instance that owns none
+//!   of the fleet. Each must make one list call and nothing else.
+//!
+//! `cargo bench --bench observe` uses 1,000 containers; `cargo test --all-targets` (no `--bench`) runs each
+//! benchmark once over 50. Both need a Docker engine with the `berth-session:latest` image and fail loudly
+//! without one. The fleet is removed at the end, also when a step panics.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use berth::controller::{self, ControllerConfig, ObservedStore};
+use berth::executor::{AttachSink, Executor};
+use berth::metrics::Metrics;
+use berth::reconciler::{
+    ContainerId, ContainerSpec, Desired, DesiredSession, InstanceId, LabelNamespace, ObservedContainer, Plan, Policy,
+    SessionId, SessionKind, Timestamp, plan,
+};
+use berth::runtime::docker::DockerRuntime;
+use berth::runtime::{AttachIo, Runtime, RuntimeError, RuntimeEvent};
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::watch;
+
+/// Containers in the fleet under `cargo bench`, and under `cargo test`.
+const FULL: usize = 1_000;
+const QUICK: usize = 50;
+/// Docker creates in flight while the fleet is built.
+const CREATE_CONCURRENCY: usize = 8;
+
+/// Calls made through [`Counting`], by operation.
+#[derive(Debug, Default)]
+struct Calls {
+    ping: AtomicU64,
+    list: AtomicU64,
+    list_done: AtomicU64,
+    inspect: AtomicU64,
+    create: AtomicU64,
+    start: AtomicU64,
+    stop: AtomicU64,
+    remove: AtomicU64,
+    attach: AtomicU64,
+    events: AtomicU64,
+    log_tail: AtomicU64,
+}
+
+impl Calls {
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::SeqCst)
+    }
+
+    /// Calls that change a container.
+    fn writes(&self) -> u64 {
+        [&self.create, &self.start, &self.stop, &self.remove].into_iter().map(Self::get).sum()
+    }
+
+    /// Reads other than list.
+    fn other_reads(&self) -> u64 {
+        [&self.ping, &self.inspect, &self.attach, &self.events, &self.log_tail].into_iter().map(Self::get).sum()
+    }
+
+    fn reset(&self) {
+        for c in [
+            &self.ping,
+            &self.list,
+            &self.list_done,
+            &self.inspect,
+            &self.create,
+            &self.start,
+            &self.stop,
+            &self.remove,
+            &self.attach,
+            &self.events,
+            &self.log_tail,
+        ] {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} list call(s), {} write(s) (create {}, start {}, stop {}, remove {}), {} other call(s) (ping {}, inspect {}, attach {}, events {}, log_tail {})",
+            Self::get(&self.list),
+            self.writes(),
+            Self::get(&self.create),
+            Self::get(&self.start),
+            Self::get(&self.stop),
+            Self::get(&self.remove),
+            self.other_reads(),
+            Self::get(&self.ping),
+            Self::get(&self.inspect),
+            Self::get(&self.attach),
+            Self::get(&self.events),
+            Self::get(&self.log_tail),
+        )
+    }
+}
+
+/// berth's Docker runtime, counting every call.
+#[derive(Debug, Clone)]
+struct Counting {
+    inner: DockerRuntime,
+    calls: Arc<Calls>,
+}
+
+fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::SeqCst);
+}
+
+impl Runtime for Counting {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        count(&self.calls.ping);
+        self.inner.ping().await
+    }
+
+    async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
+        count(&self.calls.list);
+        let r = self.inner.list(ns).await;
+        count(&self.calls.list_done);
+        r
+    }
+
+    async fn inspect(&self, ns: &LabelNamespace, id: &ContainerId) -> Result<Option<ObservedContainer>, RuntimeError> {
+        count(&self.calls.inspect);
+        self.inner.inspect(ns, id).await
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<ContainerId, RuntimeError> {
+        count(&self.calls.create);
+        self.inner.create(spec).await
+    }
+
+    async fn start(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        count(&self.calls.start);
+        self.inner.start(id).await
+    }
+
+    async fn stop(&self, id: &ContainerId, grace: Duration) -> Result<(), RuntimeError> {
+        count(&self.calls.stop);
+        self.inner.stop(id, grace).await
+    }
+
+    async fn remove(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        count(&self.calls.remove);
+        self.inner.remove(id).await
+    }
+
+    async fn attach(&self, id: &ContainerId) -> Result<AttachIo, RuntimeError> {
+        count(&self.calls.attach);
+        self.inner.attach(id).await
+    }
+
+    fn events(&self, ns: &LabelNamespace) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
+        count(&self.calls.events);
+        self.inner.events(ns)
+    }
+
+    async fn log_tail(&self, id: &ContainerId, max_bytes: usize) -> Result<Bytes, RuntimeError> {
+        count(&self.calls.log_tail);
+        self.inner.log_tail(id, max_bytes).await
+    }
+}
+
+/// Attach streams go nowhere: an idle pass must not open any.
+struct NoTerminals;
+
+impl AttachSink for NoTerminals {
+    fn connect(&self, _session: SessionId, _io: AttachIo) {}
+}
+
+/// The fleet's containers, removed (by their label) when this is dropped, panics included.
+struct Fleet {
+    ns: LabelNamespace,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        // Never panic here: this also runs while a failed step unwinds.
+        let filter = format!("label={}=true", self.ns.marker());
+        let started = Instant::now();
+        let Ok(out) = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() else {
+            eprintln!("observe bench: cannot run the docker CLI; remove containers labelled {filter} by hand");
+            return;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+        for chunk in ids.chunks(200) {
+            let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(chunk).output();
+        }
+        eprintln!("observe bench: removed {} containers in {:.1?}", ids.len(), started.elapsed());
+    }
+}
+
+fn tag() -> String {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).expect("random source");
+    hex::encode(b)
+}
+
+/// Creates `n` containers for `n` sessions of `desired`, binding each session to its container.
+async fn build_fleet(rt: &DockerRuntime, desired: &mut Desired, policy: &Policy, n: usize) {
+    let profile = policy.profiles.get(&policy.default_profile).expect("the default profile");
+    let now = Timestamp::now();
+    let specs: Vec<(DesiredSession, ContainerSpec)> = (0..n)
+        .map(|_| {
+            let s = DesiredSession::new(
+                SessionId::generate().expect("random source"),
+                policy.default_profile.clone(),
+                SessionKind::Anonymous,
+                now,
+            );
+            let spec = ContainerSpec::build(desired, &s, profile, policy, now);
+            (s, spec)
+        })
+        .collect();
+    let started = Instant::now();
+    let created: Vec<(DesiredSession, Result<ContainerId, RuntimeError>)> = futures::stream::iter(specs)
+        .map(|(s, spec)| async move { (s, rt.create(&spec).await) })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    for (mut s, id) in created {
+        let id = id.unwrap_or_else(|e| {
+            panic!("docker create failed: {e}. The bench needs the berth-session:latest image (scripts/build-images.sh)")
+        });
+        s.container = Some(id);
+        desired.sessions.insert(s.id, s);
+    }
+    eprintln!("observe bench: created {n} containers in {:.1?}", started.elapsed());
+}
+
+/// One observe-and-plan pass as the controller makes it: a full list merged into the store, a plan, and the
+/// executor applying whatever the plan holds.
+async fn pass<R: Runtime>(
+    rt: &R,
+    store: &mut ObservedStore,
+    desired: &Desired,
+    policy: &Policy,
+    executor: &Executor<R>,
+) -> Plan {
+    let generation = store.begin_list();
+    let at = Timestamp::now();
+    let list = rt.list(&policy.docker.namespace).await.expect("docker list");
+    store.apply_list(list, generation, at);
+    let p = plan(desired, store.view(), policy, Timestamp::now());
+    for action in p.actions.clone() {
+        executor.run(action).await;
+    }
+    p
+}
+
+/// The real controller, as a peer instance that owns none of the fleet, asked to resync once it is quiet.
+async fn controller_idle_pass(rt: DockerRuntime, policy: &Policy, tag: &str) -> Arc<Calls> {
+    let calls = Arc::new(Calls::default());
+    let counting = Counting { inner: rt, calls: calls.clone() };
+    let (_policy_tx, policy_rx) = watch::channel(Arc::new(policy.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let instance: InstanceId = format!("observe-peer-{tag}").parse().expect("instance id");
+    let (handle, _terminals, task) =
+        controller::spawn(counting, ControllerConfig { instance, epoch: 1 }, policy_rx, metrics.clone());
+    let mut ready = handle.readiness();
+    tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| r.is_ready()))
+        .await
+        .expect("controller ready within 60 s")
+        .expect("controller alive");
+    // Quiet: nothing is in flight once no call has been made for a while.
+    let mut seen = (u64::MAX, u64::MAX);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = (Calls::get(&calls.list_done), calls.writes() + calls.other_reads());
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    calls.reset();
+    let passes = metrics.reconcile_passes.get();
+    handle.resync().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Calls::get(&calls.list_done) == 0 || metrics.reconcile_passes.get() <= passes {
+        assert!(Instant::now() < deadline, "no pass after a resync within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Anything the pass dispatched has started by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    handle.shutdown().await;
+    let _ = task.await;
+    calls
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; `cargo test` does not (and `-- --test` asks for test mode explicitly).
+    let full = args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test");
+    let n = if full { FULL } else { QUICK };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let docker = rt.block_on(async {
+        let d = DockerRuntime::connect(None).await.unwrap_or_else(|e| {
+            panic!("the observe bench needs a running Docker engine and was not skipped: {e}. Run scripts/setup.sh.")
+        });
+        d.ping().await.unwrap_or_else(|e| panic!("the Docker engine does not answer: {e}"));
+        d
+    });
+
+    let tag = tag();
+    let mut policy = Policy::default();
+    policy.docker.namespace = format!("bench.observe.{tag}").parse().expect("namespace");
+    policy.docker.name_prefix = format!("observe-{tag}");
+    // The fleet is never started: it must not count as stuck while the bench runs, and no timer may resync.
+    policy.reconcile.start_timeout = Duration::from_secs(3600);
+    policy.reconcile.resync_interval = Duration::from_secs(3600);
+    let owner: InstanceId = format!("observe-{tag}").parse().expect("instance id");
+    let mut desired = Desired::new(owner);
+    desired.epoch = 1;
+    let fleet = Fleet { ns: policy.docker.namespace.clone() };
+    rt.block_on(build_fleet(&docker, &mut desired, &policy, n));
+    // Created, never started, and left alone: what a draining instance plans for them is nothing.
+    desired.draining = true;
+
+    let calls = Arc::new(Calls::default());
+    let counting = Counting { inner: docker.clone(), calls: calls.clone() };
+    let metrics = Arc::new(Metrics::new());
+    let executor = Executor::new(
+        counting.clone(),
+        policy.docker.namespace.clone(),
+        policy.reconcile.docker_timeout,
+        policy.reconcile.concurrency,
+        metrics,
+        Arc::new(NoTerminals),
+    );
+
+    // The idle pass, counted.
+    let mut store = ObservedStore::default();
+    let started = Instant::now();
+    let idle = rt.block_on(pass(&counting, &mut store, &desired, &policy, &executor));
+    let took = started.elapsed();
+    assert_eq!(store.view().containers.len(), n, "the list sees the whole fleet");
+    assert!(idle.actions.is_empty() && idle.ends.is_empty(), "a matching desired state plans nothing: {idle:?}");
+    eprintln!("observe bench: idle pass over {n} containers in {took:.1?}: {}", calls.describe());
+    assert_eq!(Calls::get(&calls.list), 1, "an idle pass lists once");
+    assert_eq!(calls.writes() + calls.other_reads(), 0, "an idle pass makes no other call");
+    println!("idle pass: 1 list call, 0 writes ({n} containers)");
+
+    let ctl = rt.block_on(controller_idle_pass(docker.clone(), &policy, &tag));
+    eprintln!("observe bench: controller resync with {n} containers of a peer: {}", ctl.describe());
+    assert_eq!(Calls::get(&ctl.list), 1, "the controller's idle pass lists once");
+    assert_eq!(ctl.writes() + ctl.other_reads(), 0, "the controller's idle pass makes no other call");
+    println!("controller idle resync: 1 list call, 0 writes ({n} containers of a peer)");
+
+    let mut c = Criterion::default().configure_from_args();
+    let mut group = c.benchmark_group("observe");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(if full { 8 } else { 1 }))
+        .throughput(Throughput::Elements(n as u64));
+    let plain = executor_for(&docker, &policy);
+    group.bench_function(BenchmarkId::new("list_and_plan", n), |b| {
+        b.iter(|| rt.block_on(pass(&docker, &mut store, &desired, &policy, &plain)));
+    });
+    let now = Timestamp::now();
+    group.bench_function(BenchmarkId::new("plan", n), |b| {
+        b.iter(|| plan(black_box(&desired), black_box(store.view()), &policy, now));
+    });
+    group.finish();
+    c.final_summary();
+    drop(fleet);
+}
+
+/// An executor over the plain runtime, for the timed passes (their plans are empty: it never runs).
+fn executor_for(rt: &DockerRuntime, policy: &Policy) -> Executor<DockerRuntime> {
+    Executor::new(
+        rt.clone(),
+        policy.docker.namespace.clone(),
+        policy.reconcile.docker_timeout,
+        policy.reconcile.concurrency,
+        Arc::new(Metrics::new()),
+        Arc::new(NoTerminals),
+    )
+}
