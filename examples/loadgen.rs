@@ -34,6 +34,7 @@ use futures::{SinkExt, StreamExt};
 use report::{Errors, LoopbackUrl, Tail};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -323,32 +324,97 @@ async fn cycles(target: &LoopbackUrl, count: u32, concurrency: u32, stop_at: Ins
     all
 }
 
-/// Opens `count` sessions, `concurrency` at a time, and keeps them.
-async fn open_many(target: &LoopbackUrl, count: u32, concurrency: u32, deadline: Instant) -> (Vec<Opened>, Tally) {
+/// Keeps a connection alive while the run does something else: reads it (which also answers berth's pings, so
+/// the connection is not closed for `ping_timeout`) until `stop` flips, then hands it back.
+fn hold(mut conn: Conn, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<Result<Conn, String>> {
+    tokio::spawn(async move {
+        let far = Instant::now() + report::MAX_TIMEOUT;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Ok(conn),
+                ev = conn.next(far) => match ev? {
+                    Ev::Closed(why) => return Err(format!("closed while held: {why}")),
+                    Ev::Json(v) if v["type"] == "error" || v["type"] == "exit" => {
+                        return Err(format!("{} {} while held", v["type"], v["code"]));
+                    }
+                    _ => {}
+                },
+            }
+        }
+    })
+}
+
+/// Fills the session's replay ring: at least `bytes` of output, then a marker.
+async fn fill(mut c: Conn, bytes: usize, deadline: Instant) -> Result<Conn, String> {
+    // `yes` prints 64-byte lines (65 with the TTY's CR): enough lines to pass `bytes`.
+    let command = format!("yes {} | head -n {}; echo lg-$((40+2))\r", "x".repeat(63), bytes.div_ceil(65));
+    c.tail.mark();
+    let before = c.tail.total;
+    c.send_input(command.as_bytes()).await?;
+    c.until_output(report::ECHO_ANSWER, deadline.min(Instant::now() + STEP_TIMEOUT)).await?;
+    let got = c.tail.total - before;
+    if got < bytes as u64 {
+        return Err(format!("only {got} bytes of output"));
+    }
+    Ok(c)
+}
+
+/// Opens `count` sessions, `concurrency` at a time (filling each ring with `fill_bytes` of output when given),
+/// and keeps them all open until the last one is.
+async fn open_many(
+    target: &LoopbackUrl,
+    count: u32,
+    concurrency: u32,
+    deadline: Instant,
+    fill_bytes: Option<usize>,
+) -> (Vec<Conn>, Tally) {
     let next = Arc::new(AtomicU32::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
     let workers = (0..concurrency.min(count)).map(|_| {
         let next = next.clone();
+        let stop_rx = stop_rx.clone();
         async move {
-            let mut kept = Vec::new();
+            let mut held = Vec::new();
             let mut t = Tally::default();
             while next.fetch_add(1, Ordering::Relaxed) < count && Instant::now() < deadline {
-                match open_session(target, deadline).await {
-                    Ok(o) => {
-                        t.ttp.push(o.time_to_prompt);
-                        t.echo.push(o.echo_rtt);
-                        kept.push(o);
+                let o = match open_session(target, deadline).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        t.fail(&e);
+                        continue;
                     }
-                    Err(e) => t.fail(&e),
-                }
+                };
+                t.ttp.push(o.time_to_prompt);
+                t.echo.push(o.echo_rtt);
+                let conn = match fill_bytes {
+                    Some(bytes) => match fill(o.conn, bytes, deadline).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            t.fail(&format!("fill: {e}"));
+                            continue;
+                        }
+                    },
+                    None => o.conn,
+                };
+                held.push(hold(conn, stop_rx.clone()));
             }
-            (kept, t)
+            (held, t)
         }
     });
     let mut all = Tally::default();
-    let mut kept = Vec::new();
-    for (k, t) in join_all(workers).await {
-        kept.extend(k);
+    let mut held = Vec::new();
+    for (h, t) in join_all(workers).await {
+        held.extend(h);
         all.merge(t);
+    }
+    let _ = stop_tx.send(true);
+    let mut kept = Vec::new();
+    for h in held {
+        match h.await {
+            Ok(Ok(c)) => kept.push(c),
+            Ok(Err(e)) => all.fail(&e),
+            Err(e) => all.fail(&format!("reader task: {e}")),
+        }
     }
     (kept, all)
 }
@@ -548,14 +614,14 @@ async fn leak(
     deadline: Instant,
     extra: &mut serde_json::Map<String, Value>,
 ) -> Tally {
-    let (opened, mut t) = open_many(target, args.sessions, args.concurrency, deadline).await;
+    let (opened, mut t) = open_many(target, args.sessions, args.concurrency, deadline, None).await;
     eprintln!("loadgen: leak: {} sessions open; closing them in a mix", opened.len());
     let step = deadline.min(Instant::now() + STEP_TIMEOUT);
-    let closes = opened.into_iter().enumerate().map(|(i, o)| async move {
+    let closes = opened.into_iter().enumerate().map(|(i, c)| async move {
         match i % 3 {
-            0 => ("release", o.conn.release(step).await),
-            1 => ("reset", o.conn.reset()),
-            _ => ("exit", o.conn.type_exit(step).await),
+            0 => ("release", c.release(step).await),
+            1 => ("reset", c.reset()),
+            _ => ("exit", c.type_exit(step).await),
         }
     });
     let mut kinds = serde_json::Map::new();
@@ -583,36 +649,7 @@ async fn memory(
 ) -> Tally {
     let rss = |text: &str| metric_lines(text, "process_resident_memory_bytes").map(|(_, v)| v).next();
     let before = berth.metrics().await.ok().and_then(|m| rss(&m));
-    let (opened, mut t) = open_many(target, args.sessions, args.concurrency, deadline).await;
-    // `yes` prints 64-byte lines (65 with the TTY's CR): enough lines to pass --fill-bytes.
-    let lines = args.fill_bytes.div_ceil(65);
-    let fill = format!("yes {} | head -n {lines}; echo lg-$((40+2))\r", "x".repeat(63));
-    let concurrency = args.concurrency as usize;
-    let filled: Vec<Result<Conn, String>> = futures::stream::iter(opened)
-        .map(|o| {
-            let fill = fill.clone();
-            async move {
-                let mut c = o.conn;
-                c.tail.mark();
-                let before = c.tail.total;
-                c.send_input(fill.as_bytes()).await?;
-                c.until_output(report::ECHO_ANSWER, deadline.min(Instant::now() + STEP_TIMEOUT)).await?;
-                if c.tail.total - before < args.fill_bytes as u64 {
-                    return Err(format!("only {} bytes of output", c.tail.total - before));
-                }
-                Ok(c)
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let mut conns = Vec::new();
-    for r in filled {
-        match r {
-            Ok(c) => conns.push(c),
-            Err(e) => t.fail(&format!("fill: {e}")),
-        }
-    }
+    let (conns, mut t) = open_many(target, args.sessions, args.concurrency, deadline, Some(args.fill_bytes)).await;
     let full = conns.len();
     eprintln!("loadgen: memory: {full} sessions with full rings; detaching them all");
     join_all(conns.into_iter().map(Conn::close)).await;

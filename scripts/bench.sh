@@ -150,6 +150,11 @@ if [ "$memory_sessions" -gt 0 ]; then
     --ring-bytes 256KiB --fill-bytes 320KiB --timeout 290s
 fi
 
+# berth's own view of the run (Docker calls by operation, passes, latencies), for the analysis.
+if command -v curl >/dev/null 2>&1; then
+  curl -sf "$(printf '%s' "$url" | sed 's|^ws://\([^/]*\)/.*|http://\1/metrics|')" >"$work/metrics.txt" \
+    && log "berth's metrics at the end: $work/metrics.txt"
+fi
 log "stopping berth (pid $berth_pid)"
 stop_berth
 log "load average at the end $(cut -d' ' -f1-3 /proc/loadavg); $(($(date +%s) - started)) s of measurement"

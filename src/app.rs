@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use berth_reconciler::policy_file::parse_policy_with;
 use berth_reconciler::{InstanceId, Policy};
 use tokio::sync::watch;
@@ -17,6 +16,26 @@ use crate::controller::{self, ControllerConfig};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::docker::DockerRuntime;
+
+/// Starting the service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listen address could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Docker address is malformed.
+    #[error("docker: {0}")]
+    Docker(#[from] crate::runtime::RuntimeError),
+    /// The instance id is invalid, or could not be read or stored.
+    #[error("instance id: {0}")]
+    Instance(String),
+}
 
 /// EX_USAGE: invalid configuration.
 const EXIT_CONFIG: u8 = 64;
@@ -145,7 +164,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     let instance = match instance_id(args.instance.as_deref(), &args.state_dir) {
         Ok(i) => i,
         Err(e) => {
-            eprintln!("berth: {e:#}");
+            eprintln!("berth: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -157,33 +176,47 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve_async(args, policy, instance)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match rt.block_on(serve_async(args, policy, instance)) {
+        Ok(Stopped::Drained) => ExitCode::SUCCESS,
+        Ok(Stopped::Forced) => ExitCode::from(130),
         Err(e) => {
-            error!(error = format!("{e:#}"), "berth stopped");
+            error!(error = %e, "berth stopped");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Whatever is still running (a forced exit) gets no more than a moment.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// The instance id: the flag, else the one stored in the state directory (created on first start).
-fn instance_id(flag: Option<&str>, state_dir: &Path) -> anyhow::Result<InstanceId> {
+fn instance_id(flag: Option<&str>, state_dir: &Path) -> Result<InstanceId, ServeError> {
+    let bad = |what: String| move |e: berth_reconciler::IdError| ServeError::Instance(format!("{what}: {e}"));
     if let Some(s) = flag {
-        return s.parse().context("--instance");
+        return s.parse().map_err(bad("--instance".into()));
     }
     let file: PathBuf = state_dir.join("instance-id");
     if let Ok(s) = std::fs::read_to_string(&file) {
-        return s.trim().parse().with_context(|| format!("{}", file.display()));
+        return s.trim().parse().map_err(bad(file.display().to_string()));
     }
     let mut b = [0u8; 4];
-    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+    getrandom::fill(&mut b).map_err(|e| ServeError::Instance(format!("random source: {e}")))?;
     let id = format!("berth-{}", hex::encode(b));
-    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
-    std::fs::write(&file, format!("{id}\n")).with_context(|| format!("writing {}", file.display()))?;
-    id.parse().context("generated instance id")
+    let io = |what: String| move |e: std::io::Error| ServeError::Instance(format!("{what}: {e}"));
+    std::fs::create_dir_all(state_dir).map_err(io(format!("creating {}", state_dir.display())))?;
+    std::fs::write(&file, format!("{id}\n")).map_err(io(format!("writing {}", file.display())))?;
+    id.parse().map_err(bad("generated instance id".into()))
 }
 
-async fn serve_async(args: ServeArgs, policy: Policy, instance: InstanceId) -> anyhow::Result<()> {
+/// How `serve` ended.
+enum Stopped {
+    /// Drained after a signal.
+    Drained,
+    /// A second signal cut the drain short.
+    Forced,
+}
+
+async fn serve_async(args: ServeArgs, policy: Policy, instance: InstanceId) -> Result<Stopped, ServeError> {
     let server = Server::start_with(policy, instance.clone(), args.docker_host.as_deref(), args.policy.clone()).await?;
     let local = server.addr;
     if let Some(admin) = server.admin_addr {
@@ -194,14 +227,16 @@ async fn serve_async(args: ServeArgs, policy: Policy, instance: InstanceId) -> a
 
     wait_for_signal().await;
     info!("signal received: draining (a second signal forces exit)");
-    tokio::spawn(async {
-        wait_for_signal().await;
-        warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
-    server.stop().await;
-    info!("stopped");
-    Ok(())
+    tokio::select! {
+        () = server.stop() => {
+            info!("stopped");
+            Ok(Stopped::Drained)
+        }
+        () = wait_for_signal() => {
+            warn!("second signal: exiting now");
+            Ok(Stopped::Forced)
+        }
+    }
 }
 
 /// A running berth: controller, WebSocket layer, page, health and metrics on one listener.
@@ -231,7 +266,7 @@ impl Server {
     ///
     /// # Errors
     /// When the address cannot be bound or the Docker address is malformed.
-    pub async fn start(policy: Policy, instance: InstanceId, docker_host: Option<&str>) -> anyhow::Result<Self> {
+    pub async fn start(policy: Policy, instance: InstanceId, docker_host: Option<&str>) -> Result<Self, ServeError> {
         Self::start_with(policy, instance, docker_host, None).await
     }
 
@@ -244,7 +279,7 @@ impl Server {
         instance: InstanceId,
         docker_host: Option<&str>,
         policy_file: Option<PathBuf>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, ServeError> {
         let runtime = DockerRuntime::connect_lazy(docker_host)?;
         Self::start_on(runtime, policy, instance, policy_file).await
     }
@@ -259,18 +294,22 @@ impl Server {
         policy: Policy,
         instance: InstanceId,
         policy_file: Option<PathBuf>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, ServeError> {
         let listen = policy.server.listen;
-        let listener = bind(listen).with_context(|| format!("binding {listen}"))?;
-        let addr = listener.local_addr()?;
+        let bind_err = |addr| move |source| ServeError::Bind { addr, source };
+        let listener = bind(listen).map_err(bind_err(listen))?;
+        let addr = listener.local_addr().map_err(bind_err(listen))?;
         let metrics = Arc::new(Metrics::new());
         metrics.policy_loaded.set(berth_reconciler::Timestamp::now().as_millis() as f64 / 1000.0);
         let limiter = Arc::new(crate::limits::ConnectionLimiter::new(&policy.limits));
         let admin_listener = match policy.server.admin_listen {
-            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding admin {a}"))?),
+            Some(a) => Some(bind(a).map_err(bind_err(a))?),
             None => None,
         };
-        let admin_addr = admin_listener.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
+        let admin_addr = match (&admin_listener, policy.server.admin_listen) {
+            (Some(l), Some(a)) => Some(l.local_addr().map_err(bind_err(a))?),
+            _ => None,
+        };
         let (reload_tx, reload_rx) =
             watch::channel(crate::reload::ReloadStatus { policy_hash: policy.hash(), last_error: None, at: 0 });
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
