@@ -233,7 +233,9 @@ async fn build_fleet(rt: &DockerRuntime, desired: &mut Desired, policy: &Policy,
         .await;
     for (mut s, id) in created {
         let id = id.unwrap_or_else(|e| {
-            panic!("docker create failed: {e}. The bench needs the berth-session:latest image (scripts/build-images.sh)")
+            panic!(
+                "docker create failed: {e}. The bench needs the berth-session:latest image (scripts/build-images.sh)"
+            )
         });
         s.container = Some(id);
         desired.sessions.insert(s.id, s);
@@ -364,7 +366,7 @@ fn main() {
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(if full { 8 } else { 1 }))
+        .measurement_time(Duration::from_secs(if full { 12 } else { 1 }))
         .throughput(Throughput::Elements(n as u64));
     let plain = executor_for(&docker, &policy);
     group.bench_function(BenchmarkId::new("list_and_plan", n), |b| {

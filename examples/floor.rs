@@ -22,10 +22,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use berth::reconciler::plan::ContainerSpec;
-use berth::reconciler::{Desired, DesiredSession, InstanceId, LabelNamespace, Policy, SessionId, SessionKind, Timestamp};
+use berth::reconciler::{
+    Desired, DesiredSession, InstanceId, LabelNamespace, Policy, SessionId, SessionKind, Timestamp,
+};
 use bollard::Docker;
 use bollard::container::AttachContainerResults;
-use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -80,6 +84,17 @@ struct Sample {
     time_to_prompt: Duration,
     echo_rtt: Duration,
     cycle: Duration,
+    /// Each Docker call on the way to the prompt, and the remove.
+    calls: Calls,
+}
+
+/// How long each Docker call of one session took.
+#[derive(Default)]
+struct Calls {
+    create: Duration,
+    attach: Duration,
+    start: Duration,
+    remove: Duration,
 }
 
 /// The engine, and the container every session gets.
@@ -115,30 +130,48 @@ impl Floor {
             .await
             .map_err(|_| "create: timed out".to_owned())?
             .map_err(bollard_err("create"))?;
-        let driven = self.drive(&created.id, started, deadline).await;
+        let mut calls = Calls { create: started.elapsed(), ..Calls::default() };
+        let driven = self.drive(&created.id, started, deadline, &mut calls).await;
         let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        let removing = Instant::now();
         let removed = tokio::time::timeout(STEP_TIMEOUT, self.docker.remove_container(&created.id, Some(opts)))
             .await
             .map_err(|_| "remove: timed out".to_owned())
             .and_then(|r| r.map_err(bollard_err("remove")));
+        calls.remove = removing.elapsed();
         let (time_to_prompt, echo_rtt) = driven?;
         removed?;
-        Ok(Sample { time_to_prompt, echo_rtt, cycle: started.elapsed() })
+        Ok(Sample { time_to_prompt, echo_rtt, cycle: started.elapsed(), calls })
     }
 
-    async fn drive(&self, id: &str, started: Instant, deadline: Instant) -> Result<(Duration, Duration), String> {
+    async fn drive(
+        &self,
+        id: &str,
+        started: Instant,
+        deadline: Instant,
+        calls: &mut Calls,
+    ) -> Result<(Duration, Duration), String> {
         let step = |what: &'static str| move |_| format!("{what}: timed out");
-        let opts =
-            AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).logs(false).build();
+        let opts = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .logs(false)
+            .build();
+        let attaching = Instant::now();
         let AttachContainerResults { mut output, mut input } =
             tokio::time::timeout_at(deadline, self.docker.attach_container(id, Some(opts)))
                 .await
                 .map_err(step("attach"))?
                 .map_err(bollard_err("attach"))?;
+        calls.attach = attaching.elapsed();
+        let starting = Instant::now();
         tokio::time::timeout_at(deadline, self.docker.start_container(id, None))
             .await
             .map_err(step("start"))?
             .map_err(bollard_err("start"))?;
+        calls.start = starting.elapsed();
         let mut tail = Tail::default();
         read_until(&mut output, &mut tail, report::PROMPT, deadline)
             .await
@@ -238,7 +271,13 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 }
 
 /// Runs sessions with `concurrency` workers until `count` have started or `stop_at` passes.
-async fn cycles(floor: &Floor, count: u32, concurrency: u32, stop_at: Instant, deadline: Instant) -> (Vec<Sample>, Errors) {
+async fn cycles(
+    floor: &Floor,
+    count: u32,
+    concurrency: u32,
+    stop_at: Instant,
+    deadline: Instant,
+) -> (Vec<Sample>, Errors) {
     let started = Arc::new(AtomicU32::new(0));
     let workers = (0..concurrency).map(|_| {
         let started = started.clone();
@@ -368,6 +407,12 @@ async fn run(args: &Args, policy: Policy, instance: InstanceId) -> (Value, bool)
         "time_to_prompt_ms": report::percentiles(&pick(|s| s.time_to_prompt)),
         "echo_rtt_ms": report::percentiles(&pick(|s| s.echo_rtt)),
         "cycle_ms": report::percentiles(&pick(|s| s.cycle)),
+        "docker_call_ms": {
+            "create": report::percentiles(&pick(|s| s.calls.create)),
+            "attach": report::percentiles(&pick(|s| s.calls.attach)),
+            "start": report::percentiles(&pick(|s| s.calls.start)),
+            "remove": report::percentiles(&pick(|s| s.calls.remove)),
+        },
         "rate_per_s": rate,
         "rate_drained_per_s": rate,
         "leftover_sessions": null,

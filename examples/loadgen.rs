@@ -108,7 +108,8 @@ type Ws = WebSocketStream<TcpStream>;
 struct Conn {
     ws: Ws,
     tail: Tail,
-    session: Option<String>,
+    /// When `ready` arrived.
+    ready_at: Option<Instant>,
 }
 
 /// What arrived.
@@ -126,13 +127,15 @@ impl Conn {
         let mut req = format!("ws://{}{}", target.authority, target.path)
             .into_client_request()
             .map_err(|e| format!("request: {e}"))?;
-        req.headers_mut()
-            .insert("sec-websocket-protocol", tokio_tungstenite::tungstenite::http::HeaderValue::from_static("berth.v1"));
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static("berth.v1"),
+        );
         let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.map_err(|e| format!("upgrade: {e}"))?;
         if resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()) != Some("berth.v1") {
             return Err("upgrade: the server did not answer with berth.v1".into());
         }
-        let mut c = Self { ws, tail: Tail::default(), session: None };
+        let mut c = Self { ws, tail: Tail::default(), ready_at: None };
         c.send_json(json!({"type": "hello", "cols": 80, "rows": 24})).await?;
         Ok(c)
     }
@@ -156,8 +159,8 @@ impl Conn {
             match msg {
                 Message::Text(t) => {
                     let v: Value = serde_json::from_str(&t).map_err(|e| format!("server sent bad JSON: {e}"))?;
-                    if v["type"] == "session" {
-                        self.session = v["session"].as_str().map(str::to_owned);
+                    if v["type"] == "ready" {
+                        self.ready_at = Some(Instant::now());
                     }
                     return Ok(Ev::Json(v));
                 }
@@ -166,7 +169,9 @@ impl Conn {
                     return Ok(Ev::Output);
                 }
                 Message::Close(f) => {
-                    return Ok(Ev::Closed(f.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default()));
+                    return Ok(Ev::Closed(
+                        f.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default(),
+                    ));
                 }
                 _ => {}
             }
@@ -243,6 +248,7 @@ impl Conn {
 /// One session's timings up to the echo.
 struct Opened {
     conn: Conn,
+    time_to_ready: Duration,
     time_to_prompt: Duration,
     echo_rtt: Duration,
 }
@@ -254,12 +260,13 @@ async fn open_session(target: &LoopbackUrl, deadline: Instant) -> Result<Opened,
     let mut conn = Conn::open(target).await?;
     conn.until_output(report::PROMPT, deadline).await.map_err(|e| format!("waiting for the prompt: {e}"))?;
     let time_to_prompt = started.elapsed();
+    let time_to_ready = conn.ready_at.map_or(time_to_prompt, |r| r - started);
     conn.tail.mark();
     let sent = Instant::now();
     conn.send_input(report::ECHO_COMMAND).await?;
     conn.until_output(report::ECHO_ANSWER, deadline).await.map_err(|e| format!("waiting for the echo: {e}"))?;
     let echo_rtt = sent.elapsed();
-    Ok(Opened { conn, time_to_prompt, echo_rtt })
+    Ok(Opened { conn, time_to_ready, time_to_prompt, echo_rtt })
 }
 
 /// What a run collected.
@@ -268,6 +275,7 @@ struct Tally {
     ok: u64,
     errors: Errors,
     failures: u64,
+    ttr: Vec<Duration>,
     ttp: Vec<Duration>,
     echo: Vec<Duration>,
     cycle: Vec<Duration>,
@@ -283,6 +291,7 @@ impl Tally {
         self.ok += o.ok;
         self.failures += o.failures;
         self.errors.merge(o.errors);
+        self.ttr.extend(o.ttr);
         self.ttp.extend(o.ttp);
         self.echo.extend(o.echo);
         self.cycle.extend(o.cycle);
@@ -304,6 +313,7 @@ async fn cycles(target: &LoopbackUrl, count: u32, concurrency: u32, stop_at: Ins
                         match o.conn.release(step).await {
                             Ok(()) => {
                                 t.ok += 1;
+                                t.ttr.push(o.time_to_ready);
                                 t.ttp.push(o.time_to_prompt);
                                 t.echo.push(o.echo_rtt);
                                 t.cycle.push(begun.elapsed());
@@ -384,6 +394,7 @@ async fn open_many(
                         continue;
                     }
                 };
+                t.ttr.push(o.time_to_ready);
                 t.ttp.push(o.time_to_prompt);
                 t.echo.push(o.echo_rtt);
                 let conn = match fill_bytes {
@@ -506,6 +517,16 @@ fn metric_lines<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a s
     })
 }
 
+/// The process's resident memory, from a `/metrics` text.
+fn rss_bytes(text: &str) -> Option<f64> {
+    metric_lines(text, "process_resident_memory_bytes").map(|(_, v)| v).next()
+}
+
+/// Bytes to MiB, one decimal.
+fn mib(bytes: f64) -> f64 {
+    report::round1(bytes / f64::from(1u32 << 20))
+}
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if args.duration > report::MAX_DURATION {
@@ -567,6 +588,11 @@ async fn run(args: &Args, target: &LoopbackUrl, berth: &Berth) -> (Value, bool) 
         Mode::Memory => memory(args, target, berth, deadline, &mut extra).await,
     };
     let left = berth.until_empty(deadline).await;
+    if let Some(Value::Object(m)) = extra.get_mut("memory") {
+        // Once every session has ended: what the process keeps (allocator caches) versus what sessions held.
+        let rss = berth.metrics().await.ok().and_then(|t| rss_bytes(&t));
+        m.insert("rss_after_end_mib".into(), json!(rss.map(mib)));
+    }
     if rate.is_some() {
         // Sessions per second counted until berth had also removed every container: a backlog of removals
         // left behind by the clients does not count as throughput.
@@ -593,6 +619,7 @@ fn summary(
         "ok": t.ok,
         "failures": t.failures,
         "time_to_prompt_ms": report::percentiles(&t.ttp),
+        "time_to_ready_ms": report::percentiles(&t.ttr),
         "echo_rtt_ms": report::percentiles(&t.echo),
         "cycle_ms": report::percentiles(&t.cycle),
         "rate_per_s": rate.map(report::round3),
@@ -647,8 +674,7 @@ async fn memory(
     deadline: Instant,
     extra: &mut serde_json::Map<String, Value>,
 ) -> Tally {
-    let rss = |text: &str| metric_lines(text, "process_resident_memory_bytes").map(|(_, v)| v).next();
-    let before = berth.metrics().await.ok().and_then(|m| rss(&m));
+    let before = berth.metrics().await.ok().and_then(|m| rss_bytes(&m));
     let (conns, mut t) = open_many(target, args.sessions, args.concurrency, deadline, Some(args.fill_bytes)).await;
     let full = conns.len();
     eprintln!("loadgen: memory: {full} sessions with full rings; detaching them all");
@@ -656,8 +682,11 @@ async fn memory(
     // Wait for berth to see every connection gone, then read its memory while the sessions are detached.
     let settle = deadline.min(Instant::now() + Duration::from_secs(10));
     loop {
-        let open =
-            berth.metrics().await.ok().and_then(|m| metric_lines(&m, "berth_websocket_connections").next().map(|l| l.1));
+        let open = berth
+            .metrics()
+            .await
+            .ok()
+            .and_then(|m| metric_lines(&m, "berth_websocket_connections").next().map(|l| l.1));
         if open == Some(0.0) || Instant::now() >= settle {
             break;
         }
@@ -665,11 +694,10 @@ async fn memory(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let held = berth.sessions().await.ok();
-    let after = berth.metrics().await.ok().and_then(|m| rss(&m));
+    let after = berth.metrics().await.ok().and_then(|m| rss_bytes(&m));
     t.ok = full as u64;
     let ring_sum = (full * args.ring_bytes) as f64;
     let bound = ring_sum + (64u64 << 20) as f64;
-    let mib = |b: f64| report::round1(b / f64::from(1u32 << 20));
     extra.insert(
         "memory".into(),
         json!({

@@ -90,7 +90,7 @@ profiles:
     image: berth-session:latest
 EOF
 
-target/release/berth serve --policy "$work/policy.yaml" --instance "bench-$tag" --state-dir "$work/state" \
+MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 target/release/berth serve --policy "$work/policy.yaml" --instance "bench-$tag" --state-dir "$work/state" \
   --log-format json >"$work/berth.out" 2>"$work/berth.log" &
 berth_pid=$!
 url=""

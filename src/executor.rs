@@ -99,7 +99,11 @@ pub struct Executor<R> {
     runtime: R,
     ns: LabelNamespace,
     timeout: Duration,
+    /// Bounds creates, starts and stops: what a new session waits on.
     permits: Arc<Semaphore>,
+    /// Bounds removals separately, so cleaning up ended sessions never delays new ones.
+    remove_permits: Arc<Semaphore>,
+    concurrency: usize,
     metrics: Arc<Metrics>,
     sink: Arc<dyn AttachSink>,
 }
@@ -120,6 +124,8 @@ where
             ns: self.ns.clone(),
             timeout: self.timeout,
             permits: self.permits.clone(),
+            remove_permits: self.remove_permits.clone(),
+            concurrency: self.concurrency,
             metrics: self.metrics.clone(),
             sink: self.sink.clone(),
         }
@@ -136,16 +142,28 @@ impl<R: Runtime> Executor<R> {
         metrics: Arc<Metrics>,
         sink: Arc<dyn AttachSink>,
     ) -> Self {
-        Self { runtime, ns, timeout, permits: Arc::new(Semaphore::new(concurrency.max(1))), metrics, sink }
+        let n = concurrency.max(1);
+        Self {
+            runtime,
+            ns,
+            timeout,
+            permits: Arc::new(Semaphore::new(n)),
+            remove_permits: Arc::new(Semaphore::new(n)),
+            concurrency: n,
+            metrics,
+            sink,
+        }
     }
 
     /// Changes the timeout and concurrency for actions started from now on.
     pub fn reconfigure(&mut self, timeout: Duration, concurrency: usize) {
         self.timeout = timeout;
-        let current = self.permits.available_permits();
-        if concurrency != current {
-            // New semaphore: actions already holding permits finish under the old bound.
-            self.permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let n = concurrency.max(1);
+        if n != self.concurrency {
+            // New semaphores: actions already holding permits finish under the old bound.
+            self.permits = Arc::new(Semaphore::new(n));
+            self.remove_permits = Arc::new(Semaphore::new(n));
+            self.concurrency = n;
         }
     }
 
@@ -178,13 +196,13 @@ impl<R: Runtime> Executor<R> {
                     .map(|()| Outcome::Stopped { container: container.clone() })
             }
             Action::Remove { container, .. } => {
-                let _permit = self.permits.acquire().await;
+                let _permit = self.remove_permits.acquire().await;
                 self.remove_verified(container).await.map(|()| Outcome::Removed { containers: vec![container.clone()] })
             }
             Action::BulkRemove { containers, .. } => {
                 let results: Vec<(ContainerId, Result<(), RuntimeError>)> = futures::stream::iter(containers.clone())
                     .map(|id| async move {
-                        let _permit = self.permits.acquire().await;
+                        let _permit = self.remove_permits.acquire().await;
                         let r = self.remove_verified(&id).await;
                         (id, r)
                     })

@@ -37,13 +37,28 @@ impl Ring {
         self.start + self.buf.len() as u64
     }
 
+    /// Appends `data`, dropping the oldest bytes first so the buffer never holds more than `cap`: its
+    /// allocation then never grows past the bound (growing first and trimming after would double it).
     fn push(&mut self, data: &[u8]) {
-        self.buf.extend(data);
-        let over = self.buf.len().saturating_sub(self.cap);
+        let data = if data.len() > self.cap {
+            let skip = data.len() - self.cap;
+            self.start += (self.buf.len() + skip) as u64;
+            self.buf.clear();
+            &data[skip..]
+        } else {
+            data
+        };
+        let over = (self.buf.len() + data.len()).saturating_sub(self.cap);
         if over > 0 {
             self.buf.drain(..over);
             self.start += over as u64;
         }
+        if self.buf.capacity() < self.buf.len() + data.len() {
+            // Grow straight to the bound at most, never to the next power of two beyond it.
+            let want = (self.buf.len() + data.len()).max(self.buf.capacity() * 2).min(self.cap);
+            self.buf.reserve_exact(want - self.buf.len());
+        }
+        self.buf.extend(data);
     }
 
     /// Up to `max` bytes from `from` (clamped into the ring).
@@ -429,6 +444,19 @@ impl Terminals {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_ring_allocation_never_grows_past_its_bound() {
+        let mut r = Ring { buf: VecDeque::new(), start: 0, cap: 256 << 10 };
+        for _ in 0..100 {
+            r.push(&[b'x'; 30_000]);
+        }
+        r.push(&vec![b'y'; 300_000]);
+        assert_eq!(r.buf.len(), 256 << 10);
+        assert!(r.buf.capacity() <= (256 << 10) + 64, "capacity {}", r.buf.capacity());
+        assert_eq!(r.end(), 100 * 30_000 + 300_000);
+        assert_eq!(r.read(r.end() - 1, 1)[0], b'y');
+    }
 
     #[test]
     fn ring_keeps_only_the_newest_bytes_and_reads_by_offset() {

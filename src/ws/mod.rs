@@ -148,6 +148,8 @@ struct Conn {
     connected: Instant,
     last_heard: Instant,
     first_output: bool,
+    /// The resize to the hello's size, sent while output already flows.
+    initial_resize: Option<tokio::task::JoinHandle<()>>,
 }
 
 enum Incoming {
@@ -192,6 +194,7 @@ impl Conn {
             connected,
             last_heard: Instant::now(),
             first_output: false,
+            initial_resize: None,
         };
         let mut held: Option<(SessionId, u64)> = None;
         let end = conn.serve(&mut held).await;
@@ -384,7 +387,14 @@ impl Conn {
             term.unsubscribe(&reader);
             return Err(e);
         }
-        let _ = resize(&term, size).await;
+        // The first prompt is already in the ring: send it without waiting for Docker's resize call.
+        let initial_resize = {
+            let term = term.clone();
+            tokio::spawn(async move {
+                let _ = resize(&term, size).await;
+            })
+        };
+        self.initial_resize = Some(initial_resize);
         for data in pending {
             let _ = term.write(data).await;
         }
@@ -536,6 +546,10 @@ impl Conn {
                         }
                     }
                     Incoming::Msg(ClientMsg::Resize(r)) => {
+                        // Sizes apply in the order the client sent them.
+                        if let Some(first) = self.initial_resize.take() {
+                            let _ = first.await;
+                        }
                         if let Err(e) = resize(term, (r.cols, r.rows)).await {
                             debug!(error = %e, "resize failed");
                         }
@@ -579,7 +593,7 @@ impl Conn {
 async fn drain(conn: &Conn, term: &Terminal, reader: &mut crate::terminal::Reader) -> Result<(), End> {
     let deadline = Instant::now() + Duration::from_millis(500);
     while Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_millis(100), term.read(reader)).await {
+        match tokio::time::timeout(Duration::from_millis(20), term.read(reader)).await {
             Ok(Read::Data { bytes, .. }) => {
                 conn.send(Message::binary(bytes)).await?;
                 term.ack(reader);
