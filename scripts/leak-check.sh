@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# CI's short leak run: a real berth binary and the load generator's `leak` mode, 60 sessions closed in a mix
+# (a third `release`, a third TCP reset, a third shell `exit`). The load generator polls berth's session count and
+# the run's labelled containers until both are 0, and exits 1 on any leftover: so does this script.
+# Loopback only; bounded (the load generator's --timeout, and this script's own waits). berth is stopped by pid.
+source "$(dirname "$0")/lib.sh"
+cd "$BERTH_ROOT"
+
+docker info >/dev/null 2>&1 || { log "no Docker engine answers; run scripts/setup.sh first"; exit 1; }
+cargo build --quiet --bin berth --example loadgen
+
+tag="$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
+work="$(mktemp -d "${TMPDIR:-/tmp}/berth-leak.XXXXXX")"
+ns="ci.leak.$tag"
+pid=""
+cleanup() {
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  ids="$(docker ps -aq --filter "label=$ns.managed=true" 2>/dev/null || true)"
+  # shellcheck disable=SC2086
+  [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat >"$work/policy.yaml" <<YAML
+apiVersion: berth.dev/v1
+kind: Policy
+server:
+  listen: 127.0.0.1:0
+limits:
+  max_sessions: 200
+  max_anonymous: 200
+  max_per_ip: 200
+  connections_per_minute: 10000
+  connection_burst: 10000
+sessions:
+  resume_grace: 5s
+reconcile:
+  concurrency: 6
+  resync_interval: 2s
+docker:
+  namespace: $ns
+  name_prefix: leak-$tag
+YAML
+
+target/debug/berth serve --policy "$work/policy.yaml" --instance "leak-$tag" --state-dir "$work/state" \
+  --log-format json >"$work/berth.out" 2>"$work/berth.log" &
+pid=$!
+url=""
+for _ in $(seq 1 60); do
+  url="$(sed -n 's|^berth listening on http://\([^/]*\)/.*|ws://\1/ws|p' "$work/berth.out")"
+  [ -n "$url" ] && break
+  kill -0 "$pid" 2>/dev/null || { log "berth exited"; tail -5 "$work/berth.log" >&2; exit 1; }
+  sleep 0.5
+done
+[ -n "$url" ] || { log "berth did not report its address within 30 s"; exit 1; }
+
+rc=0
+timeout --signal=TERM --kill-after=10 300 target/debug/examples/loadgen --url "$url" --namespace "$ns" \
+  --mode leak --sessions 60 --concurrency 10 --timeout 240s || rc=$?
+left="$(docker ps -aq --filter "label=$ns.managed=true" | wc -l)"
+log "leak run: loadgen exit $rc, $left container(s) left"
+[ "$rc" -eq 0 ] && [ "$left" -eq 0 ]
