@@ -1,0 +1,191 @@
+//! The controller's Docker side: action outcomes (with per-key backoff), observer events, terminal stream
+//! losses and full lists, each folded into desired or observed state.
+
+use super::*;
+
+impl<R: Runtime> Controller<R> {
+    pub(super) fn on_completed(&mut self, done: Completed) {
+        let Completed { action, result, failed } = done;
+        for k in keys_of(&action) {
+            self.in_flight.remove(&k);
+        }
+        let kind = action.kind().as_str();
+        if let Some(session) = action.session() {
+            let detail = match &result {
+                Ok(_) => format!("{kind} ok"),
+                Err(e) => format!("{kind} failed: {e}"),
+            };
+            self.record(session, "outcome", detail);
+        }
+        match result {
+            Ok(Outcome::Created { session, container }) => {
+                let id = container.id.clone();
+                self.observed.upsert(container);
+                self.backoff.remove(&Key::Session(session));
+                if let Some(s) = self.desired.sessions.get_mut(&session) {
+                    s.container = Some(id);
+                    s.create_attempts = 0;
+                }
+            }
+            Ok(Outcome::Attached { session }) => {
+                self.backoff.remove(&Key::Session(session));
+                self.observed.set_attached(session, true);
+            }
+            Ok(Outcome::Started { container }) => {
+                if let Some(s) = action.session() {
+                    self.backoff.remove(&Key::Session(s));
+                }
+                self.observed.set_state(&container, ContainerState::Running);
+            }
+            Ok(Outcome::Stopped { container }) => self.observed.set_state(&container, ContainerState::Exited),
+            Ok(Outcome::Removed { containers }) => {
+                let reason = match &action {
+                    Action::Remove { reason, .. } | Action::BulkRemove { reason, .. } => *reason,
+                    _ => RemoveReason::SessionEnded,
+                };
+                for id in &containers {
+                    self.observed.remove(id);
+                    self.backoff.remove(&Key::Container(id.clone()));
+                    self.metrics.removed.with_label_values(&[reason.as_str()]).inc();
+                }
+                if let Some(s) = action.session() {
+                    self.backoff.remove(&Key::Session(s));
+                    if reason == RemoveReason::Unhealthy
+                        && let Some(sess) = self.desired.sessions.get_mut(&s)
+                    {
+                        sess.container = None;
+                    }
+                }
+            }
+            Err(e) => self.on_failed(&action, e),
+        }
+        for (id, e) in failed {
+            self.observed.set_removal_requested(&id, false);
+            self.back_off(Key::Container(id), &e);
+        }
+    }
+
+    pub(super) fn on_failed(&mut self, action: &Action, e: RuntimeError) {
+        for c in action.containers() {
+            if matches!(action, Action::Remove { .. } | Action::BulkRemove { .. }) {
+                self.observed.set_removal_requested(c, false);
+            }
+        }
+        if let Action::Create { session, .. } = action {
+            let max = self.policy.reconcile.max_create_attempts;
+            if let Some(s) = self.desired.sessions.get_mut(session) {
+                s.create_attempts += 1;
+                let give_up = e.is_permanent() || s.create_attempts >= max;
+                if give_up && s.ending.is_none() {
+                    let reason = EndReason::CreateFailed { error: e.to_string() };
+                    self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                    s.ending = Some(reason);
+                }
+            }
+            if matches!(e, RuntimeError::Conflict(_)) {
+                // The name is taken: an earlier create may have succeeded without our hearing of it.
+                self.request_list();
+            }
+        }
+        for k in keys_of(action) {
+            self.back_off(k, &e);
+        }
+    }
+
+    pub(super) fn back_off(&mut self, key: Key, e: &RuntimeError) {
+        let r = &self.policy.reconcile;
+        let b = self.backoff.entry(key).or_insert(Backoff { attempts: 0, not_before: Instant::now() });
+        b.attempts += 1;
+        b.not_before = Instant::now() + retry_delay(e, b.attempts, r.backoff_base, r.backoff_max);
+    }
+
+    pub(super) fn on_observer(&mut self, msg: ObserverMsg) {
+        match msg {
+            ObserverMsg::Connected => {
+                // The engine is back: whatever was backing off because it was away may try again now.
+                self.backoff.clear();
+                self.request_list();
+            }
+            ObserverMsg::Disconnected => {}
+            ObserverMsg::Upsert(c) => {
+                let (session, state) = (c.labels.session, c.state);
+                let mine = c.labels.owner == self.desired.owner;
+                self.observed.upsert(c);
+                if mine && self.desired.sessions.contains_key(&session) {
+                    self.record(session, "observed", format!("container is {}", state.as_str()));
+                }
+            }
+            ObserverMsg::Gone(id) => {
+                let session = self.observed.view().containers.get(&id).map(|c| c.labels.session);
+                self.observed.remove(&id);
+                if let Some(s) = session.filter(|s| self.desired.sessions.contains_key(s)) {
+                    self.record(s, "observed", "container destroyed".into());
+                }
+            }
+        }
+        self.publish_readiness();
+    }
+
+    pub(super) fn on_terminal(&mut self, ev: TerminalEvent) {
+        match ev {
+            TerminalEvent::Lost(session) => self.observed.set_attached(session, false),
+        }
+    }
+
+    pub(super) fn request_list(&mut self) {
+        if self.list_in_flight {
+            return;
+        }
+        self.list_in_flight = true;
+        let generation = self.observed.begin_list();
+        let at = self.now();
+        let runtime = self.runtime.clone();
+        let ns = self.policy.docker.namespace.clone();
+        let timeout = self.policy.reconcile.docker_timeout;
+        let tx = self.list_tx.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(
+            async move {
+                let res = timed(&metrics, "list", timeout, runtime.list(&ns)).await;
+                let _ = tx.send((generation, at, res)).await;
+            }
+            .instrument(info_span!("list")),
+        );
+    }
+
+    pub(super) fn on_listed(
+        &mut self,
+        generation: u64,
+        at: Timestamp,
+        res: Result<Vec<berth_reconciler::ObservedContainer>, RuntimeError>,
+    ) {
+        self.list_in_flight = false;
+        match res {
+            Ok(list) => {
+                self.observed.apply_list(list, generation, at);
+                self.bind_unbound();
+                // Backoff for things that no longer exist is dropped, so the map stays bounded.
+                let (view, desired) = (self.observed.view(), &self.desired);
+                self.backoff.retain(|k, _| match k {
+                    Key::Container(id) => view.containers.contains_key(id),
+                    Key::Session(s) => desired.sessions.contains_key(s),
+                });
+            }
+            Err(e) => warn!(error = %e, "list failed"),
+        }
+        self.publish_readiness();
+    }
+
+    /// Binds sessions that have no container yet to the one container a list found for them (a create
+    /// whose reply was lost, or a name conflict).
+    pub(super) fn bind_unbound(&mut self) {
+        let by_session = self.observed.view().by_session();
+        for s in self.desired.sessions.values_mut().filter(|s| s.container.is_none()) {
+            if let Some([only]) = by_session.get(&s.id).map(Vec::as_slice)
+                && only.labels.owner == self.desired.owner
+            {
+                s.container = Some(only.id.clone());
+            }
+        }
+    }
+}

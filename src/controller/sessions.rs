@@ -1,0 +1,189 @@
+//! The controller's client side: commands from handles (open, resume, detach, release, admin queries), the
+//! admission queue, and the session listings the admin API shows.
+
+use super::*;
+
+impl<R: Runtime> Controller<R> {
+    pub(super) fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Open { req, reply } => {
+                let res = self.open(req);
+                let _ = reply.send(res);
+            }
+            Command::Resume { id, secret, reply } => {
+                let res = self.resume(id, &secret);
+                let _ = reply.send(res);
+            }
+            Command::Detach { id, lease } => {
+                let now = self.now();
+                if self.leases.get(&id) == Some(&lease)
+                    && let Some(s) = self.desired.sessions.get_mut(&id)
+                    && s.ending.is_none()
+                {
+                    s.attachment = Attachment::Detached { since: now };
+                    self.record(id, "observed", "client disconnected; detached".into());
+                }
+            }
+            Command::Release { id, reason } => {
+                if let Some(s) = self.desired.sessions.get_mut(&id)
+                    && s.ending.is_none()
+                {
+                    self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                    s.ending = Some(reason.clone());
+                    self.record(id, "ended", reason.to_string());
+                }
+            }
+            Command::List { reply } => {
+                let _ = reply.send(self.list_sessions());
+            }
+            Command::Show { id, reply } => {
+                let detail = self.info(&id).map(|session| SessionDetail {
+                    session,
+                    decisions: self.decisions.get(&id).map(|d| d.iter().cloned().collect()).unwrap_or_default(),
+                });
+                let _ = reply.send(detail);
+            }
+            Command::DryRun { reply } => {
+                let _ = reply.send(plan(&self.desired, self.observed.view(), &self.policy, self.now()));
+            }
+            Command::Resync => self.request_list(),
+            Command::Shutdown { reply } => self.begin_shutdown(Some(reply)),
+        }
+    }
+
+    pub(super) fn open(&mut self, req: handle::SessionRequest) -> Result<Admission, OpenError> {
+        if self.desired.draining {
+            return Err(OpenError::Draining);
+        }
+        let profile = req.profile.clone().unwrap_or_else(|| self.policy.default_profile.clone());
+        if !self.policy.profiles.contains_key(&profile) {
+            return Err(OpenError::UnknownProfile(profile.to_string()));
+        }
+        match admit(&self.desired, &self.policy.limits, req.kind, req.client_ip) {
+            Ok(()) => self.admit_now(req).map(Admission::Admitted),
+            Err(reject) => {
+                let limits = &self.policy.limits;
+                if reject.queueable() && !limits.queue_wait.is_zero() && self.queue.len() < limits.queue_len {
+                    let (position, position_rx) = watch::channel(self.queue.len() + 1);
+                    let (reply, result) = oneshot::channel();
+                    self.queue.push_back(Waiter { req, reply, position, deadline: Instant::now() + limits.queue_wait });
+                    self.metrics.queue_len.set(self.queue.len() as i64);
+                    Ok(Admission::Queued { position: position_rx, result })
+                } else {
+                    self.metrics.rejected.with_label_values(&[reject.as_str()]).inc();
+                    Err(OpenError::Full { reason: reject.as_str(), retry_after: self.retry_after(reject) })
+                }
+            }
+        }
+    }
+
+    pub(super) fn retry_after(&self, reject: Reject) -> Duration {
+        match reject {
+            Reject::PerIp => Duration::from_secs(30),
+            _ => Duration::from_secs(5),
+        }
+    }
+
+    pub(super) fn admit_now(&mut self, req: handle::SessionRequest) -> Result<Ticket, OpenError> {
+        let id = SessionId::generate().map_err(|_| OpenError::Stopped)?;
+        let profile = req.profile.unwrap_or_else(|| self.policy.default_profile.clone());
+        let mut s = DesiredSession::new(id, profile, req.kind, self.now());
+        s.env = req.env;
+        s.resume_hash = req.resume_hash;
+        s.client_ip = req.client_ip;
+        self.desired.sessions.insert(id, s);
+        let (tx, rx) = watch::channel(Status::pending());
+        self.statuses.insert(id, tx);
+        self.record(id, "observed", "session requested".into());
+        debug!(session = %id, "session admitted");
+        Ok(Ticket { id, status: rx, lease: self.new_lease(id) })
+    }
+
+    pub(super) fn new_lease(&mut self, id: SessionId) -> u64 {
+        self.next_lease += 1;
+        self.leases.insert(id, self.next_lease);
+        self.next_lease
+    }
+
+    pub(super) fn resume(&mut self, id: SessionId, secret: &str) -> Result<Ticket, ResumeError> {
+        let presented = hex::encode(Sha256::digest(secret.as_bytes()));
+        let now = self.now();
+        let Some(s) = self.desired.sessions.get_mut(&id) else {
+            self.metrics.resumes.with_label_values(&["unknown"]).inc();
+            return Err(ResumeError::Refused);
+        };
+        let ok = s.ending.is_none()
+            && s.resume_hash.as_ref().is_some_and(|h| bool::from(h.as_bytes().ct_eq(presented.as_bytes())));
+        if !ok {
+            self.metrics.resumes.with_label_values(&["bad_secret"]).inc();
+            return Err(ResumeError::Refused);
+        }
+        s.attachment = Attachment::Attached;
+        s.last_activity = s.last_activity.max(now);
+        self.metrics.resumes.with_label_values(&["ok"]).inc();
+        let status = self.statuses.get(&id).map(watch::Sender::subscribe).ok_or(ResumeError::Refused)?;
+        self.record(id, "observed", "client resumed".into());
+        Ok(Ticket { id, status, lease: self.new_lease(id) })
+    }
+
+    pub(super) fn admit_waiters(&mut self) {
+        let now = Instant::now();
+        let mut kept = VecDeque::new();
+        while let Some(w) = self.queue.pop_front() {
+            if w.reply.is_closed() {
+                continue;
+            }
+            if now >= w.deadline {
+                self.metrics.rejected.with_label_values(&["queue_timeout"]).inc();
+                let _ = w.reply.send(Err(OpenError::QueueTimeout(self.policy.limits.queue_wait)));
+                continue;
+            }
+            if kept.is_empty() && admit(&self.desired, &self.policy.limits, w.req.kind, w.req.client_ip).is_ok() {
+                match self.admit_now(w.req.clone()) {
+                    Ok(t) => {
+                        let _ = w.reply.send(Ok(t));
+                    }
+                    Err(e) => {
+                        let _ = w.reply.send(Err(e));
+                    }
+                }
+                continue;
+            }
+            kept.push_back(w);
+        }
+        for (i, w) in kept.iter().enumerate() {
+            w.position.send_if_modified(|p| {
+                let changed = *p != i + 1;
+                *p = i + 1;
+                changed
+            });
+        }
+        self.queue = kept;
+        self.metrics.queue_len.set(self.queue.len() as i64);
+    }
+
+    pub(super) fn info(&self, id: &SessionId) -> Option<SessionInfo> {
+        let s = self.desired.sessions.get(id)?;
+        let view = self.observed.view();
+        let now = self.now();
+        let container = s.container.as_ref().and_then(|c| view.containers.get(c));
+        Some(SessionInfo {
+            id: s.id,
+            status: status_of(s, view, &self.desired.owner),
+            profile: s.profile.clone(),
+            kind: s.kind,
+            age_seconds: now.since(s.created_at).as_secs(),
+            idle_seconds: now.since(s.last_activity).as_secs(),
+            attached: s.attachment == Attachment::Attached,
+            client_ip: s.client_ip,
+            owner: self.desired.owner.to_string(),
+            policy_hash: container.map(|c| c.labels.policy_hash.clone()),
+            current_policy_hash: self.policy.profiles.get(&s.profile).map(berth_reconciler::policy::Profile::hash),
+            adopted: s.adopted,
+        })
+    }
+
+    pub(super) fn list_sessions(&self) -> Vec<SessionInfo> {
+        self.desired.sessions.keys().filter_map(|id| self.info(id)).collect()
+    }
+}
