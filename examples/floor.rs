@@ -15,7 +15,6 @@
 
 mod report;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,9 +26,6 @@ use berth::reconciler::{
 };
 use bollard::Docker;
 use bollard::container::AttachContainerResults;
-use bollard::models::{
-    ContainerCreateBody, HealthConfig, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum,
-};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -122,7 +118,8 @@ impl Floor {
     /// create → attach → start → prompt → echo → force remove.
     async fn session(&self, deadline: Instant) -> Result<Sample, String> {
         let spec = self.spec()?;
-        let body = create_body(&spec);
+        // The very request berth's runtime sends, so the floor and berth create identical containers.
+        let body = berth::runtime::docker::create_body(&spec);
         let started = Instant::now();
         let deadline = deadline.min(started + STEP_TIMEOUT);
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
@@ -203,71 +200,6 @@ async fn read_until(
         }
     }
     Ok(())
-}
-
-/// Docker's create body for `spec`, as berth's runtime builds it (`src/runtime/docker.rs`, `create_body`): TTY
-/// and open stdin, the profile's hardening, restart policy `no`, bounded logs.
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
-    let sec = &spec.security;
-    let mut security_opt = Vec::new();
-    if sec.no_new_privileges {
-        security_opt.push("no-new-privileges:true".to_owned());
-    }
-    if let Some(p) = &sec.seccomp {
-        security_opt.push(format!("seccomp={p}"));
-    }
-    if let Some(p) = &sec.apparmor {
-        security_opt.push(format!("apparmor={p}"));
-    }
-    let tmpfs: HashMap<String, String> = sec.tmpfs.iter().map(|t| (t.path.clone(), t.options.clone())).collect();
-    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
-    let host_config = HostConfig {
-        memory: Some(spec.resources.memory_bytes),
-        memory_swap: Some(spec.resources.memory_bytes),
-        nano_cpus: Some(spec.resources.nano_cpus),
-        pids_limit: Some(spec.resources.pids),
-        readonly_rootfs: Some(sec.read_only_root),
-        cap_drop: sec.cap_drop_all.then(|| vec!["ALL".to_owned()]),
-        security_opt: Some(security_opt),
-        tmpfs: Some(tmpfs),
-        init: Some(sec.init),
-        network_mode: Some(spec.network.clone()),
-        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
-        auto_remove: Some(false),
-        log_config: Some(HostConfigLogConfig {
-            typ: Some("json-file".to_owned()),
-            config: Some(HashMap::from([
-                ("max-size".to_owned(), spec.logs.max_size.clone()),
-                ("max-file".to_owned(), spec.logs.max_files.to_string()),
-            ])),
-        }),
-        ..Default::default()
-    };
-    let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
-        test: Some(std::iter::once("CMD".to_owned()).chain(h.command.iter().cloned()).collect()),
-        interval: Some(nanos(h.interval)),
-        timeout: Some(nanos(h.timeout)),
-        retries: Some(i64::from(h.retries)),
-        start_period: Some(nanos(h.start_period)),
-        start_interval: None,
-    });
-    ContainerCreateBody {
-        image: Some(spec.image.clone()),
-        cmd: spec.command.clone(),
-        env: Some(spec.env.iter().map(|e| format!("{}={}", e.name, e.value)).collect()),
-        labels: Some(spec.labels.clone().into_iter().collect()),
-        user: Some(spec.user.clone()),
-        working_dir: spec.working_dir.clone(),
-        tty: Some(true),
-        open_stdin: Some(true),
-        stdin_once: Some(false),
-        attach_stdin: Some(true),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        healthcheck,
-        host_config: Some(host_config),
-        ..Default::default()
-    }
 }
 
 /// Runs sessions with `concurrency` workers until `count` have started or `stop_at` passes.

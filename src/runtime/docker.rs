@@ -290,7 +290,7 @@ fn secs_to_nanos(d: Duration) -> i64 {
 
 /// Translates berth's container spec into Docker's create body: TTY and open stdin, hardening from the profile,
 /// restart policy `no`, bounded logs.
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let sec = &spec.security;
     let mut security_opt = Vec::new();
     if sec.no_new_privileges {
