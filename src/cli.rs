@@ -46,10 +46,10 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// Base URL of the admin API (`server.admin_listen`, or the main listener when an admin token is set).
-    #[arg(long, env = "BERTH_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, global = true, env = "BERTH_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
     pub admin_url: String,
     /// A file holding the admin bearer token (whose SHA-256 is `server.admin_token_sha256`).
-    #[arg(long, env = "BERTH_ADMIN_TOKEN_FILE")]
+    #[arg(long, global = true, env = "BERTH_ADMIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 }
 
