@@ -28,8 +28,8 @@ use berth::reconciler::{
     SessionId, SessionKind, Timestamp, plan,
 };
 use berth::runtime::docker::DockerRuntime;
-use berth::runtime::{AttachIo, Runtime, RuntimeError, RuntimeEvent};
-use bytes::Bytes;
+use berth::reconciler::peers::{MarkerSpec, PeerContainer};
+use berth::runtime::{AttachIo, Runtime, RuntimeError, RuntimeEvent, Sentinel};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -54,7 +54,7 @@ struct Calls {
     remove: AtomicU64,
     attach: AtomicU64,
     events: AtomicU64,
-    log_tail: AtomicU64,
+    peers: AtomicU64,
 }
 
 impl Calls {
@@ -69,7 +69,7 @@ impl Calls {
 
     /// Reads other than list.
     fn other_reads(&self) -> u64 {
-        [&self.ping, &self.inspect, &self.attach, &self.events, &self.log_tail].into_iter().map(Self::get).sum()
+        [&self.ping, &self.inspect, &self.attach, &self.events, &self.peers].into_iter().map(Self::get).sum()
     }
 
     fn reset(&self) {
@@ -84,7 +84,7 @@ impl Calls {
             &self.remove,
             &self.attach,
             &self.events,
-            &self.log_tail,
+            &self.peers,
         ] {
             c.store(0, Ordering::SeqCst);
         }
@@ -92,7 +92,7 @@ impl Calls {
 
     fn describe(&self) -> String {
         format!(
-            "{} list call(s), {} write(s) (create {}, start {}, stop {}, remove {}), {} other call(s) (ping {}, inspect {}, attach {}, events {}, log_tail {})",
+            "{} list call(s), {} write(s) (create {}, start {}, stop {}, remove {}), {} other call(s) (ping {}, inspect {}, attach {}, events {}, peers {})",
             Self::get(&self.list),
             self.writes(),
             Self::get(&self.create),
@@ -104,7 +104,7 @@ impl Calls {
             Self::get(&self.inspect),
             Self::get(&self.attach),
             Self::get(&self.events),
-            Self::get(&self.log_tail),
+            Self::get(&self.peers),
         )
     }
 }
@@ -158,9 +158,9 @@ impl Runtime for Counting {
         self.inner.remove(id).await
     }
 
-    async fn attach(&self, id: &ContainerId) -> Result<AttachIo, RuntimeError> {
+    async fn attach(&self, id: &ContainerId, history: bool) -> Result<AttachIo, RuntimeError> {
         count(&self.calls.attach);
-        self.inner.attach(id).await
+        self.inner.attach(id, history).await
     }
 
     fn events(&self, ns: &LabelNamespace) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
@@ -168,9 +168,19 @@ impl Runtime for Counting {
         self.inner.events(ns)
     }
 
-    async fn log_tail(&self, id: &ContainerId, max_bytes: usize) -> Result<Bytes, RuntimeError> {
-        count(&self.calls.log_tail);
-        self.inner.log_tail(id, max_bytes).await
+    async fn list_peers(&self, ns: &LabelNamespace) -> Result<Vec<PeerContainer>, RuntimeError> {
+        count(&self.calls.peers);
+        self.inner.list_peers(ns).await
+    }
+
+    async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {
+        count(&self.calls.peers);
+        self.inner.create_marker(spec).await
+    }
+
+    async fn run_sentinel(&self, spec: &MarkerSpec) -> Result<Sentinel, RuntimeError> {
+        count(&self.calls.peers);
+        self.inner.run_sentinel(spec).await
     }
 }
 
@@ -179,6 +189,10 @@ struct NoTerminals;
 
 impl AttachSink for NoTerminals {
     fn connect(&self, _session: SessionId, _io: AttachIo) {}
+
+    fn wants_history(&self, _session: SessionId) -> bool {
+        false
+    }
 }
 
 /// The fleet's containers, removed (by their label) when this is dropped, panics included.

@@ -92,6 +92,10 @@ pub struct Completed {
 pub trait AttachSink: Send + Sync + 'static {
     /// Takes the attach stream of `session`.
     fn connect(&self, session: SessionId, io: AttachIo);
+
+    /// Whether the stream should start with the container's log: the session has no output here yet (it was
+    /// adopted from an earlier run or a dead peer, or it is new and its log is empty anyway).
+    fn wants_history(&self, session: SessionId) -> bool;
 }
 
 /// Applies actions to a runtime.
@@ -256,7 +260,8 @@ impl<R: Runtime> Executor<R> {
     async fn attach(&self, session: SessionId, container: &ContainerId) -> Result<Outcome, RuntimeError> {
         // Attach does not take a permit: it is a long-lived stream, not a state change, and it must
         // not queue behind creates (it sits between create and start on every session's path).
-        let io = self.call("attach", self.runtime.attach(container)).await?;
+        let history = self.sink.wants_history(session);
+        let io = self.call("attach", self.runtime.attach(container, history)).await?;
         self.sink.connect(session, io);
         Ok(Outcome::Attached { session })
     }

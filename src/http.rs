@@ -30,6 +30,7 @@ pub fn health_routes(
             "ready": r.is_ready(),
             "docker_up": r.docker_up,
             "listed": r.listed,
+            "sentinel": r.sentinel,
             "draining": r.draining,
             "policy_hash": r.policy_hash,
         });

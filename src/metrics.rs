@@ -9,8 +9,8 @@ use prometheus::{
 };
 
 /// Docker operations berth makes, for pre-creating series.
-pub const DOCKER_OPS: [&str; 10] =
-    ["ping", "list", "inspect", "create", "start", "stop", "remove", "attach", "resize", "log_tail"];
+pub const DOCKER_OPS: [&str; 12] =
+    ["ping", "list", "inspect", "create", "start", "stop", "remove", "attach", "resize", "list_peers", "create_marker", "run_sentinel"];
 
 /// Reasons an admission is refused.
 pub const REJECT_REASONS: [&str; 9] = [
@@ -77,6 +77,14 @@ pub struct Metrics {
     pub policy_loaded: Gauge,
     /// `limits.max_sessions` of the policy in force, for capacity alerts.
     pub capacity: IntGauge,
+    /// 1 while this replica's sentinel runs (its liveness signal to peers).
+    pub sentinel_up: IntGauge,
+    /// Peers seen down (containers or claims, no running sentinel).
+    pub peers_down: IntGauge,
+    /// Takeover attempts of dead peers, by result (`won`, `lost` to another replica, `error`).
+    pub takeovers: IntCounterVec,
+    /// This replica's fencing epoch.
+    pub epoch: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -112,6 +120,9 @@ impl Metrics {
         let containers = gauge_vec("berth_containers", "Managed containers by state.", &["state"]);
         let ws_open = int_gauge("berth_websocket_connections", "Open WebSocket connections.");
         let docker_up = int_gauge("berth_docker_up", "1 when the Docker engine answers, else 0.");
+        let sentinel_up = int_gauge("berth_sentinel_up", "1 while this replica's sentinel container runs, else 0.");
+        let peers_down = int_gauge("berth_peers_down", "Peer replicas seen down: containers or claims, no running sentinel.");
+        let epoch = int_gauge("berth_epoch", "This replica's fencing epoch, stamped on the containers it creates.");
         let queue_len = int_gauge("berth_admission_queue_length", "Clients waiting in the admission queue.");
         let drifted = int_gauge(
             "berth_containers_policy_drift",
@@ -197,6 +208,10 @@ impl Metrics {
             drifted,
             policy_loaded,
             capacity,
+            sentinel_up,
+            peers_down,
+            takeovers: counter_vec(&r, "berth_peer_takeovers_total", "Takeovers of dead peers, by result.", &["result"]),
+            epoch,
             registry: r,
         };
         #[cfg(target_os = "linux")]
@@ -254,6 +269,12 @@ impl Metrics {
         }
         for k in ["create", "start", "die", "oom", "destroy", "health", "other"] {
             self.events.with_label_values(&[k]);
+        }
+        for r in ["won", "lost", "error"] {
+            self.takeovers.with_label_values(&[r]);
+        }
+        for r in ["elsewhere"] {
+            self.resumes.with_label_values(&[r]);
         }
     }
 

@@ -268,14 +268,6 @@ impl Terminal {
         self.last_activity.store(Timestamp::now().as_millis(), Ordering::Relaxed);
     }
 
-    /// Seeds the ring with earlier output (a log tail when adopting another replica's session).
-    pub fn seed(&self, data: &[u8]) {
-        let mut s = self.lock();
-        if s.ring.end() == 0 {
-            s.ring.push(data);
-        }
-    }
-
     /// Appends `data` to the ring. While a reader is attached, a byte goes in only when the ring has room for it
     /// beyond what the reader has not yet acknowledged, so that an attached client never loses output: a slow
     /// one pauses the stream (and with it the shell) instead. With no reader, the oldest bytes make room.

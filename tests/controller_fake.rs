@@ -38,6 +38,7 @@ async fn open(h: &Handle) -> Ticket {
         env: vec![],
         resume_hash: None,
         client_ip: None,
+        id: None,
     })
     .await
     .expect("admitted")

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use crate::ids::{ContainerId, InstanceId, ProfileName, SessionId};
+use crate::labels::ManagedLabels;
 use crate::status::EndReason;
 use crate::time::Timestamp;
 
@@ -131,7 +132,7 @@ impl DesiredSession {
 /// All desired sessions of one instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
-    /// The instance these sessions belong to; containers of other owners are never planned for.
+    /// The instance these sessions belong to; only containers it [manages](Self::manages) are planned for.
     pub owner: InstanceId,
     /// The instance's fencing epoch, stamped on new containers.
     pub epoch: u64,
@@ -139,11 +140,32 @@ pub struct Desired {
     pub sessions: BTreeMap<SessionId, DesiredSession>,
     /// Set during shutdown: no container is created or started.
     pub draining: bool,
+    /// Dead replicas this one has taken over (by claim), with the highest epoch of theirs it covers.
+    pub claimed: BTreeMap<InstanceId, u64>,
+    /// Another replica holds a claim on this one's containers up to this epoch: those are no longer its own.
+    pub disowned_through: Option<u64>,
 }
 
 impl Desired {
     /// An empty store for `owner`.
     pub fn new(owner: InstanceId) -> Self {
-        Self { owner, epoch: 0, sessions: BTreeMap::new(), draining: false }
+        Self {
+            owner,
+            epoch: 0,
+            sessions: BTreeMap::new(),
+            draining: false,
+            claimed: BTreeMap::new(),
+            disowned_through: None,
+        }
+    }
+
+    /// Whether a container with these labels is this instance's to plan for: its own (unless a peer has
+    /// claimed that epoch), or a dead peer's it holds a claim on.
+    pub fn manages(&self, labels: &ManagedLabels) -> bool {
+        if labels.owner == self.owner {
+            self.disowned_through.is_none_or(|e| labels.epoch > e)
+        } else {
+            self.claimed.get(&labels.owner).is_some_and(|e| labels.epoch <= *e)
+        }
     }
 }

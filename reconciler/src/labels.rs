@@ -44,6 +44,12 @@ impl LabelNamespace {
     pub fn owner_key(&self) -> String {
         self.key(OWNER)
     }
+
+    /// The key that marks a replica's own bookkeeping containers (sentinels and claims); list filters use
+    /// `label=<peer key>`. These never carry the managed marker: they are not sessions.
+    pub fn peer_key(&self) -> String {
+        self.key(PEER)
+    }
 }
 
 impl fmt::Debug for LabelNamespace {
@@ -85,6 +91,81 @@ const KIND: &str = "kind";
 const POLICY_HASH: &str = "policy-hash";
 const SECRET_HASH: &str = "resume-hash";
 const EPOCH: &str = "epoch";
+const PEER: &str = "peer";
+const CLAIMED: &str = "claimed";
+const CLAIMED_EPOCH: &str = "claimed-epoch";
+
+/// What a replica's bookkeeping container is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerRole {
+    /// Runs while its replica runs: its liveness signal.
+    Sentinel,
+    /// Never started: a lock saying its holder has taken over a dead replica's containers.
+    Claim,
+}
+
+/// The identity on a sentinel or claim container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerLabels {
+    /// Sentinel or claim.
+    pub role: PeerRole,
+    /// The replica that created it (for a claim: the holder).
+    pub owner: InstanceId,
+    /// Its owner's epoch when created.
+    pub epoch: u64,
+    /// For a claim: the dead replica, and the highest epoch of its containers the claim covers.
+    pub claimed: Option<(InstanceId, u64)>,
+}
+
+impl PeerLabels {
+    /// The label set for a new sentinel or claim.
+    pub fn to_labels(&self, ns: &LabelNamespace) -> BTreeMap<String, String> {
+        let role = match self.role {
+            PeerRole::Sentinel => "sentinel",
+            PeerRole::Claim => "claim",
+        };
+        let mut out = BTreeMap::from([
+            (ns.key(PEER), role.to_owned()),
+            (ns.key(OWNER), self.owner.to_string()),
+            (ns.key(EPOCH), self.epoch.to_string()),
+        ]);
+        if let Some((dead, epoch)) = &self.claimed {
+            out.insert(ns.key(CLAIMED), dead.to_string());
+            out.insert(ns.key(CLAIMED_EPOCH), epoch.to_string());
+        }
+        out
+    }
+
+    /// Reads a sentinel's or claim's labels; `Ok(None)` when the container is not one in this namespace.
+    ///
+    /// # Errors
+    /// A container with the peer key whose other labels are missing or malformed.
+    pub fn parse(ns: &LabelNamespace, labels: &HashMap<String, String>) -> Result<Option<Self>, LabelError> {
+        let role = match labels.get(&ns.key(PEER)).map(String::as_str) {
+            Some("sentinel") => PeerRole::Sentinel,
+            Some("claim") => PeerRole::Claim,
+            Some(_) => return Err(LabelError::Malformed { key: ns.key(PEER), reason: "expected sentinel or claim".into() }),
+            None => return Ok(None),
+        };
+        let get = |suffix: &str| -> Result<&str, LabelError> {
+            labels.get(&ns.key(suffix)).map(String::as_str).ok_or_else(|| LabelError::Missing(ns.key(suffix)))
+        };
+        let bad = |suffix: &str, reason: String| LabelError::Malformed { key: ns.key(suffix), reason };
+        let number = |suffix: &str| -> Result<u64, LabelError> {
+            get(suffix)?.parse::<u64>().map_err(|e| bad(suffix, e.to_string()))
+        };
+        let owner = get(OWNER)?.parse().map_err(|e: IdError| bad(OWNER, e.to_string()))?;
+        let claimed = match role {
+            PeerRole::Sentinel => None,
+            PeerRole::Claim => Some((
+                get(CLAIMED)?.parse().map_err(|e: IdError| bad(CLAIMED, e.to_string()))?,
+                number(CLAIMED_EPOCH)?,
+            )),
+        };
+        Ok(Some(Self { role, owner, epoch: number(EPOCH)?, claimed }))
+    }
+}
 
 /// The identity berth stamps on a session container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -220,6 +301,25 @@ mod tests {
         assert_eq!(ManagedLabels::parse(&ns, &labels), Ok(None));
         labels.insert(ns.marker(), "yes".into());
         assert_eq!(ManagedLabels::parse(&ns, &labels), Ok(None));
+    }
+
+    #[test]
+    fn peer_labels_round_trip_and_are_not_sessions() {
+        let ns = LabelNamespace::default();
+        let claim = PeerLabels {
+            role: PeerRole::Claim,
+            owner: "b".parse().expect("valid"),
+            epoch: 2,
+            claimed: Some(("a".parse().expect("valid"), 7)),
+        };
+        let labels = as_hash(claim.to_labels(&ns));
+        assert_eq!(PeerLabels::parse(&ns, &labels), Ok(Some(claim)));
+        assert_eq!(ManagedLabels::parse(&ns, &labels), Ok(None), "a claim is never a session container");
+        let theirs: LabelNamespace = "com.lookalike".parse().expect("valid");
+        assert_eq!(PeerLabels::parse(&theirs, &labels), Ok(None));
+        let mut broken = labels;
+        broken.remove(&ns.key(CLAIMED_EPOCH));
+        assert!(matches!(PeerLabels::parse(&ns, &broken), Err(LabelError::Missing(_))));
     }
 
     #[test]

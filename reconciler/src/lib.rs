@@ -7,6 +7,7 @@ pub mod desired;
 pub mod ids;
 pub mod labels;
 pub mod observed;
+pub mod peers;
 pub mod plan;
 pub mod policy;
 pub mod policy_diff;
@@ -17,7 +18,7 @@ pub mod time;
 
 pub use desired::{Attachment, Desired, DesiredSession, EnvVar, SessionKind};
 pub use ids::{ContainerId, IdError, InstanceId, ProfileName, SessionId};
-pub use labels::{LabelNamespace, ManagedLabels};
+pub use labels::{LabelNamespace, ManagedLabels, PeerLabels, PeerRole};
 pub use observed::{ContainerState, Health, Observed, ObservedContainer};
 pub use plan::{Action, ActionKind, ContainerSpec, Plan, RemoveReason, plan};
 pub use policy::Policy;

@@ -124,6 +124,8 @@ pub enum RemoveReason {
     Unhealthy,
     /// Startup handling of an earlier run's container.
     Startup,
+    /// A dead peer's container, taken over under `peers.on_dead: remove` (or not running).
+    DeadPeer,
 }
 
 impl RemoveReason {
@@ -136,12 +138,20 @@ impl RemoveReason {
             Self::StuckCreated => "stuck_created",
             Self::Unhealthy => "unhealthy",
             Self::Startup => "startup",
+            Self::DeadPeer => "dead_peer",
         }
     }
 
     /// Every value, for pre-creating metric series.
-    pub const ALL: [Self; 6] =
-        [Self::SessionEnded, Self::Orphan, Self::Duplicate, Self::StuckCreated, Self::Unhealthy, Self::Startup];
+    pub const ALL: [Self; 7] = [
+        Self::SessionEnded,
+        Self::Orphan,
+        Self::Duplicate,
+        Self::StuckCreated,
+        Self::Unhealthy,
+        Self::Startup,
+        Self::DeadPeer,
+    ];
 }
 
 /// One thing to do to Docker.
@@ -368,7 +378,7 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
     // This instance's containers grouped by session: a stable sort keeps container id order within a group.
     // Sessions, groups and attachments are all in session order, so one merge pass pairs them up.
     let mut ours: Vec<Member<'_>> =
-        observed.containers.values().filter(|c| c.labels.owner == desired.owner).map(Member::new).collect();
+        observed.containers.values().filter(|c| desired.manages(&c.labels)).map(Member::new).collect();
     ours.sort_by_key(|m| m.session);
     let mut rest: &[Member<'_>] = &ours;
     let mut attached_ids = observed.attached.iter().map(|id| order_key(*id)).peekable();

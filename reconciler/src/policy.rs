@@ -33,6 +33,8 @@ pub struct Policy {
     pub reconcile: ReconcilePolicy,
     /// How berth names and labels its containers.
     pub docker: DockerPolicy,
+    /// Several replicas on one Docker engine: liveness and takeover.
+    pub peers: PeersPolicy,
 }
 
 /// Network edge settings.
@@ -476,6 +478,44 @@ impl Default for DockerPolicy {
     }
 }
 
+/// What a replica does with the containers of a peer found dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeadPeer {
+    /// Take its running sessions over, detached and resumable for the resume grace; remove the rest.
+    Adopt,
+    /// Remove all of its containers.
+    Remove,
+}
+
+/// Replicas sharing one Docker engine.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeersPolicy {
+    /// A peer whose sentinel has not been running for this long is dead, and its containers are taken over.
+    pub lease_timeout: Duration,
+    /// What the replica that takes a dead peer over does with its containers.
+    pub on_dead: OnDeadPeer,
+    /// Image of the sentinel and claim containers (it must have `cat` and `true`); unset: the default profile's.
+    pub image: Option<String>,
+}
+
+impl Default for PeersPolicy {
+    fn default() -> Self {
+        Self { lease_timeout: Duration::from_secs(30), on_dead: OnDeadPeer::Adopt, image: None }
+    }
+}
+
+impl Policy {
+    /// The image sentinels and claims run: `peers.image`, else the default profile's.
+    pub fn peer_image(&self) -> &str {
+        self.peers
+            .image
+            .as_deref()
+            .or_else(|| self.profiles.get(&self.default_profile).map(|p| p.image.as_str()))
+            .unwrap_or(DEFAULT_IMAGE)
+    }
+}
+
 /// The image berth's own scripts build.
 pub const DEFAULT_IMAGE: &str = "berth-session:latest";
 
@@ -510,6 +550,7 @@ impl Default for Policy {
             sessions: SessionTimeouts::default(),
             reconcile: ReconcilePolicy::default(),
             docker: DockerPolicy::default(),
+            peers: PeersPolicy::default(),
         }
     }
 }

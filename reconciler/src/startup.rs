@@ -22,7 +22,7 @@ pub fn startup(desired: &Desired, observed: &Observed, policy: &Policy, now: Tim
     let mut out = Startup::default();
     let stale_before = now.sub(policy.reconcile.stale_age);
     for c in observed.containers.values() {
-        if c.labels.owner != desired.owner || desired.sessions.contains_key(&c.labels.session) || c.removal_requested {
+        if !desired.manages(&c.labels) || desired.sessions.contains_key(&c.labels.session) || c.removal_requested {
             continue;
         }
         let running = c.state == ContainerState::Running;

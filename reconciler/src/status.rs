@@ -4,8 +4,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::desired::DesiredSession;
-use crate::ids::{ContainerId, InstanceId};
+use crate::desired::{Desired, DesiredSession};
+use crate::ids::ContainerId;
 use crate::observed::{ContainerState, Health, Observed, ObservedContainer};
 
 /// Where a session is in its life.
@@ -157,11 +157,11 @@ impl Status {
     }
 }
 
-/// The status of `session` given what is observed. Pure. Only containers owned by `owner` count, so a
-/// session can never be shown another instance's container. O(containers): passes use [`status_in`].
-pub fn status_of(session: &DesiredSession, observed: &Observed, owner: &InstanceId) -> Status {
+/// The status of `session` given what is observed. Pure. Only containers `desired` manages count, so a
+/// session can never be shown a live peer's container. O(containers): passes use [`status_in`].
+pub fn status_of(session: &DesiredSession, observed: &Observed, desired: &Desired) -> Status {
     let mine: Vec<&ObservedContainer> =
-        observed.containers.values().filter(|c| c.labels.session == session.id && &c.labels.owner == owner).collect();
+        observed.containers.values().filter(|c| c.labels.session == session.id && desired.manages(&c.labels)).collect();
     status_in(session, &mine, observed.attached.contains(&session.id))
 }
 

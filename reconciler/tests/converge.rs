@@ -335,8 +335,8 @@ impl Sim {
             }
         }
         let observed = &self.observed;
-        let owner = self.desired.owner.clone();
-        self.desired.sessions.retain(|_, s| status_of(s, observed, &owner).phase != Phase::Gone);
+        let scope = self.desired.clone();
+        self.desired.sessions.retain(|_, s| status_of(s, observed, &scope).phase != Phase::Gone);
         self.now = self.now.add(Duration::from_secs(1));
         self.observed.listed_at = Some(self.now);
     }

@@ -209,7 +209,7 @@ impl World {
     }
 
     fn status(&self, s: u8) -> berth_reconciler::status::Status {
-        status_of(&self.desired.sessions[&sid(s)], &self.observed, &self.desired.owner)
+        status_of(&self.desired.sessions[&sid(s)], &self.observed, &self.desired)
     }
 }
 

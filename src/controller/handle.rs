@@ -22,6 +22,9 @@ pub struct SessionRequest {
     pub resume_hash: Option<String>,
     /// The client's address.
     pub client_ip: Option<IpAddr>,
+    /// The id to give the session: the one the WebSocket layer already announced to the load balancer in the
+    /// upgrade response. `None` (or an id already in use) draws a fresh one.
+    pub id: Option<SessionId>,
 }
 
 /// A session the caller holds: its id, its status, and the lease that identifies this holder.
@@ -80,6 +83,9 @@ pub enum ResumeError {
     /// The session does not exist here, has ended, or the secret does not match.
     #[error("unknown session or wrong resume secret")]
     Refused,
+    /// The session runs here under another replica that is restarting or not yet found dead: try again soon.
+    #[error("the session belongs to another replica that is not reachable now; retry in a few seconds")]
+    Elsewhere,
     /// The controller is gone.
     #[error("controller stopped")]
     Stopped,
@@ -141,6 +147,8 @@ pub struct Readiness {
     pub docker_up: bool,
     /// The first complete list has been applied.
     pub listed: bool,
+    /// This replica's sentinel runs, so peers see it alive and leave its containers alone.
+    pub sentinel: bool,
     /// Shutting down.
     pub draining: bool,
     /// Hash of the policy in force.
@@ -150,7 +158,7 @@ pub struct Readiness {
 impl Readiness {
     /// Ready to take sessions.
     pub fn is_ready(&self) -> bool {
-        self.docker_up && self.listed && !self.draining
+        self.docker_up && self.listed && self.sentinel && !self.draining
     }
 }
 

@@ -109,7 +109,7 @@ impl<R: Runtime> Controller<R> {
             ObserverMsg::Disconnected => {}
             ObserverMsg::Upsert(c) => {
                 let (session, state) = (c.labels.session, c.state);
-                let mine = c.labels.owner == self.desired.owner;
+                let mine = self.desired.manages(&c.labels);
                 self.observed.upsert(c);
                 if mine && self.desired.sessions.contains_key(&session) {
                     self.record(session, "observed", format!("container is {}", state.as_str()));
@@ -146,23 +146,24 @@ impl<R: Runtime> Controller<R> {
         let metrics = self.metrics.clone();
         tokio::spawn(
             async move {
-                let res = timed(&metrics, "list", timeout, runtime.list(&ns)).await;
+                let res = match timed(&metrics, "list", timeout, runtime.list(&ns)).await {
+                    Ok(containers) => timed(&metrics, "list_peers", timeout, runtime.list_peers(&ns))
+                        .await
+                        .map(|peers| (containers, peers)),
+                    Err(e) => Err(e),
+                };
                 let _ = tx.send((generation, at, res)).await;
             }
             .instrument(info_span!("list")),
         );
     }
 
-    pub(super) fn on_listed(
-        &mut self,
-        generation: u64,
-        at: Timestamp,
-        res: Result<Vec<berth_reconciler::ObservedContainer>, RuntimeError>,
-    ) {
+    pub(super) fn on_listed(&mut self, generation: u64, at: Timestamp, res: ListResult) {
         self.list_in_flight = false;
         match res {
-            Ok(list) => {
+            Ok((list, peers)) => {
                 self.observed.apply_list(list, generation, at);
+                self.on_peers_listed(peers);
                 self.bind_unbound();
                 // Backoff for things that no longer exist is dropped, so the map stays bounded.
                 let (view, desired) = (self.observed.view(), &self.desired);
@@ -180,11 +181,19 @@ impl<R: Runtime> Controller<R> {
     /// whose reply was lost, or a name conflict).
     pub(super) fn bind_unbound(&mut self) {
         let by_session = self.observed.view().by_session();
-        for s in self.desired.sessions.values_mut().filter(|s| s.container.is_none()) {
-            if let Some([only]) = by_session.get(&s.id).map(Vec::as_slice)
-                && only.labels.owner == self.desired.owner
-            {
-                s.container = Some(only.id.clone());
+        let found: Vec<(SessionId, ContainerId)> = self
+            .desired
+            .sessions
+            .values()
+            .filter(|s| s.container.is_none())
+            .filter_map(|s| match by_session.get(&s.id).map(Vec::as_slice) {
+                Some([only]) if self.desired.manages(&only.labels) => Some((s.id, only.id.clone())),
+                _ => None,
+            })
+            .collect();
+        for (session, container) in found {
+            if let Some(s) = self.desired.sessions.get_mut(&session) {
+                s.container = Some(container);
             }
         }
     }

@@ -4,6 +4,7 @@
 
 mod handle;
 mod inputs;
+mod peers;
 mod sessions;
 mod store;
 
@@ -43,6 +44,13 @@ pub struct ControllerConfig {
     /// Fencing epoch stamped on new containers.
     pub epoch: u64,
 }
+
+/// What one full list found: the managed containers, and the sentinels and claims.
+type ListResult =
+    Result<(Vec<berth_reconciler::ObservedContainer>, Vec<berth_reconciler::peers::PeerContainer>), RuntimeError>;
+
+/// One full list: its generation, when it began, and what it found.
+type Listed = (u64, Timestamp, ListResult);
 
 /// Where an action's in-flight marker and backoff live.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -95,8 +103,11 @@ pub struct Controller<R: Runtime> {
     done_rx: mpsc::Receiver<Completed>,
     obs_rx: mpsc::Receiver<ObserverMsg>,
     term_rx: mpsc::Receiver<TerminalEvent>,
-    list_tx: mpsc::Sender<(u64, Timestamp, Result<Vec<berth_reconciler::ObservedContainer>, RuntimeError>)>,
-    list_rx: mpsc::Receiver<(u64, Timestamp, Result<Vec<berth_reconciler::ObservedContainer>, RuntimeError>)>,
+    list_tx: mpsc::Sender<Listed>,
+    list_rx: mpsc::Receiver<Listed>,
+    peers: peers::Peers,
+    peer_tx: mpsc::Sender<peers::PeerEvent>,
+    peer_rx: mpsc::Receiver<peers::PeerEvent>,
     list_in_flight: bool,
     ready_tx: watch::Sender<Readiness>,
     started: bool,
@@ -117,6 +128,10 @@ impl AttachSink for TerminalSink {
     fn connect(&self, session: SessionId, io: crate::runtime::AttachIo) {
         self.0.connect(session, io);
     }
+
+    fn wants_history(&self, session: SessionId) -> bool {
+        self.0.get(&session).is_none_or(|t| t.end() == 0)
+    }
 }
 
 /// Spawns the controller and its observer; returns the handle, the terminal registry, and the task.
@@ -133,6 +148,7 @@ pub fn spawn<R: Runtime>(
     let (obs_tx, obs_rx) = mpsc::channel(COMMAND_QUEUE);
     let (term_tx, term_rx) = mpsc::channel(COMMAND_QUEUE);
     let (list_tx, list_rx) = mpsc::channel(4);
+    let (peer_tx, peer_rx) = mpsc::channel(64);
     let (ready_tx, ready_rx) = watch::channel(Readiness { policy_hash: policy.hash(), ..Readiness::default() });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let terminals = Terminals::new(term_tx, policy.server.replay_bytes);
@@ -178,6 +194,9 @@ pub fn spawn<R: Runtime>(
         term_rx,
         list_tx,
         list_rx,
+        peers: peers::Peers::default(),
+        peer_tx,
+        peer_rx,
         list_in_flight: false,
         ready_tx,
         started: false,
@@ -205,6 +224,7 @@ impl<R: Runtime> Controller<R> {
                 Some(msg) = self.obs_rx.recv() => self.on_observer(msg),
                 Some(ev) = self.term_rx.recv() => self.on_terminal(ev),
                 Some((g, at, res)) = self.list_rx.recv() => self.on_listed(g, at, res),
+                Some(ev) = self.peer_rx.recv() => self.on_peer_event(ev),
                 _ = resync.tick() => self.request_list(),
                 Ok(()) = self.policy_rx.changed() => {
                     self.on_policy();
@@ -220,6 +240,7 @@ impl<R: Runtime> Controller<R> {
                 break;
             }
         }
+        self.retire_sentinel().await;
         let _ = self.shutdown_tx.send(true);
         if let Some((reply, _)) = self.shutdown.take() {
             let _ = reply.send(());
@@ -238,6 +259,8 @@ impl<R: Runtime> Controller<R> {
                 self.on_observer(msg);
             } else if let Ok(ev) = self.term_rx.try_recv() {
                 self.on_terminal(ev);
+            } else if let Ok(ev) = self.peer_rx.try_recv() {
+                self.on_peer_event(ev);
             } else {
                 return;
             }
@@ -274,6 +297,9 @@ impl<R: Runtime> Controller<R> {
         if let Some((_, deadline)) = &self.shutdown {
             wake = wake.min(*deadline);
         }
+        if let Some(retry) = self.peers.retry_at() {
+            wake = wake.min(retry);
+        }
         wake.max(now_i + Duration::from_millis(5))
     }
 
@@ -292,6 +318,7 @@ impl<R: Runtime> Controller<R> {
             let next = Readiness {
                 docker_up: up,
                 listed: self.observed.is_listed(),
+                sentinel: self.peers.sentinel_up(),
                 draining: self.desired.draining,
                 policy_hash: self.policy.hash(),
             };
@@ -363,6 +390,8 @@ impl<R: Runtime> Controller<R> {
         if !self.started {
             self.apply_startup(now);
         }
+        self.tend_sentinel();
+        self.take_over(now);
         for s in self.desired.sessions.values_mut() {
             if let Some(t) = self.terminals.get(&s.id) {
                 s.last_activity = s.last_activity.max(t.last_activity());
@@ -459,10 +488,10 @@ impl<R: Runtime> Controller<R> {
         );
     }
 
-    /// Each session's own containers (owned by this instance), indexed once per pass.
+    /// Each session's containers (those this instance manages), indexed once per pass.
     fn containers_by_session(&self) -> HashMap<SessionId, Vec<&berth_reconciler::ObservedContainer>> {
         let mut by: HashMap<SessionId, Vec<&berth_reconciler::ObservedContainer>> = HashMap::new();
-        for c in self.observed.view().containers.values().filter(|c| c.labels.owner == self.desired.owner) {
+        for c in self.observed.view().containers.values().filter(|c| self.desired.manages(&c.labels)) {
             by.entry(c.labels.session).or_default().push(c);
         }
         by
@@ -516,7 +545,7 @@ impl<R: Runtime> Controller<R> {
         }
         let mut states: HashMap<ContainerState, i64> = ContainerState::ALL.iter().map(|s| (*s, 0)).collect();
         let mut drift = 0;
-        for c in view.containers.values().filter(|c| c.labels.owner == self.desired.owner) {
+        for c in view.containers.values().filter(|c| self.desired.manages(&c.labels)) {
             *states.entry(c.state).or_default() += 1;
             if let Some(p) = self.policy.profiles.get(&c.labels.profile)
                 && p.hash() != c.labels.policy_hash

@@ -85,7 +85,10 @@ impl<R: Runtime> Controller<R> {
     }
 
     pub(super) fn admit_now(&mut self, req: handle::SessionRequest) -> Result<Ticket, OpenError> {
-        let id = SessionId::generate().map_err(|_| OpenError::Stopped)?;
+        let id = match req.id.filter(|id| !self.desired.sessions.contains_key(id)) {
+            Some(id) => id,
+            None => SessionId::generate().map_err(|_| OpenError::Stopped)?,
+        };
         let profile = req.profile.unwrap_or_else(|| self.policy.default_profile.clone());
         let mut s = DesiredSession::new(id, profile, req.kind, self.now());
         s.env = req.env;
@@ -109,6 +112,17 @@ impl<R: Runtime> Controller<R> {
         let presented = hex::encode(Sha256::digest(secret.as_bytes()));
         let now = self.now();
         let Some(s) = self.desired.sessions.get_mut(&id) else {
+            // Another replica's session with the right secret: its replica is restarting (or down, not yet past
+            // the lease). The client retries, and reaches it again or this replica once it has taken over.
+            let elsewhere = self.observed.view().containers.values().any(|c| {
+                c.labels.session == id
+                    && c.state == ContainerState::Running
+                    && c.labels.resume_hash.as_ref().is_some_and(|h| bool::from(h.as_bytes().ct_eq(presented.as_bytes())))
+            });
+            if elsewhere {
+                self.metrics.resumes.with_label_values(&["elsewhere"]).inc();
+                return Err(ResumeError::Elsewhere);
+            }
             self.metrics.resumes.with_label_values(&["unknown"]).inc();
             return Err(ResumeError::Refused);
         };
@@ -169,7 +183,7 @@ impl<R: Runtime> Controller<R> {
         let container = s.container.as_ref().and_then(|c| view.containers.get(c));
         Some(SessionInfo {
             id: s.id,
-            status: status_of(s, view, &self.desired.owner),
+            status: status_of(s, view, &self.desired),
             profile: s.profile.clone(),
             kind: s.kind,
             age_seconds: now.since(s.created_at).as_secs(),

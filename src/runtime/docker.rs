@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use berth_reconciler::observed::{ContainerState, Health};
-use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer};
+use berth_reconciler::peers::{MarkerSpec, PeerContainer};
+use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer, PeerLabels};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
@@ -15,13 +16,12 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder, StopContainerOptionsBuilder,
 };
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tracing::warn;
 
-use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent};
+use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent, Sentinel};
 
 /// The oldest engine API berth speaks (Docker 20.10); newer engines are negotiated up.
 const MIN_API: bollard::ClientVersion = bollard::ClientVersion { major_version: 1, minor_version: 41 };
@@ -217,13 +217,13 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn attach(&self, id: &ContainerId) -> Result<AttachIo, RuntimeError> {
+    async fn attach(&self, id: &ContainerId, history: bool) -> Result<AttachIo, RuntimeError> {
         let opts = AttachContainerOptionsBuilder::default()
             .stdin(true)
             .stdout(true)
             .stderr(true)
             .stream(true)
-            .logs(false)
+            .logs(history)
             .build();
         let res = self.docker.attach_container(id.as_str(), Some(opts)).await.map_err(map_err)?;
         let output = res.output.map_ok(|chunk| chunk.into_bytes()).map_err(map_err).boxed();
@@ -270,17 +270,88 @@ impl Runtime for DockerRuntime {
             .boxed()
     }
 
-    async fn log_tail(&self, id: &ContainerId, max_bytes: usize) -> Result<Bytes, RuntimeError> {
-        // A TTY container's log is its terminal output. Lines are a rough unit; trim to bytes after.
-        let lines = (max_bytes / 16).clamp(64, 100_000).to_string();
-        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&lines).build();
-        let mut out = Vec::new();
-        let mut stream = self.docker.logs(id.as_str(), Some(opts));
-        while let Some(chunk) = stream.next().await {
-            out.extend_from_slice(&chunk.map_err(map_err)?.into_bytes());
+    async fn list_peers(&self, ns: &LabelNamespace) -> Result<Vec<PeerContainer>, RuntimeError> {
+        let filters = HashMap::from([("label".to_owned(), vec![ns.peer_key()])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(map_err)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let id: ContainerId = c.id.as_deref()?.parse().ok()?;
+                let labels = match PeerLabels::parse(ns, c.labels.as_ref()?) {
+                    Ok(l) => l?,
+                    Err(e) => {
+                        warn!(container = %id.short(), error = %e, "peer container with unreadable labels; ignoring it");
+                        return None;
+                    }
+                };
+                let running = c.state.map(|s| s.to_string()).as_deref() == Some("running");
+                Some(PeerContainer { id, labels, running })
+            })
+            .collect())
+    }
+
+    async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {
+        let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let resp = self.docker.create_container(Some(opts), marker_body(spec)).await.map_err(map_err)?;
+        resp.id.parse().map_err(|_| RuntimeError::Other("docker returned a malformed container id".into()))
+    }
+
+    async fn run_sentinel(&self, spec: &MarkerSpec) -> Result<Sentinel, RuntimeError> {
+        let id = self.create_marker(spec).await?;
+        let started = async {
+            let opts = AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stream(true).build();
+            let attached = self.docker.attach_container(id.as_str(), Some(opts)).await.map_err(map_err)?;
+            self.docker.start_container(id.as_str(), None).await.map_err(map_err)?;
+            Ok::<_, RuntimeError>(attached)
+        };
+        match started.await {
+            Ok(attached) => {
+                let bollard::container::AttachContainerResults { mut output, input } = attached;
+                let ended = Box::pin(async move {
+                    // `cat` writes nothing back; the stream ends when the sentinel stops. The input half is held
+                    // here: when this future is dropped, or the process dies, Docker closes the sentinel's stdin.
+                    let _stdin = input;
+                    while let Some(Ok(_)) = output.next().await {}
+                });
+                Ok(Sentinel { id, ended })
+            }
+            Err(e) => {
+                let _ = self.remove(&id).await;
+                Err(e)
+            }
         }
-        let start = out.len().saturating_sub(max_bytes);
-        Ok(Bytes::copy_from_slice(&out[start..]))
+    }
+}
+
+/// A sentinel's or claim's create body: the smallest, most confined container Docker runs, logging nothing.
+pub fn marker_body(spec: &MarkerSpec) -> ContainerCreateBody {
+    let host_config = HostConfig {
+        memory: Some(16 << 20),
+        memory_swap: Some(16 << 20),
+        nano_cpus: Some(100_000_000),
+        pids_limit: Some(4),
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".to_owned()]),
+        security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
+        network_mode: Some("none".to_owned()),
+        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        auto_remove: Some(false),
+        log_config: Some(HostConfigLogConfig { typ: Some("none".to_owned()), config: None }),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(spec.command.clone()),
+        labels: Some(spec.labels.clone().into_iter().collect()),
+        user: Some("65534:65534".to_owned()),
+        tty: Some(false),
+        open_stdin: Some(spec.stdin),
+        stdin_once: Some(spec.stdin),
+        attach_stdin: Some(spec.stdin),
+        attach_stdout: Some(spec.stdin),
+        host_config: Some(host_config),
+        ..Default::default()
     }
 }
 

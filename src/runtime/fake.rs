@@ -6,14 +6,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use berth_reconciler::observed::{ContainerState, Health};
-use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer};
+use berth_reconciler::peers::{MarkerSpec, PeerContainer};
+use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer, PeerLabels};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent};
+use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent, Sentinel};
 
 /// name, labels, state, exit code
 type FakeContainer = (String, HashMap<String, String>, ContainerState, Option<i64>);
@@ -25,6 +26,11 @@ struct State {
     calls: BTreeMap<&'static str, u64>,
     fail_next: BTreeMap<&'static str, Vec<RuntimeError>>,
     down: bool,
+}
+
+/// A sentinel or claim: it carries a `<namespace>.peer` label.
+fn is_peer(c: &FakeContainer) -> bool {
+    c.1.keys().any(|k| k.ends_with(".peer"))
 }
 
 /// The fake engine. Clones share state.
@@ -82,14 +88,14 @@ impl FakeRuntime {
         self.down.send_replace(down);
     }
 
-    /// Number of containers in `state`, or all when `None`.
+    /// Number of session containers (sentinels and claims not counted) in `state`, or all when `None`.
     pub fn count(&self, state: Option<ContainerState>) -> usize {
-        self.lock().containers.values().filter(|c| state.is_none_or(|s| c.2 == s)).count()
+        self.lock().containers.values().filter(|c| !is_peer(c) && state.is_none_or(|s| c.2 == s)).count()
     }
 
-    /// Ids of every container.
+    /// Ids of every session container (sentinels and claims not included).
     pub fn ids(&self) -> Vec<ContainerId> {
-        self.lock().containers.keys().cloned().collect()
+        self.lock().containers.iter().filter(|(_, c)| !is_peer(c)).map(|(id, _)| id.clone()).collect()
     }
 
     /// Adds a container as if someone else had created it.
@@ -100,6 +106,22 @@ impl FakeRuntime {
         let name = format!("outside-{}", s.next);
         s.containers.insert(id.clone(), (name, labels, state, None));
         id
+    }
+
+    fn add(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        state: ContainerState,
+    ) -> Result<ContainerId, RuntimeError> {
+        let mut s = self.lock();
+        if s.containers.values().any(|c| c.0 == name) {
+            return Err(RuntimeError::Conflict(format!("name {name} in use")));
+        }
+        s.next += 1;
+        let id: ContainerId = format!("{:064x}", s.next).parse().unwrap_or_else(|_| unreachable!("hex id"));
+        s.containers.insert(id.clone(), (name.to_owned(), labels.clone().into_iter().collect(), state, None));
+        Ok(id)
     }
 
     /// Ends a container's process as `docker kill` would, and emits `die`.
@@ -156,17 +178,7 @@ impl Runtime for FakeRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerId, RuntimeError> {
         self.enter("create")?;
-        let id = {
-            let mut s = self.lock();
-            if s.containers.values().any(|c| c.0 == spec.name) {
-                return Err(RuntimeError::Conflict(format!("name {} in use", spec.name)));
-            }
-            s.next += 1;
-            let id: ContainerId = format!("{:064x}", s.next).parse().unwrap_or_else(|_| unreachable!("hex id"));
-            let labels = spec.labels.clone().into_iter().collect();
-            s.containers.insert(id.clone(), (spec.name.clone(), labels, ContainerState::Created, None));
-            id
-        };
+        let id = self.add(&spec.name, &spec.labels, ContainerState::Created)?;
         self.emit(&id, EventKind::Create);
         Ok(id)
     }
@@ -200,7 +212,7 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn attach(&self, id: &ContainerId) -> Result<AttachIo, RuntimeError> {
+    async fn attach(&self, id: &ContainerId, _history: bool) -> Result<AttachIo, RuntimeError> {
         self.enter("attach")?;
         if !self.lock().containers.contains_key(id) {
             return Err(RuntimeError::NotFound(id.to_string()));
@@ -242,8 +254,45 @@ impl Runtime for FakeRuntime {
             .boxed()
     }
 
-    async fn log_tail(&self, _id: &ContainerId, _max_bytes: usize) -> Result<Bytes, RuntimeError> {
-        self.enter("log_tail")?;
-        Ok(Bytes::new())
+    async fn list_peers(&self, ns: &LabelNamespace) -> Result<Vec<PeerContainer>, RuntimeError> {
+        self.enter("list_peers")?;
+        let s = self.lock();
+        Ok(s.containers
+            .iter()
+            .filter_map(|(id, (_, l, st, _))| {
+                let labels = PeerLabels::parse(ns, l).ok()??;
+                Some(PeerContainer { id: id.clone(), labels, running: *st == ContainerState::Running })
+            })
+            .collect())
+    }
+
+    async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {
+        self.enter("create_marker")?;
+        self.add(&spec.name, &spec.labels, ContainerState::Created)
+    }
+
+    /// The sentinel runs until it is killed or removed (`kill`, `remove_outside`): the fake has no process whose
+    /// stdin could close, so dropping the guard leaves it running, like a `kill -9`'d replica's until its
+    /// stream is noticed closed.
+    async fn run_sentinel(&self, spec: &MarkerSpec) -> Result<Sentinel, RuntimeError> {
+        self.enter("run_sentinel")?;
+        let id = self.add(&spec.name, &spec.labels, ContainerState::Running)?;
+        let state = self.state.clone();
+        let watched = id.clone();
+        let ended = Box::pin(async move {
+            loop {
+                let running = state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .containers
+                    .get(&watched)
+                    .is_some_and(|c| c.2 == ContainerState::Running);
+                if !running {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Ok(Sentinel { id, ended })
     }
 }

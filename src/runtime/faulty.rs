@@ -5,13 +5,13 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use berth_reconciler::peers::{MarkerSpec, PeerContainer};
 use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ObservedContainer};
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::watch;
 
-use super::{AttachIo, Runtime, RuntimeError, RuntimeEvent};
+use super::{AttachIo, Runtime, RuntimeError, RuntimeEvent, Sentinel};
 
 /// A runtime operation that faults can be aimed at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,8 +34,8 @@ pub enum Op {
     Attach,
     /// Opening the event stream (a failure yields one error, then the stream ends).
     Events,
-    /// `log_tail`.
-    LogTail,
+    /// `list_peers`, `create_marker` and `run_sentinel`.
+    Peers,
 }
 
 impl Op {
@@ -50,7 +50,7 @@ impl Op {
         Self::Remove,
         Self::Attach,
         Self::Events,
-        Self::LogTail,
+        Self::Peers,
     ];
 
     /// The name used in errors and metrics.
@@ -65,7 +65,7 @@ impl Op {
             Self::Remove => "remove",
             Self::Attach => "attach",
             Self::Events => "events",
-            Self::LogTail => "log_tail",
+            Self::Peers => "peers",
         }
     }
 
@@ -340,9 +340,9 @@ impl<R: Runtime> Runtime for FaultyRuntime<R> {
         self.inner.remove(id).await
     }
 
-    async fn attach(&self, id: &ContainerId) -> Result<AttachIo, RuntimeError> {
+    async fn attach(&self, id: &ContainerId, history: bool) -> Result<AttachIo, RuntimeError> {
         self.enter(Op::Attach).await?;
-        self.inner.attach(id).await
+        self.inner.attach(id, history).await
     }
 
     /// No delay is applied to the event stream; a failure or a down engine yields one error and ends it.
@@ -358,9 +358,19 @@ impl<R: Runtime> Runtime for FaultyRuntime<R> {
             .boxed()
     }
 
-    async fn log_tail(&self, id: &ContainerId, max_bytes: usize) -> Result<Bytes, RuntimeError> {
-        self.enter(Op::LogTail).await?;
-        self.inner.log_tail(id, max_bytes).await
+    async fn list_peers(&self, ns: &LabelNamespace) -> Result<Vec<PeerContainer>, RuntimeError> {
+        self.enter(Op::Peers).await?;
+        self.inner.list_peers(ns).await
+    }
+
+    async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {
+        self.enter(Op::Peers).await?;
+        self.inner.create_marker(spec).await
+    }
+
+    async fn run_sentinel(&self, spec: &MarkerSpec) -> Result<Sentinel, RuntimeError> {
+        self.enter(Op::Peers).await?;
+        self.inner.run_sentinel(spec).await
     }
 }
 

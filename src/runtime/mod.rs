@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use berth_reconciler::peers::{MarkerSpec, PeerContainer};
 use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ObservedContainer};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -127,12 +128,36 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Force-removes a container. Removing one that is already gone succeeds.
     fn remove(&self, id: &ContainerId) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Attaches to a container's TTY (stdin, stdout, stderr, streaming).
-    fn attach(&self, id: &ContainerId) -> impl Future<Output = Result<AttachIo, RuntimeError>> + Send;
+    /// Attaches to a container's TTY (stdin, stdout, stderr, streaming). With `history`, the stream starts with
+    /// the container's own log (its output so far, bounded by the profile's log limits), so a replica that adopts
+    /// a running session can replay it at the offsets its client knows.
+    fn attach(&self, id: &ContainerId, history: bool) -> impl Future<Output = Result<AttachIo, RuntimeError>> + Send;
 
     /// Streams events for containers carrying `ns`'s marker. The stream ends or errors when the engine goes away.
     fn events(&self, ns: &LabelNamespace) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
 
-    /// The last `max_bytes` of a container's own log (its TTY output), for cross-replica replay.
-    fn log_tail(&self, id: &ContainerId, max_bytes: usize) -> impl Future<Output = Result<Bytes, RuntimeError>> + Send;
+    /// Lists every sentinel and claim container of `ns` (see `berth_reconciler::peers`), in any state.
+    fn list_peers(&self, ns: &LabelNamespace) -> impl Future<Output = Result<Vec<PeerContainer>, RuntimeError>> + Send;
+
+    /// Creates a claim container (never started). Fails with [`RuntimeError::Conflict`] when the name is taken:
+    /// that is the lock.
+    fn create_marker(&self, spec: &MarkerSpec) -> impl Future<Output = Result<ContainerId, RuntimeError>> + Send;
+
+    /// Creates, attaches to and starts a sentinel. Its stdin stays open as long as the returned [`Sentinel`] is
+    /// held, and closes with the process however it ends, which stops the sentinel.
+    fn run_sentinel(&self, spec: &MarkerSpec) -> impl Future<Output = Result<Sentinel, RuntimeError>> + Send;
+}
+
+/// A running sentinel: hold it for the replica's life.
+pub struct Sentinel {
+    /// Its container.
+    pub id: ContainerId,
+    /// Resolves when the sentinel stops (its output stream ends). Dropping it closes the sentinel's stdin.
+    pub ended: BoxFuture<'static, ()>,
+}
+
+impl std::fmt::Debug for Sentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sentinel").field("id", &self.id).finish_non_exhaustive()
+    }
 }

@@ -127,6 +127,8 @@ pub mod close {
     pub const DRAINING: u16 = 4011;
     /// The terminal stream was lost because the container engine is unreachable.
     pub const DOCKER_UNAVAILABLE: u16 = 4012;
+    /// The session is held by another replica that cannot be reached now; resume again after `retry_after`.
+    pub const SESSION_ELSEWHERE: u16 = 4013;
     /// No capacity.
     pub const FULL: u16 = 4029;
     /// Message too big (RFC 6455).

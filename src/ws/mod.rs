@@ -20,7 +20,7 @@ use warp::http::StatusCode;
 use warp::reply::Reply;
 
 use crate::auth::{self, AuthError};
-use crate::controller::{Admission, Handle, OpenError, SessionRequest, Ticket};
+use crate::controller::{Admission, Handle, OpenError, ResumeError, SessionRequest, Ticket};
 use crate::limits::{ConnectionLimiter, client_ip, origin_allowed};
 use crate::metrics::Metrics;
 use crate::terminal::{Read, Terminal, Terminals};
@@ -31,6 +31,13 @@ const OUT_QUEUE: usize = 16;
 
 /// How long a closing connection's queued messages get to reach the client before the socket is dropped.
 const LAST_WORDS_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a client is told to wait before resuming a session another replica holds.
+const ELSEWHERE_RETRY_SECS: u64 = 2;
+
+/// The upgrade response header naming the session this connection serves, for load balancers that stick
+/// `?session=<id>` to the replica that announced it (HAProxy: `stick store-response res.hdr(berth-session)`).
+pub const SESSION_HEADER: &str = "berth-session";
 
 /// What the WebSocket layer shares across connections.
 #[derive(Debug, Clone)]
@@ -86,12 +93,16 @@ fn upgrade(
         edge.metrics.rejected.with_label_values(&["bad_request"]).inc();
         return refuse(StatusCode::BAD_REQUEST, "berth: offer the WebSocket subprotocol berth.v1");
     }
-    if let Some(s) = query.split('&').find_map(|kv| kv.strip_prefix("session="))
-        && s.parse::<SessionId>().is_err()
-    {
-        edge.metrics.rejected.with_label_values(&["bad_request"]).inc();
-        return refuse(StatusCode::BAD_REQUEST, "berth: malformed session id in the query");
-    }
+    let asked = match query.split('&').find_map(|kv| kv.strip_prefix("session=")) {
+        None => None,
+        Some(s) => match s.parse::<SessionId>() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                edge.metrics.rejected.with_label_values(&["bad_request"]).inc();
+                return refuse(StatusCode::BAD_REQUEST, "berth: malformed session id in the query");
+            }
+        },
+    };
     let Some(peer) = peer else {
         return refuse(StatusCode::BAD_REQUEST, "berth: no peer address");
     };
@@ -114,12 +125,26 @@ fn upgrade(
         let why = if ready.draining { "draining" } else { "not ready" };
         return refuse(StatusCode::SERVICE_UNAVAILABLE, &format!("berth: {why}"));
     }
+    // The session this connection will serve, announced for the load balancer's stickiness: a new session's id
+    // is drawn now, before the hello, so that the proxy can learn it from this response. A reconnect announces
+    // its id only when this replica holds the session (after a takeover, that moves the stickiness here).
+    let Ok(fresh) = SessionId::generate() else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "berth: no randomness");
+    };
+    let announce = match asked {
+        None => Some(fresh),
+        Some(id) => edge.terminals.get(&id).map(|_| id),
+    };
     let limit = policy.server.max_message_bytes;
     let reply = ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
         let span = info_span!("ws", client = %ip, session = tracing::field::Empty);
-        Conn::run(edge, socket, ip, connected).instrument(span).await;
+        Conn::run(edge, socket, ip, connected, fresh).instrument(span).await;
     });
-    Box::new(warp::reply::with_header(reply, "sec-websocket-protocol", SUBPROTOCOL))
+    let reply = warp::reply::with_header(reply, "sec-websocket-protocol", SUBPROTOCOL);
+    match announce {
+        Some(id) => Box::new(warp::reply::with_header(reply, SESSION_HEADER, id.to_string())),
+        None => Box::new(reply),
+    }
 }
 
 /// Why a connection ended, and how to tell the client.
@@ -150,6 +175,8 @@ struct Conn {
     first_output: bool,
     /// The resize to the hello's size, sent while output already flows.
     initial_resize: Option<tokio::task::JoinHandle<()>>,
+    /// The id a new session opened on this connection gets (announced in the upgrade response).
+    announced: SessionId,
 }
 
 enum Incoming {
@@ -159,7 +186,7 @@ enum Incoming {
 }
 
 impl Conn {
-    async fn run(edge: Arc<Edge>, socket: WebSocket, ip: IpAddr, connected: Instant) {
+    async fn run(edge: Arc<Edge>, socket: WebSocket, ip: IpAddr, connected: Instant, announced: SessionId) {
         edge.metrics.ws_total.inc();
         edge.metrics.ws_open.inc();
         let (mut sink, incoming) = socket.split();
@@ -195,6 +222,7 @@ impl Conn {
             last_heard: Instant::now(),
             first_output: false,
             initial_resize: None,
+            announced,
         };
         let mut held: Option<(SessionId, u64)> = None;
         let end = conn.serve(&mut held).await;
@@ -418,7 +446,13 @@ impl Conn {
                 .handle
                 .resume(id, resume.secret.clone())
                 .await
-                .map_err(|e| ProtoError::fatal("unknown_session", close::UNKNOWN_SESSION, e.to_string()))?;
+                .map_err(|e| match e {
+                    ResumeError::Elsewhere => ProtoError {
+                        retry_after: Some(ELSEWHERE_RETRY_SECS),
+                        ..ProtoError::fatal("session_elsewhere", close::SESSION_ELSEWHERE, e.to_string())
+                    },
+                    _ => ProtoError::fatal("unknown_session", close::UNKNOWN_SESSION, e.to_string()),
+                })?;
             info!(session = %id, "resumed");
             self.send_json(&ServerMsg::Session { session: id.to_string(), secret: None, resumed: true }).await?;
             return Ok(ticket);
@@ -445,6 +479,7 @@ impl Conn {
             env,
             resume_hash: Some(secret_hash),
             client_ip: Some(self.ip),
+            id: Some(self.announced),
         };
         let ticket = match self.edge.handle.open(req).await {
             Ok(Admission::Admitted(t)) => t,

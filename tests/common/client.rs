@@ -181,6 +181,11 @@ impl Client {
         }
     }
 
+    /// Sends input; false when the connection is gone.
+    pub async fn try_input(&mut self, s: &str) -> bool {
+        self.closed.is_none() && self.ws.send(Message::binary(s.as_bytes().to_vec())).await.is_ok()
+    }
+
     /// Resets the TCP connection (RST, no close frame), as a crashed client or a dead network does.
     pub fn drop_abruptly(self) {
         if let MaybeTlsStream::Plain(tcp) = self.ws.get_ref() {
@@ -193,4 +198,52 @@ impl Client {
 #[allow(deprecated)]
 fn socket_linger_zero(tcp: &TcpStream) -> std::io::Result<()> {
     tcp.set_linger(Some(Duration::ZERO))
+}
+
+/// Resumes `(session, secret)` through `addr` (a load balancer) as the page does: `GET /ws?session=<id>` and a
+/// resume hello, again and again while the answer says to come back (a refused or reset connection, 503, close
+/// 4011 draining, 4012, or 4013 session held by a replica that is restarting), until `ready`. Returns the ready
+/// client and how many attempts it took; panics on any other refusal, or after `limit`.
+pub async fn resume_until_ready(addr: SocketAddr, session: &str, secret: &str, limit: Duration) -> (Client, u32) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut attempts = 0;
+    let mut last = String::new();
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session {session} not resumed within {limit:?} ({attempts} attempts; last: {last})"
+        );
+        attempts += 1;
+        let mut c = match connect_with(addr, &format!("?session={session}"), &[]).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = e.to_string();
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        let hello = json!({"type": "hello", "cols": 80, "rows": 24, "resume": {"session": session, "secret": secret}});
+        if c.ws.send(Message::text(hello.to_string())).await.is_err() {
+            continue;
+        }
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match c.next(left).await {
+                Some(Event::Json(v)) if v["type"] == "ready" => return (c, attempts),
+                Some(Event::Closed(code, reason)) => {
+                    assert!(
+                        matches!(code, None | Some(1006 | 4011 | 4012 | 4013)),
+                        "resuming {session}: refused with {code:?} {reason}; messages: {:?}",
+                        c.messages
+                    );
+                    last = format!("closed {code:?} {reason}");
+                    let wait = c.messages.iter().rev().find_map(|m| m["retry_after"].as_u64()).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(250).max(Duration::from_secs(wait))).await;
+                    break;
+                }
+                None => panic!("session {session}: no answer within {limit:?}; messages: {:?}", c.messages),
+                _ => {}
+            }
+        }
+    }
 }

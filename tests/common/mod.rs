@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod engine;
+pub mod lb;
 pub mod load;
 pub mod process;
 
@@ -142,15 +143,18 @@ impl Drop for World {
     fn drop(&mut self) {
         // Leave nothing behind, whatever the test did. Never panic here: this also runs while a failed test
         // unwinds, perhaps with its engine gone, and a second panic would abort before other guards run.
-        let filter = self.marker_filter();
-        let Ok(out) = self.docker_cmd().args(["ps", "-aq", "--no-trunc", "--filter", filter.as_str()]).output() else {
-            return;
-        };
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
-        if out.status.success() && !ids.is_empty() {
-            let mut c = self.docker_cmd();
-            c.args(["rm", "-f"]).args(&ids);
-            let _ = c.output();
+        for filter in [self.marker_filter(), format!("label={}", self.ns.peer_key())] {
+            let Ok(out) = self.docker_cmd().args(["ps", "-aq", "--no-trunc", "--filter", filter.as_str()]).output()
+            else {
+                return;
+            };
+            let ids: Vec<String> =
+                String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+            if out.status.success() && !ids.is_empty() {
+                let mut c = self.docker_cmd();
+                c.args(["rm", "-f"]).args(&ids);
+                let _ = c.output();
+            }
         }
     }
 }
@@ -180,6 +184,7 @@ impl Running {
                 env: vec![],
                 resume_hash: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"secret"))),
                 client_ip: None,
+                id: None,
             })
             .await
             .expect("session admitted")

@@ -103,6 +103,12 @@ impl Berth {
     /// Runs `berth serve --policy POLICY --listen 127.0.0.1:0 --state-dir STATE --instance INSTANCE`, with its
     /// log (stderr) appended to `STATE/berth.log`, and waits for the `berth listening on http://ADDR/` line.
     pub fn spawn(policy: &Path, instance: &str, state_dir: &Path) -> Self {
+        Self::spawn_with(policy, instance, state_dir, "127.0.0.1:0", None)
+    }
+
+    /// [`Self::spawn`] on a chosen listen address (a replica that restarts behind a load balancer comes back on
+    /// its port), and optionally another Docker engine (`--docker-host`).
+    pub fn spawn_with(policy: &Path, instance: &str, state_dir: &Path, listen: &str, docker_host: Option<&str>) -> Self {
         let log = state_dir.join("berth.log");
         let stderr = OpenOptions::new()
             .create(true)
@@ -114,7 +120,8 @@ impl Berth {
             .arg("serve")
             .arg("--policy")
             .arg(policy)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
+            .args(docker_host.map(|h| ["--docker-host", h]).into_iter().flatten())
             .arg("--state-dir")
             .arg(state_dir)
             .args(["--instance", instance])

@@ -10,12 +10,12 @@ use ipnet::IpNet;
 use super::auth::{auth, sha256_hex};
 use super::ctx::{Ctx, MIN_POSITIVE, human_duration, loc, to_u32, to_usize};
 use super::profile::profile;
-use super::raw::{RawAuth, RawDocker, RawLimits, RawPolicy, RawReconcile, RawServer, RawSessions, Text};
+use super::raw::{RawAuth, RawDocker, RawLimits, RawPeers, RawPolicy, RawReconcile, RawServer, RawSessions, Text};
 use crate::ids::ProfileName;
 use crate::labels::LabelNamespace;
 use crate::policy::{
-    DEFAULT_IMAGE, DockerPolicy, Limits, Policy, Profile, ReconcilePolicy, ServerPolicy, SessionTimeouts, ShutdownMode,
-    StartupMode,
+    DEFAULT_IMAGE, DockerPolicy, Limits, OnDeadPeer, PeersPolicy, Policy, Profile, ReconcilePolicy, ServerPolicy,
+    SessionTimeouts, ShutdownMode, StartupMode,
 };
 
 /// The `apiVersion` this berth reads.
@@ -56,6 +56,7 @@ pub(crate) fn policy(cx: &mut Ctx<'_>, raw: &RawPolicy) -> Policy {
         sessions: sessions(cx, raw.sessions.as_ref().unwrap_or(&RawSessions::default())),
         reconcile: reconcile(cx, raw.reconcile.as_ref().unwrap_or(&RawReconcile::default())),
         docker: docker(cx, raw.docker.as_ref().unwrap_or(&RawDocker::default())),
+        peers: peers(cx, raw.peers.as_ref().unwrap_or(&RawPeers::default())),
     }
 }
 
@@ -319,5 +320,20 @@ fn docker(cx: &mut Ctx<'_>, raw: &RawDocker) -> DockerPolicy {
             s.parse::<LabelNamespace>().map_err(|e| e.to_string())
         }),
         name_prefix: cx.value(&raw.name_prefix, "docker.name_prefix", d.name_prefix, name_prefix),
+    }
+}
+
+fn peers(cx: &mut Ctx<'_>, raw: &RawPeers) -> PeersPolicy {
+    let d = PeersPolicy::default();
+    PeersPolicy {
+        lease_timeout: cx.duration(&raw.lease_timeout, "peers.lease_timeout", d.lease_timeout, Duration::from_secs(1)),
+        on_dead: cx.value(&raw.on_dead, "peers.on_dead", d.on_dead, |s| match s.trim() {
+            "adopt" => Ok(OnDeadPeer::Adopt),
+            "remove" => Ok(OnDeadPeer::Remove),
+            other => Err(format!("{other:?} is not a dead-peer mode: use adopt or remove")),
+        }),
+        image: raw.image.as_ref().map(|_| {
+            cx.value(&raw.image, "peers.image", String::new(), super::profile::single_token("an image reference"))
+        }),
     }
 }

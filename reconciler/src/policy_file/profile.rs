@@ -74,7 +74,7 @@ fn no_nul(s: &str) -> Result<String, String> {
     if s.contains('\0') { Err("must not contain NUL characters".into()) } else { Ok(s.to_owned()) }
 }
 
-fn single_token(what: &'static str) -> impl Fn(&str) -> Result<String, String> {
+pub(super) fn single_token(what: &'static str) -> impl Fn(&str) -> Result<String, String> {
     move |s: &str| {
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             Err(format!("{s:?} is not {what}: it must be non-empty, without spaces"))

@@ -56,6 +56,7 @@ pub(crate) struct RawPolicy {
     pub sessions: Option<RawSessions>,
     pub reconcile: Option<RawReconcile>,
     pub docker: Option<RawDocker>,
+    pub peers: Option<RawPeers>,
 }
 
 /// `server`.
@@ -234,4 +235,13 @@ pub(crate) struct RawReconcile {
 pub(crate) struct RawDocker {
     pub namespace: Option<Text>,
     pub name_prefix: Option<Text>,
+}
+
+/// `peers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPeers {
+    pub lease_timeout: Option<Text>,
+    pub on_dead: Option<Text>,
+    pub image: Option<Text>,
 }

@@ -1,0 +1,354 @@
+//! The controller's side of several replicas on one engine: this replica's sentinel, its view of its peers'
+//! sentinels and claims, takeover of dead peers (claim, then adopt or remove), and fencing when another replica
+//! has taken this one over. The decisions are `berth_reconciler::peers`; this module runs them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use berth_reconciler::peers::{self as pure, PeerContainer, claim_spec, sentinel_spec};
+use berth_reconciler::policy::OnDeadPeer;
+use berth_reconciler::startup::adopted_session;
+
+use super::*;
+
+/// How soon a lost sentinel is replaced.
+const SENTINEL_RETRY: Duration = Duration::from_secs(1);
+
+/// This replica's sentinel.
+#[derive(Debug, Default)]
+pub(super) enum SentinelState {
+    /// None yet (before the first list).
+    #[default]
+    None,
+    /// Being created.
+    Starting,
+    /// Running; the task holding its stdin stops it when `stop` is sent or dropped.
+    Up { id: ContainerId, stop: Option<oneshot::Sender<()>> },
+    /// Stopped or failed; replaced at `retry`.
+    Lost { retry: Instant },
+}
+
+/// What a peer task reports.
+#[derive(Debug)]
+pub(super) enum PeerEvent {
+    SentinelUp { id: ContainerId, stop: oneshot::Sender<()> },
+    SentinelFailed(RuntimeError),
+    SentinelEnded(ContainerId),
+    Claimed { dead: InstanceId, through: u64, result: Result<PeerContainer, RuntimeError> },
+    Removed { id: ContainerId, result: Result<(), RuntimeError> },
+}
+
+/// The peer view and what is in flight about it.
+#[derive(Debug, Default)]
+pub(super) struct Peers {
+    /// Sentinels and claims from the last list, plus claims this replica created since.
+    pub records: Vec<PeerContainer>,
+    /// Claims this replica created: kept until it removes them, whatever a list that raced the create says.
+    held: BTreeMap<ContainerId, PeerContainer>,
+    /// When each peer was first seen down.
+    down_since: BTreeMap<InstanceId, Timestamp>,
+    pub sentinel: SentinelState,
+    claiming: BTreeSet<InstanceId>,
+    removing: BTreeSet<ContainerId>,
+}
+
+impl Peers {
+    fn sentinel_id(&self) -> Option<&ContainerId> {
+        match &self.sentinel {
+            SentinelState::Up { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    pub(super) fn sentinel_up(&self) -> bool {
+        matches!(self.sentinel, SentinelState::Up { .. })
+    }
+
+    /// When the sentinel should next be retried, if it is lost.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        match self.sentinel {
+            SentinelState::Lost { retry } => Some(retry),
+            _ => None,
+        }
+    }
+}
+
+impl<R: Runtime> Controller<R> {
+    /// Folds a fresh list of sentinels and claims in and acts on it: epoch at startup, fencing, liveness,
+    /// claims and clean-up.
+    pub(super) fn on_peers_listed(&mut self, listed: Vec<PeerContainer>) {
+        let mut records = listed;
+        for held in self.peers.held.values() {
+            if !records.iter().any(|r| r.id == held.id) {
+                records.push(held.clone());
+            }
+        }
+        self.peers.records = records;
+        self.apply_claims();
+        if matches!(self.peers.sentinel, SentinelState::None) {
+            self.desired.epoch = pure::next_epoch(
+                &self.desired.owner,
+                self.desired.epoch,
+                self.observed.view(),
+                &self.peers.records,
+            );
+            self.metrics.epoch.set(i64::try_from(self.desired.epoch).unwrap_or(i64::MAX));
+            info!(epoch = self.desired.epoch, "epoch chosen");
+            self.start_sentinel();
+        }
+        if self.desired.draining {
+            return;
+        }
+        let now = self.now();
+        let p = pure::assess(
+            &self.desired,
+            self.observed.view(),
+            &self.peers.records,
+            &self.peers.down_since,
+            self.peers.sentinel_id(),
+            &self.policy,
+            now,
+        );
+        self.peers.down_since.retain(|k, _| p.down.contains(k));
+        for d in &p.down {
+            self.peers.down_since.entry(d.clone()).or_insert_with(|| {
+                warn!(peer = %d, "peer replica is down (no running sentinel)");
+                now
+            });
+        }
+        self.metrics.peers_down.set(i64::try_from(p.down.len()).unwrap_or(i64::MAX));
+        for (dead, through) in p.claim {
+            self.claim(dead, through);
+        }
+        for id in p.remove {
+            self.remove_marker(id);
+        }
+    }
+
+    /// Recomputes which owners this replica manages besides itself, and which of its own epochs are fenced off.
+    fn apply_claims(&mut self) {
+        let me = self.desired.owner.clone();
+        self.desired.claimed = pure::effective_claims(&me, &self.peers.records);
+        let fenced = pure::disowned_through(&me, &self.peers.records);
+        if fenced != self.desired.disowned_through {
+            self.desired.disowned_through = fenced;
+            if let Some(e) = fenced {
+                warn!(through = e, "another replica has taken over this one's containers up to this epoch");
+                if self.desired.epoch <= e {
+                    self.desired.epoch = e + 1;
+                    self.metrics.epoch.set(i64::try_from(self.desired.epoch).unwrap_or(i64::MAX));
+                }
+                self.drop_disowned();
+            }
+        }
+    }
+
+    /// Forgets the sessions whose container another replica now holds: that replica serves them now.
+    fn drop_disowned(&mut self) {
+        let view = self.observed.view();
+        let lost: Vec<SessionId> = self
+            .desired
+            .sessions
+            .values()
+            .filter(|s| {
+                s.container.as_ref().and_then(|c| view.containers.get(c)).is_some_and(|c| !self.desired.manages(&c.labels))
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in lost {
+            info!(session = %id, "session taken over by another replica");
+            self.desired.sessions.remove(&id);
+            self.statuses.remove(&id);
+            self.leases.remove(&id);
+            self.decisions.remove(&id);
+            self.terminals.forget(&id);
+        }
+    }
+
+    /// Adopts (or removes) the containers of dead peers this replica now holds claims on and has no session for.
+    /// Runs before every plan, so the planner never sees them as orphans.
+    pub(super) fn take_over(&mut self, now: Timestamp) {
+        if self.desired.claimed.is_empty() {
+            return;
+        }
+        let mut remove = Vec::new();
+        let mut adopted = Vec::new();
+        for c in self.observed.view().containers.values() {
+            if c.labels.owner == self.desired.owner
+                || !self.desired.manages(&c.labels)
+                || self.desired.sessions.contains_key(&c.labels.session)
+                || c.removal_requested
+                || adopted.iter().any(|s: &DesiredSession| s.id == c.labels.session)
+            {
+                continue;
+            }
+            let adopt = self.policy.peers.on_dead == OnDeadPeer::Adopt
+                && c.state == ContainerState::Running
+                && !self.desired.draining;
+            if adopt {
+                adopted.push(adopted_session(c, now));
+            } else if c.state != ContainerState::Removing {
+                remove.push(c.id.clone());
+            }
+        }
+        for session in adopted {
+            let id = session.id;
+            info!(session = %id, "adopted from a dead peer; detached");
+            self.desired.sessions.insert(id, session);
+            self.statuses.insert(id, watch::channel(Status::pending()).0);
+            self.record(id, "observed", "adopted from a dead peer; detached".into());
+        }
+        if !remove.is_empty() {
+            info!(containers = remove.len(), "removing a dead peer's containers");
+            self.dispatch(Action::BulkRemove { containers: remove, reason: RemoveReason::DeadPeer });
+        }
+    }
+
+    fn claim(&mut self, dead: InstanceId, through: u64) {
+        if !self.peers.claiming.insert(dead.clone()) {
+            return;
+        }
+        let spec = claim_spec(&self.policy, &self.desired.owner, self.desired.epoch, &dead, through);
+        let labels = berth_reconciler::PeerLabels {
+            role: berth_reconciler::PeerRole::Claim,
+            owner: self.desired.owner.clone(),
+            epoch: self.desired.epoch,
+            claimed: Some((dead.clone(), through)),
+        };
+        let (runtime, tx, metrics, timeout) =
+            (self.runtime.clone(), self.peer_tx.clone(), self.metrics.clone(), self.policy.reconcile.docker_timeout);
+        info!(peer = %dead, through, "claiming a dead peer");
+        tokio::spawn(
+            async move {
+                let result = timed(&metrics, "create_marker", timeout, runtime.create_marker(&spec))
+                    .await
+                    .map(|id| PeerContainer { id, labels, running: false });
+                let _ = tx.send(PeerEvent::Claimed { dead, through, result }).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    fn remove_marker(&mut self, id: ContainerId) {
+        if !self.peers.removing.insert(id.clone()) {
+            return;
+        }
+        let (runtime, tx, metrics, timeout) =
+            (self.runtime.clone(), self.peer_tx.clone(), self.metrics.clone(), self.policy.reconcile.docker_timeout);
+        tokio::spawn(
+            async move {
+                let result = timed(&metrics, "remove", timeout, runtime.remove(&id)).await;
+                let _ = tx.send(PeerEvent::Removed { id, result }).await;
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Creates this replica's sentinel at its current epoch and holds its stdin until told to stop.
+    pub(super) fn start_sentinel(&mut self) {
+        self.peers.sentinel = SentinelState::Starting;
+        let spec = sentinel_spec(&self.policy, &self.desired.owner, self.desired.epoch);
+        let (runtime, tx, metrics, timeout) =
+            (self.runtime.clone(), self.peer_tx.clone(), self.metrics.clone(), self.policy.reconcile.docker_timeout);
+        tokio::spawn(
+            async move {
+                let sentinel = match timed(&metrics, "run_sentinel", timeout, runtime.run_sentinel(&spec)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(PeerEvent::SentinelFailed(e)).await;
+                        return;
+                    }
+                };
+                let (stop, stopped) = oneshot::channel();
+                let id = sentinel.id.clone();
+                if tx.send(PeerEvent::SentinelUp { id: id.clone(), stop }).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    () = sentinel.ended => {
+                        let _ = tx.send(PeerEvent::SentinelEnded(id)).await;
+                    }
+                    _ = stopped => {}
+                }
+            }
+            .instrument(info_span!("sentinel")),
+        );
+    }
+
+    pub(super) fn on_peer_event(&mut self, ev: PeerEvent) {
+        match ev {
+            PeerEvent::SentinelUp { id, stop } => {
+                info!(sentinel = %id.short(), epoch = self.desired.epoch, "sentinel running");
+                self.peers.sentinel = SentinelState::Up { id, stop: Some(stop) };
+            }
+            PeerEvent::SentinelFailed(e) => {
+                warn!(error = %e, "sentinel could not start; this replica reports not ready until it runs");
+                self.peers.sentinel = SentinelState::Lost { retry: Instant::now() + SENTINEL_RETRY };
+            }
+            PeerEvent::SentinelEnded(id) => {
+                if self.shutdown.is_none() {
+                    warn!(sentinel = %id.short(), "sentinel stopped; replacing it at a new epoch");
+                    self.peers.sentinel = SentinelState::Lost { retry: Instant::now() + SENTINEL_RETRY };
+                    self.remove_marker(id);
+                }
+            }
+            PeerEvent::Claimed { dead, through, result } => {
+                self.peers.claiming.remove(&dead);
+                match result {
+                    Ok(claim) => {
+                        info!(peer = %dead, through, "took over a dead peer");
+                        self.metrics.takeovers.with_label_values(&["won"]).inc();
+                        self.peers.held.insert(claim.id.clone(), claim.clone());
+                        self.peers.records.push(claim);
+                        self.peers.down_since.remove(&dead);
+                        self.apply_claims();
+                    }
+                    Err(RuntimeError::Conflict(_)) => {
+                        info!(peer = %dead, "another replica took the dead peer over first");
+                        self.metrics.takeovers.with_label_values(&["lost"]).inc();
+                        self.request_list();
+                    }
+                    Err(e) => {
+                        warn!(peer = %dead, error = %e, "claim failed; retrying at the next list");
+                        self.metrics.takeovers.with_label_values(&["error"]).inc();
+                    }
+                }
+            }
+            PeerEvent::Removed { id, result } => {
+                self.peers.removing.remove(&id);
+                match result {
+                    Ok(()) => {
+                        self.peers.held.remove(&id);
+                        self.peers.records.retain(|r| r.id != id);
+                        self.apply_claims();
+                    }
+                    Err(e) => warn!(container = %id.short(), error = %e, "could not remove a sentinel or claim"),
+                }
+            }
+        }
+        self.metrics.sentinel_up.set(i64::from(self.peers.sentinel_up()));
+        self.publish_readiness();
+    }
+
+    /// Replaces a lost sentinel when its retry time has come, at an epoch above everything seen.
+    pub(super) fn tend_sentinel(&mut self) {
+        if self.shutdown.is_some() || self.peers.retry_at().is_none_or(|t| t > Instant::now()) {
+            return;
+        }
+        self.desired.epoch =
+            pure::next_epoch(&self.desired.owner, self.desired.epoch, self.observed.view(), &self.peers.records);
+        self.metrics.epoch.set(i64::try_from(self.desired.epoch).unwrap_or(i64::MAX));
+        self.start_sentinel();
+    }
+
+    /// At the very end: stops and removes this replica's sentinel, so peers see it gone at once.
+    pub(super) async fn retire_sentinel(&mut self) {
+        if let SentinelState::Up { id, stop } = std::mem::take(&mut self.peers.sentinel) {
+            drop(stop);
+            let timeout = self.policy.reconcile.docker_timeout;
+            if let Err(e) = timed(&self.metrics, "remove", timeout, self.runtime.remove(&id)).await {
+                warn!(error = %e, "could not remove the sentinel; peers will see it stopped");
+            }
+        }
+        self.metrics.sentinel_up.set(0);
+    }
+}
