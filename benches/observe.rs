@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 use berth::controller::{self, ControllerConfig, ObservedStore};
 use berth::executor::{AttachSink, Executor};
 use berth::metrics::Metrics;
+use berth::reconciler::peers::{MarkerSpec, PeerContainer};
 use berth::reconciler::{
     ContainerId, ContainerSpec, Desired, DesiredSession, InstanceId, LabelNamespace, ObservedContainer, Plan, Policy,
     SessionId, SessionKind, Timestamp, plan,
 };
 use berth::runtime::docker::DockerRuntime;
-use berth::reconciler::peers::{MarkerSpec, PeerContainer};
 use berth::runtime::{AttachIo, Runtime, RuntimeError, RuntimeEvent, Sentinel};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use futures::StreamExt;

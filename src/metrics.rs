@@ -9,8 +9,20 @@ use prometheus::{
 };
 
 /// Docker operations berth makes, for pre-creating series.
-pub const DOCKER_OPS: [&str; 12] =
-    ["ping", "list", "inspect", "create", "start", "stop", "remove", "attach", "resize", "list_peers", "create_marker", "run_sentinel"];
+pub const DOCKER_OPS: [&str; 12] = [
+    "ping",
+    "list",
+    "inspect",
+    "create",
+    "start",
+    "stop",
+    "remove",
+    "attach",
+    "resize",
+    "list_peers",
+    "create_marker",
+    "run_sentinel",
+];
 
 /// Reasons an admission is refused.
 pub const REJECT_REASONS: [&str; 9] = [
@@ -121,7 +133,8 @@ impl Metrics {
         let ws_open = int_gauge("berth_websocket_connections", "Open WebSocket connections.");
         let docker_up = int_gauge("berth_docker_up", "1 when the Docker engine answers, else 0.");
         let sentinel_up = int_gauge("berth_sentinel_up", "1 while this replica's sentinel container runs, else 0.");
-        let peers_down = int_gauge("berth_peers_down", "Peer replicas seen down: containers or claims, no running sentinel.");
+        let peers_down =
+            int_gauge("berth_peers_down", "Peer replicas seen down: containers or claims, no running sentinel.");
         let epoch = int_gauge("berth_epoch", "This replica's fencing epoch, stamped on the containers it creates.");
         let queue_len = int_gauge("berth_admission_queue_length", "Clients waiting in the admission queue.");
         let drifted = int_gauge(
@@ -210,7 +223,12 @@ impl Metrics {
             capacity,
             sentinel_up,
             peers_down,
-            takeovers: counter_vec(&r, "berth_peer_takeovers_total", "Takeovers of dead peers, by result.", &["result"]),
+            takeovers: counter_vec(
+                &r,
+                "berth_peer_takeovers_total",
+                "Takeovers of dead peers, by result.",
+                &["result"],
+            ),
             epoch,
             registry: r,
         };

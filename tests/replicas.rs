@@ -334,7 +334,8 @@ async fn a_lookalike_with_another_label_namespace_is_never_touched() {
     theirs.instance = ours.instance.clone();
     let dir_ours = TempDir::new("ns-ours");
     let dir_theirs = TempDir::new("ns-theirs");
-    let short = [("peers.lease_timeout", "1s"), ("reconcile.resync_interval", "1s"), ("reconcile.startup", "remove_all")];
+    let short =
+        [("peers.lease_timeout", "1s"), ("reconcile.resync_interval", "1s"), ("reconcile.startup", "remove_all")];
     let p_ours = write_policy(dir_ours.path(), &ours, &short);
     let p_theirs = write_policy(dir_theirs.path(), &theirs, &short);
     let mut x = Berth::spawn(&p_ours, ours.instance.as_str(), dir_ours.path());

@@ -23,6 +23,7 @@
   const CLOSE_UNAUTHORIZED = 4003;
   const CLOSE_UNKNOWN_SESSION = 4004;
   const CLOSE_BAD_REQUEST = 4005;
+  const CLOSE_SESSION_ELSEWHERE = 4013;
   const CLOSE_CAPACITY = 4029;
 
   const END_REASONS = {
@@ -59,7 +60,9 @@
     }
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * Math.pow(2, Math.min(attempt, 16)));
     let delayMs = Math.round(base * (0.8 + 0.2 * random));
-    if (code === CLOSE_CAPACITY && lastError && typeof lastError.retry_after === 'number') {
+    // Full, or the session's replica is restarting behind the load balancer: come back when told to.
+    const toldToWait = code === CLOSE_CAPACITY || code === CLOSE_SESSION_ELSEWHERE;
+    if (toldToWait && lastError && typeof lastError.retry_after === 'number') {
       delayMs = Math.max(delayMs, lastError.retry_after * 1000);
     }
     return { kind: 'retry', delayMs: delayMs };

@@ -145,7 +145,9 @@ impl PeerLabels {
         let role = match labels.get(&ns.key(PEER)).map(String::as_str) {
             Some("sentinel") => PeerRole::Sentinel,
             Some("claim") => PeerRole::Claim,
-            Some(_) => return Err(LabelError::Malformed { key: ns.key(PEER), reason: "expected sentinel or claim".into() }),
+            Some(_) => {
+                return Err(LabelError::Malformed { key: ns.key(PEER), reason: "expected sentinel or claim".into() });
+            }
             None => return Ok(None),
         };
         let get = |suffix: &str| -> Result<&str, LabelError> {
@@ -158,10 +160,9 @@ impl PeerLabels {
         let owner = get(OWNER)?.parse().map_err(|e: IdError| bad(OWNER, e.to_string()))?;
         let claimed = match role {
             PeerRole::Sentinel => None,
-            PeerRole::Claim => Some((
-                get(CLAIMED)?.parse().map_err(|e: IdError| bad(CLAIMED, e.to_string()))?,
-                number(CLAIMED_EPOCH)?,
-            )),
+            PeerRole::Claim => {
+                Some((get(CLAIMED)?.parse().map_err(|e: IdError| bad(CLAIMED, e.to_string()))?, number(CLAIMED_EPOCH)?))
+            }
         };
         Ok(Some(Self { role, owner, epoch: number(EPOCH)?, claimed }))
     }

@@ -140,9 +140,10 @@ pub fn assess(
     let alive: BTreeSet<&InstanceId> =
         peers.iter().filter(|p| p.labels.role == PeerRole::Sentinel && p.running).map(|p| &p.labels.owner).collect();
     let covered = |owner: &InstanceId, epoch: u64| {
-        peers.iter().any(|p| {
-            p.labels.claimed.as_ref().is_some_and(|(dead, through)| dead == owner && epoch <= *through)
-        }) || desired.claimed.get(owner).is_some_and(|e| epoch <= *e)
+        peers
+            .iter()
+            .any(|p| p.labels.claimed.as_ref().is_some_and(|(dead, through)| dead == owner && epoch <= *through))
+            || desired.claimed.get(owner).is_some_and(|e| epoch <= *e)
     };
     // Highest epoch of each peer's uncovered containers, claims held, and sentinels.
     let mut stuff: BTreeMap<&InstanceId, u64> = BTreeMap::new();
@@ -220,10 +221,10 @@ pub fn assess(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SessionId;
     use crate::desired::SessionKind;
     use crate::labels::ManagedLabels;
     use crate::observed::{ContainerState, Health, ObservedContainer};
-    use crate::SessionId;
     use std::time::Duration;
 
     fn id(n: u8) -> ContainerId {
@@ -266,7 +267,12 @@ mod tests {
     fn claim(n: u8, holder: &str, dead: &str, through: u64) -> PeerContainer {
         PeerContainer {
             id: id(n),
-            labels: PeerLabels { role: PeerRole::Claim, owner: inst(holder), epoch: 1, claimed: Some((inst(dead), through)) },
+            labels: PeerLabels {
+                role: PeerRole::Claim,
+                owner: inst(holder),
+                epoch: 1,
+                claimed: Some((inst(dead), through)),
+            },
             running: false,
         }
     }
@@ -335,7 +341,15 @@ mod tests {
         // Before c's claim: b holds a claim and has no running sentinel, so b is down.
         let c = Desired::new(inst("c"));
         let since = BTreeMap::from([(inst("b"), Timestamp::from_millis(0))]);
-        let p = assess(&c, &world(&[container(1, "a", 3)]), &peers[..2], &since, None, &policy(), Timestamp::from_millis(60_000));
+        let p = assess(
+            &c,
+            &world(&[container(1, "a", 3)]),
+            &peers[..2],
+            &since,
+            None,
+            &policy(),
+            Timestamp::from_millis(60_000),
+        );
         assert_eq!(p.claim, vec![(inst("b"), 1)]);
     }
 
@@ -373,6 +387,9 @@ mod tests {
         assert!(!s.labels.contains_key(&p.docker.namespace.marker()));
         assert!(s.labels.contains_key(&p.docker.namespace.peer_key()));
         let t = sentinel_spec(&p, &inst("b"), 2);
-        assert_eq!((t.name.as_str(), t.stdin, t.command.as_slice()), ("berth-sentinel-b-2", true, ["cat".to_owned()].as_slice()));
+        assert_eq!(
+            (t.name.as_str(), t.stdin, t.command.as_slice()),
+            ("berth-sentinel-b-2", true, ["cat".to_owned()].as_slice())
+        );
     }
 }

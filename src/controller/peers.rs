@@ -85,12 +85,8 @@ impl<R: Runtime> Controller<R> {
         self.peers.records = records;
         self.apply_claims();
         if matches!(self.peers.sentinel, SentinelState::None) {
-            self.desired.epoch = pure::next_epoch(
-                &self.desired.owner,
-                self.desired.epoch,
-                self.observed.view(),
-                &self.peers.records,
-            );
+            self.desired.epoch =
+                pure::next_epoch(&self.desired.owner, self.desired.epoch, self.observed.view(), &self.peers.records);
             self.metrics.epoch.set(i64::try_from(self.desired.epoch).unwrap_or(i64::MAX));
             info!(epoch = self.desired.epoch, "epoch chosen");
             self.start_sentinel();
@@ -150,7 +146,10 @@ impl<R: Runtime> Controller<R> {
             .sessions
             .values()
             .filter(|s| {
-                s.container.as_ref().and_then(|c| view.containers.get(c)).is_some_and(|c| !self.desired.manages(&c.labels))
+                s.container
+                    .as_ref()
+                    .and_then(|c| view.containers.get(c))
+                    .is_some_and(|c| !self.desired.manages(&c.labels))
             })
             .map(|s| s.id)
             .collect();

@@ -117,7 +117,10 @@ impl<R: Runtime> Controller<R> {
             let elsewhere = self.observed.view().containers.values().any(|c| {
                 c.labels.session == id
                     && c.state == ContainerState::Running
-                    && c.labels.resume_hash.as_ref().is_some_and(|h| bool::from(h.as_bytes().ct_eq(presented.as_bytes())))
+                    && c.labels
+                        .resume_hash
+                        .as_ref()
+                        .is_some_and(|h| bool::from(h.as_bytes().ct_eq(presented.as_bytes())))
             });
             if elsewhere {
                 self.metrics.resumes.with_label_values(&["elsewhere"]).inc();

@@ -441,18 +441,13 @@ impl Conn {
                     "resume.session must be 32 lowercase hex digits",
                 )
             })?;
-            let ticket = self
-                .edge
-                .handle
-                .resume(id, resume.secret.clone())
-                .await
-                .map_err(|e| match e {
-                    ResumeError::Elsewhere => ProtoError {
-                        retry_after: Some(ELSEWHERE_RETRY_SECS),
-                        ..ProtoError::fatal("session_elsewhere", close::SESSION_ELSEWHERE, e.to_string())
-                    },
-                    _ => ProtoError::fatal("unknown_session", close::UNKNOWN_SESSION, e.to_string()),
-                })?;
+            let ticket = self.edge.handle.resume(id, resume.secret.clone()).await.map_err(|e| match e {
+                ResumeError::Elsewhere => ProtoError {
+                    retry_after: Some(ELSEWHERE_RETRY_SECS),
+                    ..ProtoError::fatal("session_elsewhere", close::SESSION_ELSEWHERE, e.to_string())
+                },
+                _ => ProtoError::fatal("unknown_session", close::UNKNOWN_SESSION, e.to_string()),
+            })?;
             info!(session = %id, "resumed");
             self.send_json(&ServerMsg::Session { session: id.to_string(), secret: None, resumed: true }).await?;
             return Ok(ticket);

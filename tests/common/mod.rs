@@ -148,8 +148,7 @@ impl Drop for World {
             else {
                 return;
             };
-            let ids: Vec<String> =
-                String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
             if out.status.success() && !ids.is_empty() {
                 let mut c = self.docker_cmd();
                 c.args(["rm", "-f"]).args(&ids);

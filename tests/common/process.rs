@@ -108,7 +108,13 @@ impl Berth {
 
     /// [`Self::spawn`] on a chosen listen address (a replica that restarts behind a load balancer comes back on
     /// its port), and optionally another Docker engine (`--docker-host`).
-    pub fn spawn_with(policy: &Path, instance: &str, state_dir: &Path, listen: &str, docker_host: Option<&str>) -> Self {
+    pub fn spawn_with(
+        policy: &Path,
+        instance: &str,
+        state_dir: &Path,
+        listen: &str,
+        docker_host: Option<&str>,
+    ) -> Self {
         let log = state_dir.join("berth.log");
         let stderr = OpenOptions::new()
             .create(true)
