@@ -273,7 +273,7 @@ impl Metrics {
         for r in EndReason::CODES {
             self.ended.with_label_values(&[r]);
         }
-        for r in ["ok", "unknown", "bad_secret"] {
+        for r in ["ok", "unknown", "bad_secret", "elsewhere"] {
             self.resumes.with_label_values(&[r]);
         }
         for r in REJECT_REASONS {
@@ -291,9 +291,7 @@ impl Metrics {
         for r in ["won", "lost", "error"] {
             self.takeovers.with_label_values(&[r]);
         }
-        for r in ["elsewhere"] {
-            self.resumes.with_label_values(&[r]);
-        }
+
     }
 
     /// The text exposition of every metric.

@@ -155,7 +155,7 @@ pub fn assess(
         }
     }
     for p in peers.iter().filter(|p| p.labels.role == PeerRole::Claim && &p.labels.owner != me) {
-        if !desired.claimed.get(&p.labels.owner).is_some_and(|e| p.labels.epoch <= *e) {
+        if desired.claimed.get(&p.labels.owner).is_none_or(|e| p.labels.epoch > *e) {
             let e = stuff.entry(&p.labels.owner).or_insert(0);
             *e = (*e).max(p.labels.epoch);
         }
