@@ -19,7 +19,8 @@ cleanup() {
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  ids="$(docker ps -aq --filter "label=$ns.managed=true" 2>/dev/null || true)"
+  ids="$(docker ps -aq --filter "label=$ns.managed=true" 2>/dev/null || true)
+$(docker ps -aq --filter "label=$ns.peer" 2>/dev/null || true)"
   # shellcheck disable=SC2086
   [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -62,6 +63,9 @@ done
 rc=0
 timeout --signal=TERM --kill-after=10 300 target/debug/examples/loadgen --url "$url" --namespace "$ns" \
   --mode leak --sessions 60 --concurrency 10 --timeout 240s || rc=$?
-left="$(docker ps -aq --filter "label=$ns.managed=true" | wc -l)"
-log "leak run: loadgen exit $rc, $left container(s) left"
+# A graceful stop removes berth's sentinel too: afterwards nothing of this namespace may be left.
+kill -TERM "$pid"
+for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+left="$( (docker ps -aq --filter "label=$ns.managed=true"; docker ps -aq --filter "label=$ns.peer") | wc -l)"
+log "leak run: loadgen exit $rc, $left container(s) left (sessions, sentinel, claims) after berth stopped"
 [ "$rc" -eq 0 ] && [ "$left" -eq 0 ]

@@ -291,7 +291,6 @@ impl Metrics {
         for r in ["won", "lost", "error"] {
             self.takeovers.with_label_values(&[r]);
         }
-
     }
 
     /// The text exposition of every metric.

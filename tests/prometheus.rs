@@ -484,8 +484,11 @@ fn the_load_balancer_configs_are_valid_and_route_by_session() {
     let haproxy = read("manifests/lb/haproxy.cfg");
     run_ok(tool("haproxy").args(["-c", "-f", "manifests/lb/haproxy.cfg"]));
     for needle in [
-        "balance url_param session",
-        "hash-type consistent",
+        // The stickiness tests/common/lb.rs runs in tests/replicas.rs and tests/scale_out.rs.
+        "stick-table type string len 32",
+        "stick match urlp(session)",
+        "stick store-response res.hdr(berth-session)",
+        "option redispatch",
         "timeout tunnel",
         "http-request set-header X-Forwarded-For %[src]",
         "uri /readyz",

@@ -182,7 +182,8 @@ pub fn assess(
         match p.labels.role {
             PeerRole::Sentinel if p.running => {}
             PeerRole::Sentinel if owner == me => {
-                if sentinel != Some(&p.id) {
+                // An earlier one; never the one being started now (at the current epoch, not yet running).
+                if sentinel != Some(&p.id) && p.labels.epoch < desired.epoch {
                     out.remove.push(p.id.clone());
                 }
             }
@@ -370,11 +371,17 @@ mod tests {
 
     #[test]
     fn own_old_sentinels_are_removed_and_stopped_sentinels_of_empty_peers_after_the_lease() {
-        let me = Desired::new(inst("b"));
-        let peers = [sentinel(10, "b", 1, false), sentinel(11, "b", 2, true), sentinel(12, "a", 1, false)];
+        let mut me = Desired::new(inst("b"));
+        me.epoch = 3;
+        let peers = [
+            sentinel(10, "b", 1, false),
+            sentinel(11, "b", 2, true),
+            sentinel(12, "a", 1, false),
+            sentinel(13, "b", 3, false),
+        ];
         let since = BTreeMap::from([(inst("a"), Timestamp::from_millis(0))]);
         let p = assess(&me, &world(&[]), &peers, &BTreeMap::new(), Some(&id(11)), &policy(), Timestamp::from_millis(1));
-        assert_eq!(p.remove, vec![id(10)]);
+        assert_eq!(p.remove, vec![id(10)], "not the one at the current epoch, created but not yet started");
         let p = assess(&me, &world(&[]), &peers, &since, Some(&id(11)), &policy(), Timestamp::from_millis(60_000));
         assert_eq!(p.remove, vec![id(10), id(12)]);
     }

@@ -147,7 +147,8 @@ pub struct Readiness {
     pub docker_up: bool,
     /// The first complete list has been applied.
     pub listed: bool,
-    /// This replica's sentinel runs, so peers see it alive and leave its containers alone.
+    /// This replica's sentinel runs (or is being started for the first time), so peers see it alive and leave its
+    /// containers alone.
     pub sentinel: bool,
     /// Shutting down.
     pub draining: bool,

@@ -318,7 +318,7 @@ impl<R: Runtime> Controller<R> {
             let next = Readiness {
                 docker_up: up,
                 listed: self.observed.is_listed(),
-                sentinel: self.peers.sentinel_up(),
+                sentinel: self.peers.sentinel_ready(),
                 draining: self.desired.draining,
                 policy_hash: self.policy.hash(),
             };

@@ -49,6 +49,8 @@ pub(super) struct Peers {
     pub sentinel: SentinelState,
     claiming: BTreeSet<InstanceId>,
     removing: BTreeSet<ContainerId>,
+    /// Sentinel starts that failed or sentinels that stopped since the last one ran.
+    failures: u32,
 }
 
 impl Peers {
@@ -61,6 +63,13 @@ impl Peers {
 
     pub(super) fn sentinel_up(&self) -> bool {
         matches!(self.sentinel, SentinelState::Up { .. })
+    }
+
+    /// Whether the replica may report ready: its sentinel runs, or is being started for the first time (peers
+    /// take nothing over before a whole lease, so the first start need not hold clients back). A sentinel that
+    /// failed or stopped keeps the replica unready until a new one runs.
+    pub(super) fn sentinel_ready(&self) -> bool {
+        self.sentinel_up() || (matches!(self.sentinel, SentinelState::Starting) && self.failures == 0)
     }
 
     /// When the sentinel should next be retried, if it is lost.
@@ -278,14 +287,17 @@ impl<R: Runtime> Controller<R> {
             PeerEvent::SentinelUp { id, stop } => {
                 info!(sentinel = %id.short(), epoch = self.desired.epoch, "sentinel running");
                 self.peers.sentinel = SentinelState::Up { id, stop: Some(stop) };
+                self.peers.failures = 0;
             }
             PeerEvent::SentinelFailed(e) => {
                 warn!(error = %e, "sentinel could not start; this replica reports not ready until it runs");
+                self.peers.failures += 1;
                 self.peers.sentinel = SentinelState::Lost { retry: Instant::now() + SENTINEL_RETRY };
             }
             PeerEvent::SentinelEnded(id) => {
                 if self.shutdown.is_none() {
                     warn!(sentinel = %id.short(), "sentinel stopped; replacing it at a new epoch");
+                    self.peers.failures += 1;
                     self.peers.sentinel = SentinelState::Lost { retry: Instant::now() + SENTINEL_RETRY };
                     self.remove_marker(id);
                 }
