@@ -106,9 +106,12 @@ async fn wait_metric(berth: &Berth, series: &str, value: f64, deadline: Instant,
     }
 }
 
-/// Resumes through the balancer and checks the shell still has `MARK=42`.
+/// Resumes through the balancer and checks the replay and the shell: the output from before (`set:42`, replayed
+/// from the replica's ring or, after an adoption, from the container's own log) comes first, and the shell still
+/// has `MARK=42`.
 async fn check_mark(lb: SocketAddr, session: &str, secret: &str, limit: Duration) -> Client {
     let (mut c, _) = resume_until_ready(lb, session, secret, limit).await;
+    c.until_output_from(0, "set:42", T).await;
     let from = c.output.len();
     c.input("echo \"mark:$MARK\"\r").await;
     c.until_output_from(from, "mark:42", T).await;

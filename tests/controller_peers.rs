@@ -1,0 +1,160 @@
+//! Several controllers on one (fake) engine: a dead replica is taken over by exactly one survivor, after the
+//! lease and not before; a live one is never touched; and a replica that finds a claim on itself lets go of the
+//! claimed sessions (fencing) and stamps a higher epoch on what it creates next. `replicas.rs` does the same
+//! with the real binary, real Docker and HAProxy.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth::controller::{self, ControllerConfig, Handle, SessionRequest, Ticket};
+use berth::metrics::Metrics;
+use berth::reconciler::peers::PeerContainer;
+use berth::reconciler::{ContainerState, LabelNamespace, PeerLabels, PeerRole, Phase, Policy, SessionKind};
+use berth::runtime::Runtime;
+use berth::runtime::fake::FakeRuntime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const LEASE: Duration = Duration::from_millis(600);
+
+fn policy() -> Policy {
+    let mut p = Policy::default();
+    p.reconcile.resync_interval = Duration::from_millis(100);
+    p.peers.lease_timeout = LEASE;
+    p
+}
+
+struct Replica {
+    handle: Handle,
+    metrics: Arc<Metrics>,
+    task: JoinHandle<()>,
+}
+
+async fn start(fake: &FakeRuntime, instance: &str) -> Replica {
+    let (tx, rx) = watch::channel(Arc::new(policy()));
+    std::mem::forget(tx);
+    let metrics = Arc::new(Metrics::new());
+    let cfg = ControllerConfig { instance: instance.parse().expect("valid"), epoch: 1 };
+    let (handle, _terms, task) = controller::spawn(fake.clone(), cfg, rx, metrics.clone());
+    let mut r = handle.readiness();
+    tokio::time::timeout(Duration::from_secs(5), r.wait_for(|r| r.is_ready())).await.expect("ready").expect("alive");
+    Replica { handle, metrics, task }
+}
+
+async fn open(h: &Handle) -> Ticket {
+    let req = SessionRequest {
+        profile: None,
+        kind: SessionKind::Anonymous,
+        env: vec![],
+        resume_hash: Some("ab".repeat(32)),
+        client_ip: None,
+        id: None,
+    };
+    let mut t = h.open_and_wait(req).await.expect("admitted");
+    tokio::time::timeout(Duration::from_secs(5), t.status.wait_for(|s| s.phase == Phase::Running))
+        .await
+        .expect("running")
+        .expect("alive");
+    t
+}
+
+async fn peers(fake: &FakeRuntime) -> Vec<PeerContainer> {
+    fake.list_peers(&LabelNamespace::default()).await.expect("list")
+}
+
+fn takeovers(r: &Replica, result: &str) -> u64 {
+    r.metrics.takeovers.with_label_values(&[result]).get()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(limit: Duration, what: &str, mut f: impl FnMut() -> F) {
+    let until = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < until, "timed out after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dead_replica_is_taken_over_by_exactly_one_survivor_after_the_lease() {
+    let fake = FakeRuntime::default();
+    let a = start(&fake, "a").await;
+    let b = start(&fake, "b").await;
+    let c = start(&fake, "c").await;
+    for _ in 0..3 {
+        open(&a.handle).await;
+    }
+    let bs = open(&b.handle).await;
+
+    // a crashes: its controller is gone without a word, and its sentinel stops as Docker stops it when the
+    // process's attach stream closes.
+    a.task.abort();
+    let sentinel = peers(&fake)
+        .await
+        .into_iter()
+        .find(|p| p.labels.role == PeerRole::Sentinel && p.labels.owner.as_str() == "a")
+        .expect("a's sentinel");
+    let died = Instant::now();
+    fake.kill(&sentinel.id, 0);
+
+    // Not before the lease: nobody has claimed a yet.
+    tokio::time::sleep(LEASE / 2).await;
+    assert_eq!(takeovers(&b, "won") + takeovers(&c, "won"), 0, "claimed before the lease ran out");
+
+    eventually(Duration::from_secs(5), "one survivor holds a's three sessions", || async {
+        let (nb, nc) = (b.handle.list().await.len(), c.handle.list().await.len());
+        (nb, nc) == (4, 0) || (nb, nc) == (1, 3)
+    })
+    .await;
+    let took = died.elapsed();
+    assert!(took >= LEASE, "taken over after {took:?}, before the lease of {LEASE:?}");
+    assert_eq!(takeovers(&b, "won") + takeovers(&c, "won"), 1, "exactly one claim succeeded");
+    let (winner, loser) = if takeovers(&b, "won") == 1 { (&b, &c) } else { (&c, &b) };
+    for s in winner.handle.list().await {
+        assert_eq!(s.status.phase, Phase::Running, "{s:?}");
+    }
+    assert!(loser.handle.list().await.len() <= 1, "the other survivor adopted nothing");
+    assert_eq!(fake.count(Some(ContainerState::Running)), 4, "nothing was removed or recreated");
+    assert_eq!(bs.status.borrow().phase, Phase::Running);
+
+    // The winner removed a's stopped sentinel; its claim stays while a's containers do.
+    eventually(Duration::from_secs(5), "a's sentinel removed", || async {
+        !peers(&fake).await.iter().any(|p| p.id == sentinel.id)
+    })
+    .await;
+    let claims: Vec<PeerContainer> =
+        peers(&fake).await.into_iter().filter(|p| p.labels.role == PeerRole::Claim).collect();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0].labels.claimed.as_ref().map(|(d, _)| d.as_str()), Some("a"));
+}
+
+#[tokio::test]
+async fn a_replica_that_finds_a_claim_on_itself_lets_go_and_moves_its_epoch_above_it() {
+    let fake = FakeRuntime::default();
+    let a = start(&fake, "a").await;
+    let first = open(&a.handle).await;
+    let container = first.status.borrow().container.clone().expect("container");
+    let ns = LabelNamespace::default();
+    let epoch = fake.list(&ns).await.expect("list")[0].labels.epoch;
+
+    // Another replica (say, one that wrongly thought a dead) holds a claim on a up to that epoch.
+    let claim = PeerLabels {
+        role: PeerRole::Claim,
+        owner: "b".parse().expect("valid"),
+        epoch: 1,
+        claimed: Some(("a".parse().expect("valid"), epoch)),
+    };
+    fake.insert(claim.to_labels(&ns).into_iter().collect(), ContainerState::Created);
+    eventually(Duration::from_secs(5), "a lets go of the claimed session", || async {
+        a.handle.list().await.is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(fake.ids().contains(&container), "a did not remove the container it no longer holds");
+    assert_eq!(a.metrics.epoch.get(), i64::try_from(epoch + 1).expect("small"));
+
+    // What a creates now is outside the claim.
+    let second = open(&a.handle).await;
+    let id = second.status.borrow().container.clone().expect("container");
+    let labels = fake.list(&ns).await.expect("list").into_iter().find(|c| c.id == id).expect("listed").labels;
+    assert!(labels.epoch > epoch, "new epoch {} not above the claimed {epoch}", labels.epoch);
+}
