@@ -1,7 +1,8 @@
 //! The web page in a real browser against a real berth: the `berth` binary on its default policy (in a
 //! namespace of its own) and real Docker, driven by `web/test/browser.mjs` (headless Chromium through
-//! playwright-core). The script opens the page, runs commands, resizes, reloads into the same shell and takes a
-//! screenshot (`ci-artifacts/browser-terminal.png`).
+//! playwright-core). The script opens the page, runs commands, resizes, reloads into the same shell, has berth
+//! restarted under the open page (SIGTERM, then the same instance on the same port: the page comes back to the
+//! same shell by itself) and takes a screenshot (`ci-artifacts/browser-terminal.png`).
 //!
 //! The browser and node are not optional: when they are missing the test fails and says how to install them.
 
@@ -12,7 +13,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::World;
-use common::process::{Berth, TempDir, write_policy};
+use common::lb::free_port;
+use common::process::{Berth, TempDir, sample, write_policy};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// The whole browser script's bound; its own steps time out well before.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
@@ -60,7 +63,8 @@ async fn the_page_runs_a_shell_in_chromium_against_the_real_binary() {
     let w = World::with_prefix("b");
     let dir = TempDir::new("browser");
     let policy = write_policy(dir.path(), &w, &[]);
-    let mut berth = Berth::spawn(&policy, w.instance.as_str(), dir.path());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut berth = Berth::spawn_with(&policy, w.instance.as_str(), dir.path(), &listen, None);
     berth.wait_ready(Duration::from_secs(30)).await;
 
     let artifacts = root.join("ci-artifacts");
@@ -70,29 +74,55 @@ async fn the_page_runs_a_shell_in_chromium_against_the_real_binary() {
     let url = format!("http://{}/", berth.addr);
     let script = root.join("web/test/browser.mjs");
     let ran = Instant::now();
-    let node = tokio::process::Command::new("node")
+    let mut node = tokio::process::Command::new("node")
         .arg(&script)
         .arg(&url)
         .arg(&screenshot)
+        .env("BERTH_TEST_RESTART", "1")
         .current_dir(root.join("web"))
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(SCRIPT_LIMIT, node).await {
-        Ok(out) => out.expect("running node"),
+        .spawn()
+        .expect("running node");
+    let mut stdin = node.stdin.take().expect("piped stdin");
+    let mut lines = BufReader::new(node.stdout.take().expect("piped stdout")).lines();
+    let mut stderr = node.stderr.take().expect("piped stderr");
+    // The script's lines, and the restart it asks for: berth drains and exits, and the same instance starts
+    // again on the same port and state directory (it adopts the page's container).
+    let mut stdout = String::new();
+    let drive = async {
+        while let Some(line) = lines.next_line().await.expect("reading node's output") {
+            stdout.push_str(&line);
+            stdout.push('\n');
+            if line == "RESTART berth" {
+                let status = berth.terminate(Duration::from_secs(30));
+                assert!(status.success(), "berth exits 0 after SIGTERM: {status}; its log:\n{}", berth.log_tail(40));
+                berth = Berth::spawn_with(&policy, w.instance.as_str(), dir.path(), &listen, None);
+                berth.wait_ready(Duration::from_secs(30)).await;
+                eprintln!("berth restarted under the page");
+                stdin.write_all(b"restarted\n").await.expect("answering node");
+            }
+        }
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err).await;
+        (node.wait().await.expect("node exits"), err)
+    };
+    let (status, err) = match tokio::time::timeout(SCRIPT_LIMIT, drive).await {
+        Ok(done) => done,
         Err(_) => panic!("{} did not finish within {SCRIPT_LIMIT:?} (node was killed)", script.display()),
     };
-    eprintln!(
-        "--- node {} {url} ({:?}, {})\n{}{}---",
-        script.display(),
-        ran.elapsed(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    eprintln!("--- node {} {url} ({:?}, {status})\n{stdout}{err}---", script.display(), ran.elapsed());
+    assert!(status.success(), "the browser test failed ({status}); its output is above");
+    // The restarted process served the page's comeback: a resume, not a new session.
+    let text = berth.metrics().await;
+    assert_eq!(
+        sample(&text, r#"berth_resumes_total{result="ok"}"#),
+        Some(1.0),
+        "the page resumed once after the restart"
     );
-    assert!(out.status.success(), "the browser test failed ({}); its output is above", out.status);
+    assert_eq!(sample(&text, r#"berth_sessions{phase="running"}"#), Some(1.0), "the adopted session, and no other");
     let png = std::fs::metadata(&screenshot).map(|m| m.len()).unwrap_or(0);
     assert!(png > 0, "no screenshot at {}", screenshot.display());
     eprintln!("screenshot: {} ({png} bytes)", screenshot.display());

@@ -1,9 +1,13 @@
 // Browser test of berth's terminal page against a running berth: a real Chromium (Debian's /usr/bin/chromium,
 // driven by playwright-core, which never downloads a browser) opens the page, runs commands in the shell,
 // resizes the window, reloads the page into the same shell, and takes a screenshot.
+// With BERTH_TEST_RESTART=1 it also has berth restarted under the open page: it prints the line
+// `RESTART berth`, waits for the harness to answer `restarted` on stdin, and checks that the page came back to
+// the same shell by itself.
 //
 // Usage: node web/test/browser.mjs <base-url> <screenshot-path>
 // Exit status 0 only if every step passed. Prints one line per step with its duration.
+import readline from 'node:readline';
 import { chromium } from 'playwright-core';
 
 const CHROMIUM = process.env.BERTH_CHROMIUM || '/usr/bin/chromium';
@@ -198,7 +202,30 @@ try {
     if (!output.includes('kept2')) throw new StepFailure(`expected a line 'kept2', got ${JSON.stringify(output)}`);
   });
 
-  await step(`e. screenshot to ${screenshotPath}`, 15_000, async () => {
+  if (process.env.BERTH_TEST_RESTART === '1') {
+    await step('e. berth restarts under the page, which comes back to the same shell by itself', 120_000, async () => {
+      const sessionBefore = await page.evaluate(() => window.berth.sessionId);
+      const answers = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+      console.log('RESTART berth');
+      const answer = await answers.next();
+      if (answer.done || answer.value.trim() !== 'restarted') {
+        throw new StepFailure(`the harness answered ${JSON.stringify(answer.value)}, not 'restarted'`);
+      }
+      // The old process is gone, so the page's socket closed; it reconnects with backoff and resumes.
+      await waitForState(page, 'ready', 60_000);
+      const sessionAfter = await page.evaluate(() => window.berth.sessionId);
+      if (sessionAfter !== sessionBefore) {
+        throw new StepFailure(`after the restart the page holds session ${sessionAfter}, not ${sessionBefore}`);
+      }
+      const echoed = await typeCommand(page, 'echo again-$BERTH_MARK');
+      const { output } = await outputAfter(page, echoed, "the output 'again-kept2'", 10_000);
+      if (!output.includes('again-kept2')) {
+        throw new StepFailure(`expected a line 'again-kept2', got ${JSON.stringify(output)}`);
+      }
+    });
+  }
+
+  await step(`f. screenshot to ${screenshotPath}`, 15_000, async () => {
     await page.screenshot({ path: screenshotPath, timeout: 10_000 });
   });
 } catch (err) {
