@@ -31,7 +31,11 @@ struct Replica {
 }
 
 async fn start(fake: &FakeRuntime, instance: &str) -> Replica {
-    let (tx, rx) = watch::channel(Arc::new(policy()));
+    start_with(fake, instance, policy()).await
+}
+
+async fn start_with(fake: &FakeRuntime, instance: &str, policy: Policy) -> Replica {
+    let (tx, rx) = watch::channel(Arc::new(policy));
     std::mem::forget(tx);
     let metrics = Arc::new(Metrics::new());
     let cfg = ControllerConfig { instance: instance.parse().expect("valid"), epoch: 1 };
@@ -87,14 +91,8 @@ async fn a_dead_replica_is_taken_over_by_exactly_one_survivor_after_the_lease() 
 
     // a crashes: its controller is gone without a word, and its sentinel stops as Docker stops it when the
     // process's attach stream closes.
-    a.task.abort();
-    let sentinel = peers(&fake)
-        .await
-        .into_iter()
-        .find(|p| p.labels.role == PeerRole::Sentinel && p.labels.owner.as_str() == "a")
-        .expect("a's sentinel");
+    let sentinel = crash(&fake, a, "a").await;
     let died = Instant::now();
-    fake.kill(&sentinel.id, 0);
 
     // Not before the lease: nobody has claimed a yet.
     tokio::time::sleep(LEASE / 2).await;
@@ -125,6 +123,40 @@ async fn a_dead_replica_is_taken_over_by_exactly_one_survivor_after_the_lease() 
         peers(&fake).await.into_iter().filter(|p| p.labels.role == PeerRole::Claim).collect();
     assert_eq!(claims.len(), 1, "{claims:?}");
     assert_eq!(claims[0].labels.claimed.as_ref().map(|(d, _)| d.as_str()), Some("a"));
+}
+
+/// Crashes `r` (its controller vanishes, and its sentinel stops as Docker stops it); returns the sentinel.
+async fn crash(fake: &FakeRuntime, r: Replica, instance: &str) -> PeerContainer {
+    r.task.abort();
+    let sentinel = peers(fake)
+        .await
+        .into_iter()
+        .find(|p| p.labels.role == PeerRole::Sentinel && p.labels.owner.as_str() == instance)
+        .expect("its sentinel");
+    fake.kill(&sentinel.id, 0);
+    sentinel
+}
+
+#[tokio::test]
+async fn with_on_dead_remove_the_survivor_removes_a_dead_replicas_containers_and_then_its_claim() {
+    let fake = FakeRuntime::default();
+    let mut p = policy();
+    p.peers.on_dead = berth::reconciler::policy::OnDeadPeer::Remove;
+    let a = start_with(&fake, "a", p.clone()).await;
+    let b = start_with(&fake, "b", p).await;
+    for _ in 0..3 {
+        open(&a.handle).await;
+    }
+    crash(&fake, a, "a").await;
+    eventually(Duration::from_secs(5), "a's containers removed", || async { fake.count(None) == 0 }).await;
+    assert_eq!(b.metrics.removed.with_label_values(&["dead_peer"]).get(), 3);
+    assert!(b.handle.list().await.is_empty(), "nothing adopted");
+    // Nothing of a is left to cover: b removes its claim, and a's sentinel is gone too; only b's own remains.
+    eventually(Duration::from_secs(5), "only b's sentinel left", || async {
+        let left = peers(&fake).await;
+        left.len() == 1 && left[0].labels.owner.as_str() == "b" && left[0].labels.role == PeerRole::Sentinel
+    })
+    .await;
 }
 
 #[tokio::test]
