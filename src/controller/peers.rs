@@ -34,6 +34,7 @@ pub(super) enum PeerEvent {
     SentinelFailed(RuntimeError),
     SentinelEnded(ContainerId),
     Claimed { dead: InstanceId, through: u64, result: Result<PeerContainer, RuntimeError> },
+    PeerBack { dead: InstanceId },
     Removed { id: ContainerId, result: Result<(), RuntimeError> },
 }
 
@@ -224,9 +225,26 @@ impl<R: Runtime> Controller<R> {
         };
         let (runtime, tx, metrics, timeout) =
             (self.runtime.clone(), self.peer_tx.clone(), self.metrics.clone(), self.policy.reconcile.docker_timeout);
+        let ns = self.policy.docker.namespace.clone();
         info!(peer = %dead, through, "claiming a dead peer");
         tokio::spawn(
             async move {
+                // Look once more right before the claim: a peer whose new sentinel started after the list that
+                // found it dead is back, and is left alone. (What remains is the gap between this look and the
+                // create; fencing covers it.)
+                let back = match timed(&metrics, "list_peers", timeout, runtime.list_peers(&ns)).await {
+                    Ok(peers) => peers.iter().any(|p| {
+                        p.labels.role == berth_reconciler::PeerRole::Sentinel && p.labels.owner == dead && p.running
+                    }),
+                    Err(e) => {
+                        let _ = tx.send(PeerEvent::Claimed { dead, through, result: Err(e) }).await;
+                        return;
+                    }
+                };
+                if back {
+                    let _ = tx.send(PeerEvent::PeerBack { dead }).await;
+                    return;
+                }
                 let result = timed(&metrics, "create_marker", timeout, runtime.create_marker(&spec))
                     .await
                     .map(|id| PeerContainer { id, labels, running: false });
@@ -323,6 +341,11 @@ impl<R: Runtime> Controller<R> {
                         self.metrics.takeovers.with_label_values(&["error"]).inc();
                     }
                 }
+            }
+            PeerEvent::PeerBack { dead } => {
+                info!(peer = %dead, "the peer came back before it was claimed");
+                self.peers.claiming.remove(&dead);
+                self.peers.down_since.remove(&dead);
             }
             PeerEvent::Removed { id, result } => {
                 self.peers.removing.remove(&id);
