@@ -23,7 +23,7 @@ use serde_json::Value;
 const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
 
 /// The alerts berth-rules.yml must define, each with a runbook section in docs/operations.md.
-const ALERTS: [&str; 7] = [
+const ALERTS: [&str; 9] = [
     "BerthDockerDown",
     "BerthContainerLeak",
     "BerthReconcileErrors",
@@ -31,6 +31,8 @@ const ALERTS: [&str; 7] = [
     "BerthPolicyReloadFailing",
     "BerthStuckSessions",
     "BerthPolicyDrift",
+    "BerthSentinelDown",
+    "BerthPeerTakenOver",
 ];
 
 fn repo(rel: &str) -> PathBuf {
