@@ -49,11 +49,12 @@ pub struct MarkerSpec {
     pub stdin: bool,
 }
 
-/// The sentinel of `owner` at `epoch`.
-pub fn sentinel_spec(policy: &Policy, owner: &InstanceId, epoch: u64) -> MarkerSpec {
+/// The sentinel of `owner` at `epoch`. `nonce` (a few random hex digits) keeps its name apart from an earlier
+/// sentinel whose removal Docker has not finished: nothing locks on a sentinel's name, only on its labels.
+pub fn sentinel_spec(policy: &Policy, owner: &InstanceId, epoch: u64, nonce: &str) -> MarkerSpec {
     let labels = PeerLabels { role: PeerRole::Sentinel, owner: owner.clone(), epoch, claimed: None };
     MarkerSpec {
-        name: format!("{}-sentinel-{owner}-{epoch}", policy.docker.name_prefix),
+        name: format!("{}-sentinel-{owner}-{epoch}-{nonce}", policy.docker.name_prefix),
         image: policy.peer_image().to_owned(),
         command: vec!["cat".into()],
         labels: labels.to_labels(&policy.docker.namespace),

@@ -272,7 +272,8 @@ impl<R: Runtime> Controller<R> {
     /// Creates this replica's sentinel at its current epoch and holds its stdin until told to stop.
     pub(super) fn start_sentinel(&mut self) {
         self.peers.sentinel = SentinelState::Starting;
-        let spec = sentinel_spec(&self.policy, &self.desired.owner, self.desired.epoch);
+        let nonce = SessionId::generate().map(|id| id.to_string()[..8].to_owned()).unwrap_or_default();
+        let spec = sentinel_spec(&self.policy, &self.desired.owner, self.desired.epoch, &nonce);
         let (runtime, tx, metrics, timeout) =
             (self.runtime.clone(), self.peer_tx.clone(), self.metrics.clone(), self.policy.reconcile.docker_timeout);
         tokio::spawn(
