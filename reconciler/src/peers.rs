@@ -394,10 +394,10 @@ mod tests {
         assert_eq!(s.name, "berth-claim-a-3");
         assert!(!s.labels.contains_key(&p.docker.namespace.marker()));
         assert!(s.labels.contains_key(&p.docker.namespace.peer_key()));
-        let t = sentinel_spec(&p, &inst("b"), 2);
+        let t = sentinel_spec(&p, &inst("b"), 2, "0a1b");
         assert_eq!(
             (t.name.as_str(), t.stdin, t.command.as_slice()),
-            ("berth-sentinel-b-2", true, ["cat".to_owned()].as_slice())
+            ("berth-sentinel-b-2-0a1b", true, ["cat".to_owned()].as_slice())
         );
     }
 }
