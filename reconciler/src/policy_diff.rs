@@ -56,8 +56,21 @@ pub struct Change {
     pub reach: Reach,
 }
 
+/// A serialized `Duration` (`{"secs": .., "nanos": ..}`), written as the policy file writes it (`30s`, `1h30m`).
+fn as_duration(m: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    if m.len() != 2 {
+        return None;
+    }
+    let secs = m.get("secs")?.as_u64()?;
+    let nanos = u32::try_from(m.get("nanos")?.as_u64()?).ok()?;
+    Some(crate::policy_file::human_duration(std::time::Duration::new(secs, nanos)))
+}
+
 fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
     match v {
+        serde_json::Value::Object(m) if let Some(d) = as_duration(m) => {
+            out.insert(prefix.to_owned(), d);
+        }
         serde_json::Value::Object(m) if !m.is_empty() => {
             for (k, v) in m {
                 let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
@@ -119,7 +132,13 @@ mod tests {
         let changes = diff(&old, &new);
         let reach = |k: &str| changes.iter().find(|c| c.key == k).map(|c| c.reach);
         assert_eq!(reach("limits.max_sessions"), Some(Reach::AllSessions));
-        assert_eq!(reach("sessions.idle_timeout.secs"), Some(Reach::AllSessions));
+        assert_eq!(reach("sessions.idle_timeout"), Some(Reach::AllSessions));
+        let idle = changes.iter().find(|c| c.key == "sessions.idle_timeout").expect("listed");
+        assert_eq!(
+            (idle.old.as_deref(), idle.new.as_deref()),
+            (Some("30m"), Some("1m")),
+            "durations read as in the file"
+        );
         assert_eq!(reach("server.listen"), Some(Reach::Restart));
         assert_eq!(reach("profiles.default.image"), Some(Reach::NewSessions));
         assert_eq!(changes.len(), 4, "{changes:#?}");

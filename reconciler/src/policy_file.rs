@@ -16,6 +16,7 @@ use std::path::Path;
 
 use serde_saphyr::{Error as YamlError, Location, MessageFormatter, UserMessageFormatter};
 
+pub(crate) use self::ctx::human_duration;
 pub use self::keys::keys;
 use crate::policy::Policy;
 
