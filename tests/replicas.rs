@@ -192,6 +192,16 @@ async fn kill_9_of_one_replica_its_sessions_are_adopted_by_the_survivor_within_t
         }
     }
 
+    // The adopted sessions keep their secrets: the stored hash refuses a wrong one.
+    let mut wrong =
+        common::client::connect_with(lb.addr, &format!("?session={}", a_ids[0].0), &[]).await.expect("connect");
+    wrong
+        .send_json(serde_json::json!({"type": "hello", "cols": 80, "rows": 24,
+            "resume": {"session": a_ids[0].0, "secret": "not-the-secret"}}))
+        .await;
+    let (code, err) = wrong.until_closed(T).await;
+    assert_eq!((code, err.as_deref()), (Some(4004), Some("unknown_session")), "a wrong secret at the adopter");
+
     // a's clients come back through the balancer (which now sends them to b) to their own shells.
     let mut resumed = Vec::new();
     for (session, secret) in &a_ids {
@@ -304,14 +314,22 @@ async fn a_replica_restarted_with_its_identity_adopts_its_containers_and_its_pee
     let status = a.berth.as_mut().expect("a").kill9();
     assert_eq!(status.signal(), Some(9));
     drop(clients);
-    // While a is away, b sees it down, refuses to serve its sessions, and tells the client to retry.
-    let mut probe = connect(b.addr()).await;
-    probe
-        .send_json(serde_json::json!({"type": "hello", "cols": 80, "rows": 24,
-            "resume": {"session": ids[0].0, "secret": ids[0].1}}))
-        .await;
-    let (code, err) = probe.until_closed(T).await;
+    // While a is away, b sees it down, refuses to serve its sessions, and tells the client to retry; a wrong
+    // secret learns nothing (the same refusal as an unknown id).
+    let probe = |secret: String| {
+        let (addr, session) = (b.addr(), ids[0].0.clone());
+        async move {
+            let mut c = connect(addr).await;
+            c.send_json(serde_json::json!({"type": "hello", "cols": 80, "rows": 24,
+                "resume": {"session": session, "secret": secret}}))
+                .await;
+            c.until_closed(T).await
+        }
+    };
+    let (code, err) = probe(ids[0].1.clone()).await;
     assert_eq!((code, err.as_deref()), (Some(4013), Some("session_elsewhere")));
+    let (code, err) = probe("not-the-secret".into()).await;
+    assert_eq!((code, err.as_deref()), (Some(4004), Some("unknown_session")));
 
     a.respawn();
     a.berth().wait_ready(T).await;
