@@ -344,6 +344,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes --bench; `cargo test` does not (and `-- --test` asks for test mode explicitly).
     let full = args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test");
+    // Arguments are read (and refused, by exiting) before any container exists: an exit skips the fleet's cleanup.
+    let mut c = Criterion::default().configure_from_args();
     let n = if full { FULL } else { QUICK };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let docker = rt.block_on(async {
@@ -400,7 +402,6 @@ fn main() {
     assert_eq!(ctl.writes() + ctl.other_reads(), 0, "the controller's idle pass makes no other call");
     println!("controller idle resync: 1 list call, 1 peer list call, 0 writes ({n} containers of a peer)");
 
-    let mut c = Criterion::default().configure_from_args();
     let mut group = c.benchmark_group("observe");
     group
         .sample_size(10)

@@ -190,3 +190,52 @@ async fn a_replica_that_finds_a_claim_on_itself_lets_go_and_moves_its_epoch_abov
     let labels = fake.list(&ns).await.expect("list").into_iter().find(|c| c.id == id).expect("listed").labels;
     assert!(labels.epoch > epoch, "new epoch {} not above the claimed {epoch}", labels.epoch);
 }
+
+#[tokio::test]
+async fn a_lost_sentinel_is_replaced_at_a_new_epoch_and_only_one_that_stays_away_makes_the_replica_unready() {
+    // A lease of 4 s: the replica stays ready for 2 s (half of it) while replacing a lost sentinel (1 s apart).
+    const LONG_LEASE: Duration = Duration::from_secs(4);
+    let fake = FakeRuntime::default();
+    let mut p = policy();
+    p.peers.lease_timeout = LONG_LEASE;
+    let a = start_with(&fake, "a", p).await;
+    let ready = || a.handle.readiness().borrow().is_ready();
+    let sentinel = |fake: FakeRuntime| async move {
+        peers(&fake).await.into_iter().find(|p| p.labels.role == PeerRole::Sentinel && p.running)
+    };
+    let first = sentinel(fake.clone()).await.expect("a running sentinel");
+    let epoch = a.metrics.epoch.get();
+
+    // Killed (say, by a careless cleanup): replaced at a higher epoch, and the replica stays ready meanwhile.
+    fake.kill(&first.id, 137);
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(ready(), "a quick replacement does not turn clients away");
+        if let Some(s) = sentinel(fake.clone()).await.filter(|s| s.id != first.id) {
+            assert!(s.labels.epoch > first.labels.epoch, "{s:?}");
+            break;
+        }
+        assert!(Instant::now() < until, "no new sentinel");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.metrics.epoch.get() > epoch);
+
+    // One that cannot come back at once (its next three starts fail): unready after half the lease, and ready
+    // again as soon as one runs.
+    for _ in 0..3 {
+        fake.fail_next("run_sentinel", berth::runtime::RuntimeError::NotFound("No such image".into()));
+    }
+    let second = sentinel(fake.clone()).await.expect("running");
+    fake.kill(&second.id, 137);
+    let lost = Instant::now();
+    let mut r = a.handle.readiness();
+    tokio::time::timeout(Duration::from_secs(5), r.wait_for(|r| !r.is_ready())).await.expect("unready").expect("alive");
+    assert!(lost.elapsed() >= LONG_LEASE / 2, "unready after {:?}, before half the lease", lost.elapsed());
+    assert!(!a.handle.readiness().borrow().sentinel, "for want of a sentinel");
+    tokio::time::timeout(Duration::from_secs(10), r.wait_for(|r| r.is_ready()))
+        .await
+        .expect("ready again")
+        .expect("alive");
+    assert!(sentinel(fake.clone()).await.is_some(), "a sentinel runs again");
+    assert_eq!(fake.calls("run_sentinel"), 2 + 3 + 1, "first, replacement, three failures, success");
+}

@@ -20,13 +20,14 @@ const RESYNC: Duration = Duration::from_secs(2);
 /// Allowance for a loaded two-core machine: process start, list, claim, attach.
 const MARGIN: Duration = Duration::from_secs(4);
 
-/// One replica: its identity, port, state directory and process.
+/// One replica: its identity, port, state directory and process. The process is declared first so that it is
+/// dropped (and its log printed, when the test fails) before its directory is deleted.
 struct Replica {
+    berth: Option<Berth>,
     instance: String,
     listen: String,
     dir: TempDir,
     policy: PathBuf,
-    berth: Option<Berth>,
 }
 
 impl Replica {
@@ -36,7 +37,7 @@ impl Replica {
         let instance = format!("{}-{name}", w.instance);
         let listen = format!("127.0.0.1:{}", free_port());
         let berth = Berth::spawn_with(&policy, &instance, dir.path(), &listen, None);
-        Self { instance, listen, dir, policy, berth: Some(berth) }
+        Self { berth: Some(berth), instance, listen, dir, policy }
     }
 
     fn berth(&self) -> &Berth {

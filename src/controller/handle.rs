@@ -147,8 +147,8 @@ pub struct Readiness {
     pub docker_up: bool,
     /// The first complete list has been applied.
     pub listed: bool,
-    /// This replica's sentinel runs (or is being started for the first time), so peers see it alive and leave its
-    /// containers alone.
+    /// This replica's sentinel runs (or is being started for the first time, or replaced after a loss less than
+    /// half a lease ago), so peers see it alive and leave its containers alone.
     pub sentinel: bool,
     /// Shutting down.
     pub draining: bool,
@@ -160,6 +160,21 @@ impl Readiness {
     /// Ready to take sessions.
     pub fn is_ready(&self) -> bool {
         self.docker_up && self.listed && self.sentinel && !self.draining
+    }
+
+    /// Why not ready, in a few words (for a 503's body), or `None` when ready.
+    pub fn why_not(&self) -> Option<&'static str> {
+        if self.draining {
+            Some("draining")
+        } else if !self.docker_up {
+            Some("not ready: docker unreachable")
+        } else if !self.listed {
+            Some("not ready: first container list pending")
+        } else if !self.sentinel {
+            Some("not ready: no sentinel running")
+        } else {
+            None
+        }
     }
 }
 

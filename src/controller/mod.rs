@@ -300,6 +300,10 @@ impl<R: Runtime> Controller<R> {
         if let Some(retry) = self.peers.retry_at() {
             wake = wake.min(retry);
         }
+        // Only while it lies ahead: once passed, readiness has turned and nothing more is due (no hot loop).
+        if let Some(until) = self.peers.ready_until(peers::sentinel_grace(&self.policy)).filter(|t| *t > now_i) {
+            wake = wake.min(until);
+        }
         wake.max(now_i + Duration::from_millis(5))
     }
 
@@ -318,7 +322,7 @@ impl<R: Runtime> Controller<R> {
             let next = Readiness {
                 docker_up: up,
                 listed: self.observed.is_listed(),
-                sentinel: self.peers.sentinel_ready(),
+                sentinel: self.peers.sentinel_ready(peers::sentinel_grace(&self.policy)),
                 draining: self.desired.draining,
                 policy_hash: self.policy.hash(),
             };
@@ -412,6 +416,7 @@ impl<R: Runtime> Controller<R> {
             self.dispatch(action);
         }
         self.publish_statuses();
+        self.publish_readiness();
         self.admit_waiters();
         self.update_gauges();
         self.metrics.reconcile_passes.inc();

@@ -13,6 +13,11 @@ use super::*;
 /// How soon a lost sentinel is replaced.
 const SENTINEL_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a replica stays ready while its lost sentinel is being replaced: half the lease, at most 10 s.
+pub(super) fn sentinel_grace(policy: &Policy) -> Duration {
+    (policy.peers.lease_timeout / 2).min(Duration::from_secs(10))
+}
+
 /// This replica's sentinel.
 #[derive(Debug, Default)]
 pub(super) enum SentinelState {
@@ -50,8 +55,9 @@ pub(super) struct Peers {
     pub sentinel: SentinelState,
     claiming: BTreeSet<InstanceId>,
     removing: BTreeSet<ContainerId>,
-    /// Sentinel starts that failed or sentinels that stopped since the last one ran.
-    failures: u32,
+    /// Since when no sentinel has run, after one failed to start or stopped (`None`: running, or the very first
+    /// start).
+    lost_at: Option<Instant>,
 }
 
 impl Peers {
@@ -66,11 +72,16 @@ impl Peers {
         matches!(self.sentinel, SentinelState::Up { .. })
     }
 
-    /// Whether the replica may report ready: its sentinel runs, or is being started for the first time (peers
-    /// take nothing over before a whole lease, so the first start need not hold clients back). A sentinel that
-    /// failed or stopped keeps the replica unready until a new one runs.
-    pub(super) fn sentinel_ready(&self) -> bool {
-        self.sentinel_up() || (matches!(self.sentinel, SentinelState::Starting) && self.failures == 0)
+    /// Whether the replica may report ready: its sentinel runs, is being started for the first time, or was lost
+    /// less than `grace` ago and is being replaced. Peers take nothing over before a whole lease, so a short gap
+    /// need not turn clients away; a sentinel that stays away (a missing image, a broken engine) does.
+    pub(super) fn sentinel_ready(&self, grace: Duration) -> bool {
+        self.sentinel_up() || self.lost_at.is_none_or(|t| t.elapsed() < grace)
+    }
+
+    /// When readiness would turn false if no sentinel runs by then.
+    pub(super) fn ready_until(&self, grace: Duration) -> Option<Instant> {
+        self.lost_at.filter(|_| !self.sentinel_up()).map(|t| t + grace)
     }
 
     /// When the sentinel should next be retried, if it is lost.
@@ -306,17 +317,17 @@ impl<R: Runtime> Controller<R> {
             PeerEvent::SentinelUp { id, stop } => {
                 info!(sentinel = %id.short(), epoch = self.desired.epoch, "sentinel running");
                 self.peers.sentinel = SentinelState::Up { id, stop: Some(stop) };
-                self.peers.failures = 0;
+                self.peers.lost_at = None;
             }
             PeerEvent::SentinelFailed(e) => {
-                warn!(error = %e, "sentinel could not start; this replica reports not ready until it runs");
-                self.peers.failures += 1;
+                warn!(error = %e, "sentinel could not start; retrying (not ready if it stays away)");
+                self.peers.lost_at.get_or_insert_with(Instant::now);
                 self.peers.sentinel = SentinelState::Lost { retry: Instant::now() + SENTINEL_RETRY };
             }
             PeerEvent::SentinelEnded(id) => {
                 if self.shutdown.is_none() {
                     warn!(sentinel = %id.short(), "sentinel stopped; replacing it at a new epoch");
-                    self.peers.failures += 1;
+                    self.peers.lost_at.get_or_insert_with(Instant::now);
                     self.peers.sentinel = SentinelState::Lost { retry: Instant::now() + SENTINEL_RETRY };
                     self.remove_marker(id);
                 }

@@ -121,8 +121,7 @@ fn upgrade(
         ));
     }
     let ready = edge.handle.readiness().borrow().clone();
-    if !ready.is_ready() {
-        let why = if ready.draining { "draining" } else { "not ready" };
+    if let Some(why) = ready.why_not() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, &format!("berth: {why}"));
     }
     // The session this connection will serve, announced for the load balancer's stickiness: a new session's id
