@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use common::World;
-use common::client::{Client, connect, connect_with};
+use common::client::{Client, connect_with};
 use common::process::{Berth, TempDir, sample, write_policy};
 use serde_json::json;
 
@@ -34,16 +34,9 @@ fn edits(startup: &'static str) -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-/// Opens a session, waits for its shell, and sets `MARK=42` in it (seen through the shell's own answer, so the
-/// input surely reached the shell before anything is killed).
+/// [`common::client::open_marked`] within this file's limit.
 async fn open_marked(addr: SocketAddr) -> Client {
-    let mut c = connect(addr).await;
-    c.hello().await;
-    c.until_ready().await;
-    c.input("export MARK=$((40+2))\r").await;
-    c.input("echo \"set:$MARK\"\r").await;
-    c.until_output_from(0, "set:42", T).await;
-    c
+    common::client::open_marked(addr, T).await
 }
 
 /// Opens `n` marked sessions at once; returns each one's (session id, secret) and the clients.

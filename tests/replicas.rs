@@ -68,15 +68,9 @@ fn edits<'a>(lease: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a 
     e
 }
 
-/// Opens a session through `addr`, waits for its shell and sets `MARK=42` (seen echoed back).
+/// [`common::client::open_marked`] within this file's limit.
 async fn open_marked(addr: SocketAddr) -> Client {
-    let mut c = connect(addr).await;
-    c.hello().await;
-    c.until_ready().await;
-    c.input("export MARK=$((40+2))\r").await;
-    c.input("echo \"set:$MARK\"\r").await;
-    c.until_output_from(0, "set:42", T).await;
-    c
+    common::client::open_marked(addr, T).await
 }
 
 /// Session ids of the running containers `owner` created.

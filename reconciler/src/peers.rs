@@ -64,8 +64,7 @@ pub fn sentinel_spec(policy: &Policy, owner: &InstanceId, epoch: u64, nonce: &st
 
 /// The claim by `holder` (at `epoch`) on `dead`'s containers up to `through`.
 pub fn claim_spec(policy: &Policy, holder: &InstanceId, epoch: u64, dead: &InstanceId, through: u64) -> MarkerSpec {
-    let labels =
-        PeerLabels { role: PeerRole::Claim, owner: holder.clone(), epoch, claimed: Some((dead.clone(), through)) };
+    let labels = claim_labels(holder, epoch, dead, through);
     MarkerSpec {
         name: format!("{}-claim-{dead}-{through}", policy.docker.name_prefix),
         image: policy.peer_image().to_owned(),
@@ -73,6 +72,11 @@ pub fn claim_spec(policy: &Policy, holder: &InstanceId, epoch: u64, dead: &Insta
         labels: labels.to_labels(&policy.docker.namespace),
         stdin: false,
     }
+}
+
+/// The labels of the claim by `holder` (at `epoch`) on `dead`'s containers up to `through`.
+pub fn claim_labels(holder: &InstanceId, epoch: u64, dead: &InstanceId, through: u64) -> PeerLabels {
+    PeerLabels { role: PeerRole::Claim, owner: holder.clone(), epoch, claimed: Some((dead.clone(), through)) }
 }
 
 /// The owners `me` manages besides itself, with the highest epoch covered: the claims it holds, and

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use berth_reconciler::peers::{self as pure, PeerContainer, claim_spec, sentinel_spec};
+use berth_reconciler::peers::{self as pure, PeerContainer, claim_labels, claim_spec, sentinel_spec};
 use berth_reconciler::policy::OnDeadPeer;
 use berth_reconciler::startup::adopted_session;
 
@@ -228,12 +228,7 @@ impl<R: Runtime> Controller<R> {
             return;
         }
         let spec = claim_spec(&self.policy, &self.desired.owner, self.desired.epoch, &dead, through);
-        let labels = berth_reconciler::PeerLabels {
-            role: berth_reconciler::PeerRole::Claim,
-            owner: self.desired.owner.clone(),
-            epoch: self.desired.epoch,
-            claimed: Some((dead.clone(), through)),
-        };
+        let labels = claim_labels(&self.desired.owner, self.desired.epoch, &dead, through);
         let (runtime, tx, metrics, timeout) =
             (self.runtime.clone(), self.peer_tx.clone(), self.metrics.clone(), self.policy.reconcile.docker_timeout);
         let ns = self.policy.docker.namespace.clone();

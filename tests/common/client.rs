@@ -247,3 +247,15 @@ pub async fn resume_until_ready(addr: SocketAddr, session: &str, secret: &str, l
         }
     }
 }
+
+/// Opens a session, waits for its shell, and sets `MARK=42` in it (seen through the shell's own answer, so the
+/// input surely reached the shell before anything is killed or restarted).
+pub async fn open_marked(addr: SocketAddr, limit: Duration) -> Client {
+    let mut c = connect(addr).await;
+    c.hello().await;
+    c.until_ready().await;
+    c.input("export MARK=$((40+2))\r").await;
+    c.input("echo \"set:$MARK\"\r").await;
+    c.until_output_from(0, "set:42", limit).await;
+    c
+}
