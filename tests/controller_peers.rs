@@ -1,7 +1,8 @@
 //! Several controllers on one (fake) engine: a dead replica is taken over by exactly one survivor, after the
 //! lease and not before; a live one is never touched; and a replica that finds a claim on itself lets go of the
-//! claimed sessions (fencing) and stamps a higher epoch on what it creates next. `replicas.rs` does the same
-//! with the real binary, real Docker and HAProxy.
+//! claimed sessions (fencing) and stamps a higher epoch on what it creates next; and while a sentinel is slow
+//! to start, its replica creates nothing and its peers wait for it. `replicas.rs` does the same with the real
+//! binary, real Docker and HAProxy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,16 +46,19 @@ async fn start_with(fake: &FakeRuntime, instance: &str, policy: Policy) -> Repli
     Replica { handle, metrics, task }
 }
 
-async fn open(h: &Handle) -> Ticket {
-    let req = SessionRequest {
+fn request() -> SessionRequest {
+    SessionRequest {
         profile: None,
         kind: SessionKind::Anonymous,
         env: vec![],
         resume_hash: Some("ab".repeat(32)),
         client_ip: None,
         id: None,
-    };
-    let mut t = h.open_and_wait(req).await.expect("admitted");
+    }
+}
+
+async fn open(h: &Handle) -> Ticket {
+    let mut t = h.open_and_wait(request()).await.expect("admitted");
     tokio::time::timeout(Duration::from_secs(5), t.status.wait_for(|s| s.phase == Phase::Running))
         .await
         .expect("running")
@@ -201,7 +205,7 @@ async fn a_lost_sentinel_is_replaced_at_a_new_epoch_and_only_one_that_stays_away
     let a = start_with(&fake, "a", p).await;
     let ready = || a.handle.readiness().borrow().is_ready();
     let sentinel = |fake: FakeRuntime| async move {
-        peers(&fake).await.into_iter().find(|p| p.labels.role == PeerRole::Sentinel && p.running)
+        peers(&fake).await.into_iter().find(|p| p.labels.role == PeerRole::Sentinel && p.running())
     };
     let first = sentinel(fake.clone()).await.expect("a running sentinel");
     let epoch = a.metrics.epoch.get();
@@ -238,4 +242,59 @@ async fn a_lost_sentinel_is_replaced_at_a_new_epoch_and_only_one_that_stays_away
         .expect("alive");
     assert!(sentinel(fake.clone()).await.is_some(), "a sentinel runs again");
     assert_eq!(fake.calls("run_sentinel"), 2 + 3 + 1, "first, replacement, three failures, success");
+}
+
+#[tokio::test]
+async fn while_a_sentinel_is_slow_to_start_its_replica_creates_nothing_and_peers_take_nothing_over() {
+    // A lease longer than the 1 s between a lost sentinel and its replacement; a Docker timeout above the holds.
+    const SLOW_LEASE: Duration = Duration::from_millis(1500);
+    const HOLD: Duration = Duration::from_millis(2500);
+    let fake = FakeRuntime::default();
+    let mut p = policy();
+    p.peers.lease_timeout = SLOW_LEASE;
+    p.reconcile.docker_timeout = Duration::from_secs(4);
+    let b = start_with(&fake, "b", p.clone()).await;
+    let a_sentinel = |fake: FakeRuntime| async move {
+        peers(&fake)
+            .await
+            .into_iter()
+            .filter(|p| p.labels.role == PeerRole::Sentinel && p.labels.owner.as_str() == "a")
+            .collect::<Vec<_>>()
+    };
+
+    // a starts on an engine that takes its time to start containers: ready, but a new session waits, pending,
+    // with nothing created, until the sentinel runs.
+    fake.hold_sentinels(true);
+    let a = start_with(&fake, "a", p).await;
+    let mut t = a.handle.open_and_wait(request()).await.expect("admitted");
+    tokio::time::sleep(HOLD).await;
+    assert_eq!(t.status.borrow().phase, Phase::Pending, "{:?}", t.status.borrow());
+    assert_eq!(fake.count(None), 0, "a created a container before its sentinel ran");
+    // b sees a down, but leaves its starting sentinel alone (removing it would fail a's start).
+    assert_eq!(b.metrics.peers_down.get(), 1);
+    assert!(a_sentinel(fake.clone()).await.iter().any(PeerContainer::starting), "b removed a's starting sentinel");
+    fake.hold_sentinels(false);
+    tokio::time::timeout(Duration::from_secs(5), t.status.wait_for(|s| s.phase == Phase::Running))
+        .await
+        .expect("running once the sentinel runs")
+        .expect("alive");
+    eventually(Duration::from_secs(5), "b sees a up", || async { b.metrics.peers_down.get() == 0 }).await;
+
+    // a's sentinel is lost, and its replacement is slow to start: a is down, with a session, for longer than a
+    // lease; b waits for the replacement rather than take a's session over.
+    fake.hold_sentinels(true);
+    let first = a_sentinel(fake.clone()).await.into_iter().find(PeerContainer::running).expect("running");
+    fake.kill(&first.id, 137);
+    eventually(Duration::from_secs(5), "a's replacement created", || async {
+        a_sentinel(fake.clone()).await.iter().any(PeerContainer::starting)
+    })
+    .await;
+    tokio::time::sleep(HOLD - Duration::from_secs(1)).await;
+    assert_eq!(b.metrics.peers_down.get(), 1, "b sees a down");
+    fake.hold_sentinels(false);
+    eventually(Duration::from_secs(5), "b sees a up again", || async { b.metrics.peers_down.get() == 0 }).await;
+    assert_eq!(takeovers(&b, "won") + takeovers(&b, "error"), 0, "b claimed a live replica");
+    assert_eq!(a.handle.list().await.len(), 1, "a still serves its session");
+    assert!(b.handle.list().await.is_empty(), "b adopted nothing");
+    assert_eq!(t.status.borrow().phase, Phase::Running);
 }

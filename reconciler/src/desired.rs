@@ -140,6 +140,10 @@ pub struct Desired {
     pub sessions: BTreeMap<SessionId, DesiredSession>,
     /// Set during shutdown: no container is created or started.
     pub draining: bool,
+    /// Whether this replica's sentinel runs. Without one, peers count the replica down and may take its
+    /// containers over after the lease, so no container is created until it runs (new sessions wait, pending).
+    /// `true` in a new store; the controller clears it until its sentinel starts.
+    pub sentinel_up: bool,
     /// Dead replicas this one has taken over (by claim), with the highest epoch of theirs it covers.
     pub claimed: BTreeMap<InstanceId, u64>,
     /// Another replica holds a claim on this one's containers up to this epoch: those are no longer its own.
@@ -154,6 +158,7 @@ impl Desired {
             epoch: 0,
             sessions: BTreeMap::new(),
             draining: false,
+            sentinel_up: true,
             claimed: BTreeMap::new(),
             disowned_through: None,
         }

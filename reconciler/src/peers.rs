@@ -3,7 +3,10 @@
 //!
 //! - Every replica runs a **sentinel** container whose stdin berth holds open for the replica's whole life; when
 //!   the process dies, even by `kill -9`, the stream closes, `cat` exits and the sentinel stops. A peer with no
-//!   running sentinel is *down*; one down for the lease timeout is *dead*.
+//!   running sentinel is *down*; one down for the lease timeout is *dead*. A sentinel that is created but not
+//!   yet started means its replica is starting it (Docker can take seconds to start a container under load):
+//!   such a peer is dead only after the lease plus the Docker call timeout, the longest a live replica waits
+//!   for the start before it gives up and tries again.
 //! - A survivor takes a dead peer over by creating a **claim** container named after the peer and the highest
 //!   epoch it covers. Docker names are unique, so of several survivors exactly one create succeeds.
 //! - The holder of a claim manages the covered containers as if they were its own (adopted detached, or
@@ -13,13 +16,14 @@
 //!   See `docs/decisions/0012-replica-liveness-and-takeover.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::desired::Desired;
 use crate::ids::{ContainerId, InstanceId};
 use crate::labels::{PeerLabels, PeerRole};
-use crate::observed::Observed;
+use crate::observed::{ContainerState, Observed};
 use crate::policy::Policy;
 use crate::time::Timestamp;
 
@@ -30,8 +34,20 @@ pub struct PeerContainer {
     pub id: ContainerId,
     /// Its labels.
     pub labels: PeerLabels,
-    /// Whether it is running (only sentinels ever run).
-    pub running: bool,
+    /// Its state (only sentinels ever run; claims stay created).
+    pub state: ContainerState,
+}
+
+impl PeerContainer {
+    /// Whether it runs: for a sentinel, whether its replica is alive.
+    pub fn running(&self) -> bool {
+        self.state == ContainerState::Running
+    }
+
+    /// A sentinel created and never started: its replica is starting it, or died doing so.
+    pub fn starting(&self) -> bool {
+        self.labels.role == PeerRole::Sentinel && self.state == ContainerState::Created
+    }
 }
 
 /// Everything Docker needs to create a sentinel or a claim.
@@ -143,7 +159,8 @@ pub fn assess(
     let me = &desired.owner;
     let mut out = PeerPlan::default();
     let alive: BTreeSet<&InstanceId> =
-        peers.iter().filter(|p| p.labels.role == PeerRole::Sentinel && p.running).map(|p| &p.labels.owner).collect();
+        peers.iter().filter(|p| p.labels.role == PeerRole::Sentinel && p.running()).map(|p| &p.labels.owner).collect();
+    let starting: BTreeSet<&InstanceId> = peers.iter().filter(|p| p.starting()).map(|p| &p.labels.owner).collect();
     let covered = |owner: &InstanceId, epoch: u64| {
         peers
             .iter()
@@ -170,8 +187,10 @@ pub fn assess(
         let e = sentinel_epoch.entry(&p.labels.owner).or_insert(0);
         *e = (*e).max(p.labels.epoch);
     }
-    let dead_for_lease =
-        |owner: &InstanceId| down_since.get(owner).is_some_and(|since| now >= since.add(policy.peers.lease_timeout));
+    let dead_for_lease = |owner: &InstanceId| {
+        let allowance = if starting.contains(owner) { policy.reconcile.docker_timeout } else { Duration::ZERO };
+        down_since.get(owner).is_some_and(|since| now >= since.add(policy.peers.lease_timeout + allowance))
+    };
     for (owner, epoch) in &stuff {
         if alive.contains(owner) {
             continue;
@@ -185,7 +204,7 @@ pub fn assess(
     for p in peers {
         let owner = &p.labels.owner;
         match p.labels.role {
-            PeerRole::Sentinel if p.running => {}
+            PeerRole::Sentinel if p.running() => {}
             PeerRole::Sentinel if owner == me => {
                 // An earlier one; never the one being started now (at the current epoch, not yet running).
                 if sentinel != Some(&p.id) && p.labels.epoch < desired.epoch {
@@ -230,8 +249,7 @@ mod tests {
     use crate::SessionId;
     use crate::desired::SessionKind;
     use crate::labels::ManagedLabels;
-    use crate::observed::{ContainerState, Health, ObservedContainer};
-    use std::time::Duration;
+    use crate::observed::{Health, ObservedContainer};
 
     fn id(n: u8) -> ContainerId {
         format!("{n:064x}").parse().expect("id")
@@ -263,11 +281,17 @@ mod tests {
     }
 
     fn sentinel(n: u8, owner: &str, epoch: u64, running: bool) -> PeerContainer {
+        let state = if running { ContainerState::Running } else { ContainerState::Exited };
         PeerContainer {
             id: id(n),
             labels: PeerLabels { role: PeerRole::Sentinel, owner: inst(owner), epoch, claimed: None },
-            running,
+            state,
         }
+    }
+
+    /// A sentinel created and not (yet) started.
+    fn starting_sentinel(n: u8, owner: &str, epoch: u64) -> PeerContainer {
+        PeerContainer { state: ContainerState::Created, ..sentinel(n, owner, epoch, false) }
     }
 
     fn claim(n: u8, holder: &str, dead: &str, through: u64) -> PeerContainer {
@@ -279,7 +303,7 @@ mod tests {
                 epoch: 1,
                 claimed: Some((inst(dead), through)),
             },
-            running: false,
+            state: ContainerState::Created,
         }
     }
 
@@ -315,6 +339,39 @@ mod tests {
         let since = BTreeMap::from([(inst("a"), now.sub(Duration::from_secs(10)))]);
         let p = assess(&me, &observed, &dead, &since, Some(&id(11)), &policy(), now);
         assert_eq!(p.claim, vec![(inst("a"), 3)], "covers every epoch of its containers and its sentinel");
+    }
+
+    #[test]
+    fn a_peer_starting_its_sentinel_gets_the_docker_timeout_on_top_of_the_lease() {
+        let me = Desired::new(inst("b"));
+        let policy = policy();
+        let lease = policy.peers.lease_timeout;
+        let allowance = policy.reconcile.docker_timeout;
+        let now = Timestamp::from_millis(1_000_000);
+        let mine = sentinel(11, "b", 1, true);
+        // A new replica with sessions already, its sentinel not started yet (or an old one stopped and the new
+        // one not started yet): down, but not dead after a lease.
+        for peers in [
+            vec![starting_sentinel(10, "a", 2), mine.clone()],
+            vec![sentinel(9, "a", 1, false), starting_sentinel(10, "a", 2), mine.clone()],
+        ] {
+            let observed = world(&[container(1, "a", 2)]);
+            let since = BTreeMap::from([(inst("a"), now.sub(lease))]);
+            let p = assess(&me, &observed, &peers, &since, Some(&id(11)), &policy, now);
+            assert_eq!(p.down, BTreeSet::from([inst("a")]));
+            assert!(p.claim.is_empty(), "a starting sentinel is not a dead one: {p:?}");
+            let since = BTreeMap::from([(inst("a"), now.sub(lease + allowance))]);
+            let p = assess(&me, &observed, &peers, &since, Some(&id(11)), &policy, now);
+            assert_eq!(p.claim, vec![(inst("a"), 2)], "one that never starts is: {p:?}");
+        }
+        // With nothing else of a's: its starting sentinel is left alone for as long.
+        let peers = [starting_sentinel(10, "a", 2), mine];
+        let since = BTreeMap::from([(inst("a"), now.sub(lease))]);
+        let p = assess(&me, &world(&[]), &peers, &since, Some(&id(11)), &policy, now);
+        assert!(p.remove.is_empty(), "{p:?}");
+        let since = BTreeMap::from([(inst("a"), now.sub(lease + allowance))]);
+        let p = assess(&me, &world(&[]), &peers, &since, Some(&id(11)), &policy, now);
+        assert_eq!(p.remove, vec![id(10)]);
     }
 
     #[test]

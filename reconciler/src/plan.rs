@@ -416,6 +416,8 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
                 out.ends.push((session.id, EndReason::RemovedOutsideBerth));
             } else if desired.draining {
                 // No new containers while shutting down.
+            } else if !desired.sentinel_up {
+                // Nor while peers may count this replica down: they could take the new container over.
             } else if let Some(profile) = policy.profiles.get(&session.profile) {
                 let hash = hashes.entry(&session.profile).or_insert_with(|| profile.hash()).clone();
                 out.actions.push(Action::Create {

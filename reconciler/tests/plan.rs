@@ -190,6 +190,11 @@ impl World {
         self
     }
 
+    fn without_sentinel(mut self) -> Self {
+        self.desired.sentinel_up = false;
+        self
+    }
+
     fn policy(mut self, f: impl FnOnce(&mut Policy)) -> Self {
         f(&mut self.policy);
         self
@@ -762,6 +767,35 @@ fn creates_and_starts_nothing_while_draining() {
         .desired(session(3).bound(3))
         .observed(container(3, 3).state(ContainerState::Created));
     assert_eq!(world.plan(), Plan::default());
+}
+
+#[test]
+fn creates_nothing_while_the_sentinel_is_down_but_starts_and_attaches_what_exists() {
+    let world = World::new()
+        .without_sentinel()
+        .desired(session(1))
+        .desired(session(2).bound(2))
+        .observed(container(2, 2).state(ContainerState::Created))
+        .attached(2)
+        .desired(session(3).bound(3))
+        .observed(container(3, 3));
+    assert_eq!(
+        world.plan(),
+        Plan {
+            actions: vec![
+                Action::Start { session: sid(2), container: cid(2) },
+                Action::Attach { session: sid(3), container: cid(3) },
+            ],
+            ends: vec![],
+        }
+    );
+    let mut up = world;
+    up.desired.sentinel_up = true;
+    let plan = up.plan();
+    assert!(
+        matches!(plan.actions.first(), Some(Action::Create { session, .. }) if *session == sid(1)),
+        "once the sentinel runs, the held session is created: {plan:?}"
+    );
 }
 
 #[test]

@@ -162,6 +162,8 @@ pub fn spawn<R: Runtime>(
     );
     let mut desired = Desired::new(cfg.instance.clone());
     desired.epoch = cfg.epoch;
+    // Nothing is created before this replica's sentinel runs (see `Desired::sentinel_up`).
+    desired.sentinel_up = false;
     let obs_cfg = ObserverConfig {
         ns: policy.docker.namespace.clone(),
         timeout: policy.reconcile.docker_timeout,

@@ -240,7 +240,7 @@ impl<R: Runtime> Controller<R> {
                 // create; fencing covers it.)
                 let back = match timed(&metrics, "list_peers", timeout, runtime.list_peers(&ns)).await {
                     Ok(peers) => peers.iter().any(|p| {
-                        p.labels.role == berth_reconciler::PeerRole::Sentinel && p.labels.owner == dead && p.running
+                        p.labels.role == berth_reconciler::PeerRole::Sentinel && p.labels.owner == dead && p.running()
                     }),
                     Err(e) => {
                         let _ = tx.send(PeerEvent::Claimed { dead, through, result: Err(e) }).await;
@@ -253,7 +253,7 @@ impl<R: Runtime> Controller<R> {
                 }
                 let result = timed(&metrics, "create_marker", timeout, runtime.create_marker(&spec))
                     .await
-                    .map(|id| PeerContainer { id, labels, running: false });
+                    .map(|id| PeerContainer { id, labels, state: ContainerState::Created });
                 let _ = tx.send(PeerEvent::Claimed { dead, through, result }).await;
             }
             .in_current_span(),
@@ -366,7 +366,8 @@ impl<R: Runtime> Controller<R> {
                 }
             }
         }
-        self.metrics.sentinel_up.set(i64::from(self.peers.sentinel_up()));
+        self.desired.sentinel_up = self.peers.sentinel_up();
+        self.metrics.sentinel_up.set(i64::from(self.desired.sentinel_up));
         self.publish_readiness();
     }
 

@@ -285,8 +285,8 @@ impl Runtime for DockerRuntime {
                         return None;
                     }
                 };
-                let running = c.state.map(|s| s.to_string()).as_deref() == Some("running");
-                Some(PeerContainer { id, labels, running })
+                let state = ContainerState::from_docker(&c.state.map(|s| s.to_string()).unwrap_or_default());
+                Some(PeerContainer { id, labels, state })
             })
             .collect())
     }

@@ -26,6 +26,8 @@ struct State {
     calls: BTreeMap<&'static str, u64>,
     fail_next: BTreeMap<&'static str, Vec<RuntimeError>>,
     down: bool,
+    /// Sentinels are created but not started while set (a slow engine).
+    hold_sentinels: bool,
 }
 
 /// A sentinel or claim: it carries a `<namespace>.peer` label.
@@ -80,6 +82,25 @@ impl FakeRuntime {
     /// Makes the next call(s) of `op` fail with `err`, once per queued error.
     pub fn fail_next(&self, op: &'static str, err: RuntimeError) {
         self.lock().fail_next.entry(op).or_default().push(err);
+    }
+
+    /// While `hold` is set, a sentinel is created and then waits, not started, until it is cleared (an engine
+    /// slow to start containers).
+    pub fn hold_sentinels(&self, hold: bool) {
+        self.lock().hold_sentinels = hold;
+    }
+
+    /// Starts a created sentinel unless sentinels are held: whether it started.
+    fn start_held_sentinel(&self, id: &ContainerId) -> Result<bool, RuntimeError> {
+        let mut s = self.lock();
+        if s.hold_sentinels {
+            return Ok(false);
+        }
+        match s.containers.get_mut(id) {
+            Some(c) => c.2 = ContainerState::Running,
+            None => return Err(RuntimeError::NotFound(format!("sentinel {id} removed before its start"))),
+        }
+        Ok(true)
     }
 
     /// Takes the engine down (every call fails as unreachable) or brings it back.
@@ -261,7 +282,7 @@ impl Runtime for FakeRuntime {
             .iter()
             .filter_map(|(id, (_, l, st, _))| {
                 let labels = PeerLabels::parse(ns, l).ok()??;
-                Some(PeerContainer { id: id.clone(), labels, running: *st == ContainerState::Running })
+                Some(PeerContainer { id: id.clone(), labels, state: *st })
             })
             .collect())
     }
@@ -276,7 +297,10 @@ impl Runtime for FakeRuntime {
     /// stream is noticed closed.
     async fn run_sentinel(&self, spec: &MarkerSpec) -> Result<Sentinel, RuntimeError> {
         self.enter("run_sentinel")?;
-        let id = self.add(&spec.name, &spec.labels, ContainerState::Running)?;
+        let id = self.add(&spec.name, &spec.labels, ContainerState::Created)?;
+        while !self.start_held_sentinel(&id)? {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let state = self.state.clone();
         let watched = id.clone();
         let ended = Box::pin(async move {
