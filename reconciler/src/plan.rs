@@ -417,7 +417,16 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
             } else if desired.draining {
                 // No new containers while shutting down.
             } else if !desired.sentinel_up {
-                // Nor while peers may count this replica down: they could take the new container over.
+                // Nor while peers may count this replica down: they could take the new container over. A session
+                // that has waited for as long as a container may take to start is told so, rather than left
+                // waiting.
+                if now >= session.created_at.add(policy.reconcile.start_timeout) {
+                    let error = format!(
+                        "this replica's sentinel has not run for {:?}, so it creates no container (see /readyz)",
+                        policy.reconcile.start_timeout
+                    );
+                    out.ends.push((session.id, EndReason::CreateFailed { error }));
+                }
             } else if let Some(profile) = policy.profiles.get(&session.profile) {
                 let hash = hashes.entry(&session.profile).or_insert_with(|| profile.hash()).clone();
                 out.actions.push(Action::Create {

@@ -789,6 +789,18 @@ fn creates_nothing_while_the_sentinel_is_down_but_starts_and_attaches_what_exist
             ends: vec![],
         }
     );
+    let late = World::new().without_sentinel().desired(session(1).created(ago(60)));
+    assert_eq!(
+        late.plan(),
+        Plan {
+            actions: vec![],
+            ends: vec![(
+                sid(1),
+                create_failed("this replica's sentinel has not run for 60s, so it creates no container (see /readyz)")
+            )],
+        },
+        "a session does not wait longer than the start timeout"
+    );
     let mut up = world;
     up.desired.sentinel_up = true;
     let plan = up.plan();
