@@ -11,8 +11,8 @@ use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HealthConfig, HealthStatusEnum,
+    HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -93,6 +93,11 @@ fn exit_code_from_status(status: &str) -> Option<i64> {
     rest.split(')').next()?.parse().ok()
 }
 
+/// A container's state as `docker ps` (the list call) gives it.
+fn list_state(state: Option<ContainerSummaryStateEnum>) -> ContainerState {
+    ContainerState::from_docker(&state.map(|s| s.to_string()).unwrap_or_default())
+}
+
 fn health_from_status(status: &str) -> Health {
     if status.contains("(unhealthy)") {
         Health::Unhealthy
@@ -134,7 +139,7 @@ impl Runtime for DockerRuntime {
             .into_iter()
             .filter_map(|c| {
                 let (id, labels) = parse_managed(ns, c.id.as_deref(), c.labels.as_ref())?;
-                let state = ContainerState::from_docker(&c.state.map(|s| s.to_string()).unwrap_or_default());
+                let state = list_state(c.state);
                 let status = c.status.unwrap_or_default();
                 Some(ObservedContainer {
                     id,
@@ -285,7 +290,7 @@ impl Runtime for DockerRuntime {
                         return None;
                     }
                 };
-                let state = ContainerState::from_docker(&c.state.map(|s| s.to_string()).unwrap_or_default());
+                let state = list_state(c.state);
                 Some(PeerContainer { id, labels, state })
             })
             .collect())
