@@ -89,18 +89,6 @@ fn peer_containers(w: &World) -> Vec<String> {
     w.cli(&["ps", "-aq", "--filter", &filter]).lines().map(str::to_owned).collect()
 }
 
-/// Polls `/metrics` of `berth` until `series` is `value`, or panics at `deadline`.
-async fn wait_metric(berth: &Berth, series: &str, value: f64, deadline: Instant, what: &str) {
-    loop {
-        let text = berth.metrics().await;
-        if sample(&text, series) == Some(value) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {series} is {:?}, not {value}", sample(&text, series));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Resumes through the balancer and checks the replay and the shell: the output from before (`set:42`, replayed
 /// from the replica's ring or, after an adoption, from the container's own log) comes first, and the shell still
 /// has `MARK=42`.
@@ -328,7 +316,8 @@ async fn a_replica_restarted_with_its_identity_adopts_its_containers_and_its_pee
 
     a.respawn();
     a.berth().wait_ready(T).await;
-    wait_metric(a.berth(), r#"berth_sessions{phase="running"}"#, N as f64, Instant::now() + RESYNC + MARGIN, "adopt")
+    a.berth()
+        .wait_metric(r#"berth_sessions{phase="running"}"#, N as f64, Instant::now() + RESYNC + MARGIN, "adopt")
         .await;
     let mut resumed = Vec::new();
     for (session, secret) in &ids {

@@ -250,6 +250,26 @@ impl Berth {
             other => panic!("GET /metrics: {other:?}"),
         }
     }
+
+    /// Polls `/metrics` until `series` has `value`, or panics at `deadline`.
+    pub async fn wait_metric(&self, series: &str, value: f64, deadline: Instant, what: &str) {
+        loop {
+            let text = self.metrics().await;
+            if sample(&text, series) == Some(value) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let name = series.split('{').next().unwrap_or(series);
+                let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+                panic!(
+                    "{what}: {series} is not {value}; /metrics has:\n{}\nberth's log:\n{}",
+                    lines.join("\n"),
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Berth {
