@@ -90,17 +90,9 @@ profiles:
     image: berth-session:latest
 EOF
 
-MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 target/release/berth serve --policy "$work/policy.yaml" --instance "bench-$tag" --state-dir "$work/state" \
-  --log-format json >"$work/berth.out" 2>"$work/berth.log" &
-berth_pid=$!
-url=""
-for _ in $(seq 1 60); do
-  url="$(sed -n 's|^berth listening on http://\([^/]*\)/.*|ws://\1/ws|p' "$work/berth.out")"
-  [ -n "$url" ] && break
-  kill -0 "$berth_pid" 2>/dev/null || { log "berth exited; see $work/berth.log"; tail -5 "$work/berth.log" >&2; exit 1; }
-  sleep 0.5
-done
-[ -n "$url" ] || { log "berth did not report its address within 30 s"; exit 1; }
+start_berth target/release/berth "$work" "bench-$tag" MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072 || exit 1
+berth_pid=$BERTH_PID
+url=$BERTH_WS_URL
 
 started=$(date +%s)
 deadline=$((started + budget))

@@ -48,17 +48,9 @@ docker:
   name_prefix: leak-$tag
 YAML
 
-target/debug/berth serve --policy "$work/policy.yaml" --instance "leak-$tag" --state-dir "$work/state" \
-  --log-format json >"$work/berth.out" 2>"$work/berth.log" &
-pid=$!
-url=""
-for _ in $(seq 1 60); do
-  url="$(sed -n 's|^berth listening on http://\([^/]*\)/.*|ws://\1/ws|p' "$work/berth.out")"
-  [ -n "$url" ] && break
-  kill -0 "$pid" 2>/dev/null || { log "berth exited"; tail -5 "$work/berth.log" >&2; exit 1; }
-  sleep 0.5
-done
-[ -n "$url" ] || { log "berth did not report its address within 30 s"; exit 1; }
+start_berth target/debug/berth "$work" "leak-$tag" || exit 1
+pid=$BERTH_PID
+url=$BERTH_WS_URL
 
 rc=0
 timeout --signal=TERM --kill-after=10 300 target/debug/examples/loadgen --url "$url" --namespace "$ns" \

@@ -1,10 +1,16 @@
-//! The CLI side of the admin API: a minimal HTTP/1.1 client (one request per connection) and the table
-//! renderers for `berth sessions` and `berth gc`.
+//! The CLI side of the admin API: requests through hyper's client, and the table renderers for `berth sessions`
+//! and `berth gc`.
 
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// How long one admin call may take, connection included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A CLI call to the admin API failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +45,14 @@ pub enum ClientError {
 /// # Errors
 /// On a malformed URL, an unreadable token file, a connection failure, or a non-2xx status.
 pub async fn request(base: &str, token_file: Option<&Path>, method: &str, path: &str) -> Result<String, ClientError> {
-    let hostport = base
+    let bad_url = || ClientError::Url(base.to_owned());
+    let authority = base
         .strip_prefix("http://")
         .map(|r| r.split('/').next().unwrap_or(r))
         .filter(|h| !h.is_empty())
-        .ok_or_else(|| ClientError::Url(base.to_owned()))?;
+        .ok_or_else(bad_url)?;
+    let uri: hyper::Uri = format!("http://{authority}{path}").parse().map_err(|_| bad_url())?;
+    let method: hyper::Method = method.parse().map_err(|_| bad_url())?;
     let token = match token_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -53,26 +62,24 @@ pub async fn request(base: &str, token_file: Option<&Path>, method: &str, path: 
         ),
         None => None,
     };
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(hostport).await?;
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
+    let mut req = hyper::Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        // The token never reaches an error message: a header value that does not parse is reported without it.
+        let value = hyper::header::HeaderValue::from_str(&format!("Bearer {t}"))
+            .map_err(|_| ClientError::Connect(authority.to_owned(), "the token file holds a malformed token".into()))?;
+        req = req.header(hyper::header::AUTHORIZATION, value);
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|_| bad_url())?;
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let connect_error = |e: String| ClientError::Connect(authority.to_owned(), e);
+    let call = async {
+        let resp = client.request(req).await.map_err(|e| connect_error(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| connect_error(e.to_string()))?.to_bytes();
+        Ok::<_, ClientError>((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    let raw = tokio::time::timeout(Duration::from_secs(10), io)
-        .await
-        .map_err(|_| ClientError::Connect(hostport.to_owned(), "timed out".into()))?
-        .map_err(|e| ClientError::Connect(hostport.to_owned(), e.to_string()))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    let (status, body) =
+        tokio::time::timeout(CALL_TIMEOUT, call).await.map_err(|_| connect_error("timed out".into()))??;
     if (200..300).contains(&status) {
         Ok(body)
     } else {
@@ -80,17 +87,16 @@ pub async fn request(base: &str, token_file: Option<&Path>, method: &str, path: 
     }
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+/// hyper's client error says "client error (Connect)"; the cause (connection refused, ...) is in its sources.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
     }
-    out
+    text
 }
 
 /// Renders the session list as a table.
@@ -127,10 +133,68 @@ pub fn sessions_table(json: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn chunked_bodies_are_reassembled() {
-        assert_eq!(dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"), "hello world");
+    /// A local server on 127.0.0.1:0 that answers `GET /ok` with a chunked body echoing the Authorization
+    /// header, and anything else with 403.
+    async fn server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let auth = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: ")))
+                    .unwrap_or("")
+                    .to_owned();
+                let answer = if head.starts_with("GET /ok ") {
+                    let (a, b) = ("auth=".to_owned() + &auth, ";done");
+                    format!(
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                        a.len(),
+                        b.len()
+                    )
+                } else {
+                    "HTTP/1.1 403 Forbidden\r\ncontent-length: 3\r\n\r\nno\n".to_owned()
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_read_whole_and_the_token_is_sent_as_a_bearer() {
+        let addr = server().await;
+        let dir = std::env::temp_dir().join(format!("berth-admin-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let token = dir.join("token");
+        std::fs::write(&token, "s3cret\n").expect("token");
+        let body = request(&format!("http://{addr}"), Some(&token), "GET", "/ok").await.expect("answer");
+        assert_eq!(body, "auth=Bearer s3cret;done");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_error_status_and_an_unreachable_server_are_reported() {
+        let addr = server().await;
+        let err = request(&format!("http://{addr}"), None, "POST", "/other").await.expect_err("403");
+        assert!(matches!(err, ClientError::Status { status: 403, ref body } if body == "no"), "{err:?}");
+        // A port nothing listens on: bind one, then close it.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        let err = request(&format!("http://{closed}"), None, "GET", "/ok").await.expect_err("refused");
+        assert!(matches!(err, ClientError::Connect(..)) && err.to_string().contains("refused"), "{err}");
+        let err = request("ftp://x", None, "GET", "/").await.expect_err("bad url");
+        assert!(matches!(err, ClientError::Url(_)), "{err:?}");
     }
 
     #[test]
