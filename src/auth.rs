@@ -13,7 +13,6 @@ use berth_reconciler::policy::{
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 /// Longest token considered, in bytes. Longer ones are refused before any hashing or parsing.
@@ -412,7 +411,7 @@ pub fn new_resume_secret() -> Result<(String, String), AuthError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| AuthError::Random(e.to_string()))?;
     let secret = hex::encode(bytes);
-    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    let digest = berth_reconciler::resume_hash(&secret);
     Ok((secret, digest))
 }
 

@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::desired::SessionKind;
 use crate::ids::{IdError, InstanceId, ProfileName, SessionId};
@@ -94,6 +95,31 @@ const EPOCH: &str = "epoch";
 const PEER: &str = "peer";
 const CLAIMED: &str = "claimed";
 const CLAIMED_EPOCH: &str = "claimed-epoch";
+
+/// The longest label value every engine berth may run on accepts: Kubernetes' limit (decision 0019).
+pub const MAX_LABEL_VALUE: usize = 63;
+
+/// How many bytes of the secret's SHA-256 the resume-hash label keeps: 128 bits, 32 hex digits (decision 0019).
+const RESUME_HASH_BYTES: usize = 16;
+
+/// The resume-secret verifier stamped on a session's container, so that any replica can check a resume: the
+/// first 128 bits of the SHA-256 of the secret, in hex. The secret is 256 random bits; the verifier never
+/// reveals it.
+pub fn resume_hash(secret: &str) -> String {
+    hex::encode(&Sha256::digest(secret.as_bytes())[..RESUME_HASH_BYTES])
+}
+
+/// Whether `secret` matches a stored verifier: the current 32-digit form, or the full 64-digit SHA-256 that
+/// containers created before decision 0019 carry. The comparison takes the same time wherever a digit differs.
+pub fn resume_hash_matches(stored: &str, secret: &str) -> bool {
+    let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+    let presented = match stored.len() {
+        32 => &digest[..32],
+        64 => &digest[..],
+        _ => return false,
+    };
+    stored.bytes().zip(presented.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
 
 /// What a replica's bookkeeping container is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -183,7 +209,7 @@ pub struct ManagedLabels {
     pub kind: SessionKind,
     /// Hash of the profile it was created from.
     pub policy_hash: String,
-    /// SHA-256 of the resume secret (hex), so another replica can check a resume.
+    /// The resume-secret verifier ([`resume_hash`]), so another replica can check a resume.
     pub resume_hash: Option<String>,
     /// The owner's fencing epoch when it created the container.
     pub epoch: u64,
@@ -247,8 +273,8 @@ impl ManagedLabels {
             return Err(bad(POLICY_HASH, "expected hex digits".into()));
         }
         let resume_hash = match labels.get(&ns.key(SECRET_HASH)) {
-            Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.clone()),
-            Some(_) => return Err(bad(SECRET_HASH, "expected 64 hex digits".into())),
+            Some(h) if matches!(h.len(), 32 | 64) && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.clone()),
+            Some(_) => return Err(bad(SECRET_HASH, "expected 32 (or, from earlier versions, 64) hex digits".into())),
             None => None,
         };
         Ok(Some(Self {
@@ -278,7 +304,7 @@ mod tests {
             profile: "default".parse().expect("valid"),
             kind: SessionKind::Anonymous,
             policy_hash: "00ff".into(),
-            resume_hash: Some("ab".repeat(32)),
+            resume_hash: Some(resume_hash("secret")),
             epoch: 3,
         }
     }
@@ -321,6 +347,46 @@ mod tests {
         let mut broken = labels;
         broken.remove(&ns.key(CLAIMED_EPOCH));
         assert!(matches!(PeerLabels::parse(&ns, &broken), Err(LabelError::Missing(_))));
+    }
+
+    #[test]
+    fn every_label_value_fits_every_engine() {
+        let ns = LabelNamespace::default();
+        let long: InstanceId = "i".repeat(63).parse().expect("the longest instance id");
+        let session = ManagedLabels {
+            owner: long.clone(),
+            profile: "p".repeat(63).parse().expect("the longest profile name"),
+            created_at: Timestamp::from_millis(u64::MAX),
+            kind: SessionKind::Authenticated,
+            policy_hash: "f".repeat(16),
+            epoch: u64::MAX,
+            ..sample()
+        };
+        let claim =
+            PeerLabels { role: PeerRole::Claim, owner: long.clone(), epoch: u64::MAX, claimed: Some((long, u64::MAX)) };
+        for (key, value) in session.to_labels(&ns).into_iter().chain(claim.to_labels(&ns)) {
+            assert!(value.len() <= MAX_LABEL_VALUE, "{key} is {} characters: {value}", value.len());
+        }
+    }
+
+    #[test]
+    fn a_resume_secret_matches_its_hash_in_both_forms_and_nothing_else() {
+        let short = resume_hash("the secret");
+        assert_eq!(short.len(), 32);
+        assert!(resume_hash_matches(&short, "the secret"));
+        assert!(!resume_hash_matches(&short, "the secreT"));
+        // A container created before the verifier was shortened carries the whole SHA-256.
+        let full = hex::encode(Sha256::digest(b"the secret"));
+        assert!(resume_hash_matches(&full, "the secret"));
+        assert!(!resume_hash_matches(&full, "another"));
+        assert!(!resume_hash_matches(&full[..40], "the secret"), "no other length is accepted");
+        let ns = LabelNamespace::default();
+        for h in [short, full] {
+            let mut labels = as_hash(sample().to_labels(&ns));
+            labels.insert(ns.key(SECRET_HASH), h.clone());
+            let parsed = ManagedLabels::parse(&ns, &labels).expect("parses").expect("managed");
+            assert_eq!(parsed.resume_hash, Some(h));
+        }
     }
 
     #[test]

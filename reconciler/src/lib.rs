@@ -18,7 +18,7 @@ pub mod time;
 
 pub use desired::{Attachment, Desired, DesiredSession, EnvVar, SessionKind};
 pub use ids::{ContainerId, IdError, InstanceId, ProfileName, SessionId};
-pub use labels::{LabelNamespace, ManagedLabels, PeerLabels, PeerRole};
+pub use labels::{LabelNamespace, ManagedLabels, PeerLabels, PeerRole, resume_hash, resume_hash_matches};
 pub use observed::{ContainerState, Health, Observed, ObservedContainer};
 pub use plan::{Action, ActionKind, ContainerSpec, Plan, RemoveReason, plan};
 pub use policy::Policy;

@@ -17,10 +17,8 @@ use berth_reconciler::plan::{Plan, RemoveReason};
 use berth_reconciler::startup::startup;
 use berth_reconciler::{
     Action, Attachment, ContainerId, ContainerState, Desired, DesiredSession, EndReason, InstanceId, Phase, Policy,
-    SessionId, Status, Timestamp, plan, status_in, status_of,
+    SessionId, Status, Timestamp, plan, resume_hash_matches, status_in, status_of,
 };
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 

@@ -109,7 +109,6 @@ impl<R: Runtime> Controller<R> {
     }
 
     pub(super) fn resume(&mut self, id: SessionId, secret: &str) -> Result<Ticket, ResumeError> {
-        let presented = hex::encode(Sha256::digest(secret.as_bytes()));
         let now = self.now();
         let Some(s) = self.desired.sessions.get_mut(&id) else {
             // Another replica's session with the right secret: its replica is restarting (or down, not yet past
@@ -117,10 +116,7 @@ impl<R: Runtime> Controller<R> {
             let elsewhere = self.observed.view().containers.values().any(|c| {
                 c.labels.session == id
                     && c.state == ContainerState::Running
-                    && c.labels
-                        .resume_hash
-                        .as_ref()
-                        .is_some_and(|h| bool::from(h.as_bytes().ct_eq(presented.as_bytes())))
+                    && c.labels.resume_hash.as_deref().is_some_and(|h| resume_hash_matches(h, secret))
             });
             if elsewhere {
                 self.metrics.resumes.with_label_values(&["elsewhere"]).inc();
@@ -129,8 +125,7 @@ impl<R: Runtime> Controller<R> {
             self.metrics.resumes.with_label_values(&["unknown"]).inc();
             return Err(ResumeError::Refused);
         };
-        let ok = s.ending.is_none()
-            && s.resume_hash.as_ref().is_some_and(|h| bool::from(h.as_bytes().ct_eq(presented.as_bytes())));
+        let ok = s.ending.is_none() && s.resume_hash.as_deref().is_some_and(|h| resume_hash_matches(h, secret));
         if !ok {
             self.metrics.resumes.with_label_values(&["bad_secret"]).inc();
             return Err(ResumeError::Refused);
