@@ -300,7 +300,7 @@ impl Server {
         let listener = bind(listen).map_err(bind_err(listen))?;
         let addr = listener.local_addr().map_err(bind_err(listen))?;
         let metrics = Arc::new(Metrics::new());
-        metrics.policy_loaded.set(berth_reconciler::Timestamp::now().as_millis() as f64 / 1000.0);
+        metrics.policy_loaded.set(crate::clock::now().as_millis() as f64 / 1000.0);
         let limiter = Arc::new(crate::limits::ConnectionLimiter::new(&policy.limits));
         let admin_listener = match policy.server.admin_listen {
             Some(a) => Some(bind(a).map_err(bind_err(a))?),

@@ -3,7 +3,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use berth_reconciler::observed::Health;
 use berth_reconciler::{

@@ -2,8 +2,13 @@
 //!
 //! The pure core (planner, state, policy) lives in `berth-reconciler`; this crate holds the adapters:
 //! the Docker runtime, observer, executor, controller loop, terminal data path, HTTP/WebSocket API and metrics.
+//!
+//! All time goes through tokio's clock (`tokio::time`, and [`clock::now`] for wall time): `clippy.toml` bans the
+//! system clocks here, so that tests on a paused clock cover every timer.
+#![warn(clippy::disallowed_methods)]
 
 pub mod auth;
+pub mod clock;
 pub mod controller;
 pub mod executor;
 pub mod limits;

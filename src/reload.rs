@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_reconciler::{Policy, Timestamp};
+use berth_reconciler::Policy;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -53,7 +53,7 @@ pub fn reload_once(
     metrics: &Metrics,
     previous: &mut Option<Policy>,
 ) -> bool {
-    let at = Timestamp::now().as_millis();
+    let at = crate::clock::now().as_millis();
     match load(path) {
         Ok(mut p) => {
             let current = tx.borrow().clone();

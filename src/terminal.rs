@@ -265,7 +265,7 @@ impl Terminal {
     }
 
     fn touch(&self) {
-        self.last_activity.store(Timestamp::now().as_millis(), Ordering::Relaxed);
+        self.last_activity.store(crate::clock::now().as_millis(), Ordering::Relaxed);
     }
 
     /// Appends `data` to the ring. While a reader is attached, a byte goes in only when the ring has room for it
@@ -351,7 +351,7 @@ impl Terminals {
                     drained: Notify::new(),
                     input: Mutex::new(None),
                     resize: Mutex::new(None),
-                    last_activity: AtomicU64::new(Timestamp::now().as_millis()),
+                    last_activity: AtomicU64::new(crate::clock::now().as_millis()),
                     bytes_out: AtomicU64::new(0),
                 })
             })

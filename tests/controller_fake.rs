@@ -55,7 +55,7 @@ async fn until(t: &mut Ticket, phase: Phase) -> berth::reconciler::Status {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_missing_image_ends_the_session_with_create_failed_at_once() {
     let fake = FakeRuntime::default();
     let (h, _) = start(&fake, policy()).await;
@@ -69,7 +69,7 @@ async fn a_missing_image_ends_the_session_with_create_failed_at_once() {
     assert_eq!(fake.calls("create"), 1, "a permanent error is not retried");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn transient_create_failures_are_retried_with_backoff_until_success() {
     let fake = FakeRuntime::default();
     let (h, m) = start(&fake, policy()).await;
@@ -84,7 +84,7 @@ async fn transient_create_failures_are_retried_with_backoff_until_success() {
     assert!(text.contains(r#"berth_actions_total{kind="create",result="error"} 3"#), "{text}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn repeated_create_failures_give_up_after_the_policy_limit() {
     let fake = FakeRuntime::default();
     let mut p = policy();
@@ -99,7 +99,7 @@ async fn repeated_create_failures_give_up_after_the_policy_limit() {
     assert_eq!(fake.calls("create"), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_idle_resync_makes_one_list_call_and_no_writes() {
     let fake = FakeRuntime::default();
     let (h, _) = start(&fake, policy()).await;
@@ -115,7 +115,7 @@ async fn an_idle_resync_makes_one_list_call_and_no_writes() {
     assert_eq!(after.2, before.2, "no inspects while nothing changes");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_engine_that_is_down_is_retried_without_a_hot_loop_and_recovers() {
     let fake = FakeRuntime::default();
     let (h, _) = start(&fake, policy()).await;
@@ -138,7 +138,7 @@ async fn an_engine_that_is_down_is_retried_without_a_hot_loop_and_recovers() {
     until(&mut t, Phase::Running).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_dry_run_plan_is_what_the_controller_then_does() {
     use berth::reconciler::{Action, ManagedLabels, SessionId, Timestamp};
     let fake = FakeRuntime::default();
@@ -187,7 +187,7 @@ async fn the_dry_run_plan_is_what_the_controller_then_does() {
     assert!(h.dry_run().await.expect("plan").actions.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sessions_converge_while_creates_fail_and_half_the_events_are_lost() {
     let fake = FakeRuntime::default();
     let faults = Faults::new(11);
@@ -222,4 +222,80 @@ async fn sessions_converge_while_creates_fail_and_half_the_events_are_lost() {
     }
     assert_eq!(fake.count(None), 0, "nothing left");
     assert!(h.list().await.is_empty());
+}
+
+// Deadlines on tokio's paused clock: minutes of policy time run in milliseconds, and the bounds are exact.
+
+/// Waits (in virtual time) until the ticket reaches `phase`, and says how long that took.
+async fn time_until(t: &mut Ticket, phase: Phase) -> (Duration, berth::reconciler::Status) {
+    let started = tokio::time::Instant::now();
+    let s = until_within(t, phase, Duration::from_secs(24 * 3600)).await;
+    (started.elapsed(), s)
+}
+
+async fn until_within(t: &mut Ticket, phase: Phase, limit: Duration) -> berth::reconciler::Status {
+    let res =
+        tokio::time::timeout(limit, async { t.status.wait_for(|s| s.phase == phase).await.map(|s| s.clone()) }).await;
+    match res {
+        Ok(Ok(s)) => s,
+        _ => panic!("no {phase:?} within {limit:?}; last {:?}", *t.status.borrow()),
+    }
+}
+
+fn long_lived() -> Policy {
+    let mut p = policy();
+    p.reconcile.resync_interval = Duration::from_secs(30);
+    p.sessions.idle_timeout = Duration::from_secs(24 * 3600);
+    p.sessions.max_lifetime = Duration::from_secs(48 * 3600);
+    p.sessions.resume_grace = Duration::from_secs(24 * 3600);
+    p
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_detached_session_ends_when_its_resume_grace_runs_out_and_not_before() {
+    let fake = FakeRuntime::default();
+    let mut p = long_lived();
+    p.sessions.resume_grace = Duration::from_secs(300);
+    let (h, _) = start(&fake, p).await;
+    let mut t = open(&h).await;
+    until(&mut t, Phase::Running).await;
+    h.detach(t.id, t.lease).await;
+    let (after, s) = time_until(&mut t, Phase::Gone).await;
+    assert_eq!(s.reason, Some(EndReason::ResumeGraceExpired), "{s:?}");
+    assert!(after >= Duration::from_secs(300), "ended {after:?} after the detach, before the 300 s grace");
+    assert!(after < Duration::from_secs(302), "ended {after:?} after the detach: the grace is 300 s");
+    assert_eq!(fake.count(None), 0, "its container is removed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_without_activity_ends_idle_at_its_timeout_and_not_before() {
+    let fake = FakeRuntime::default();
+    let mut p = long_lived();
+    p.sessions.idle_timeout = Duration::from_secs(600);
+    let (h, _) = start(&fake, p).await;
+    let mut t = open(&h).await;
+    until(&mut t, Phase::Running).await;
+    let (after, s) = time_until(&mut t, Phase::Gone).await;
+    assert_eq!(s.reason, Some(EndReason::Idle), "{s:?}");
+    assert!(
+        (Duration::from_secs(599)..Duration::from_secs(602)).contains(&after),
+        "idle end {after:?} after start; the timeout is 600 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_create_is_retried_after_the_backoff_and_not_sooner() {
+    let fake = FakeRuntime::default();
+    let mut p = long_lived();
+    p.reconcile.backoff_base = Duration::from_secs(10);
+    p.reconcile.backoff_max = Duration::from_secs(60);
+    let (h, _) = start(&fake, p).await;
+    fake.fail_next("create", RuntimeError::Other("500: daemon busy".into()));
+    let mut t = open(&h).await;
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    assert_eq!(fake.calls("create"), 1, "retried before the 10 s backoff");
+    until_within(&mut t, Phase::Running, Duration::from_secs(2)).await;
+    assert_eq!(fake.calls("create"), 2);
+    assert!(started.elapsed() >= Duration::from_secs(10));
 }

@@ -5,7 +5,9 @@
 //! binary, real Docker and HAProxy.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use berth::controller::{self, ControllerConfig, Handle, SessionRequest, Ticket};
 use berth::metrics::Metrics;
@@ -82,7 +84,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(limit: Duration, what
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_dead_replica_is_taken_over_by_exactly_one_survivor_after_the_lease() {
     let fake = FakeRuntime::default();
     let a = start(&fake, "a").await;
@@ -141,7 +143,7 @@ async fn crash(fake: &FakeRuntime, r: Replica, instance: &str) -> PeerContainer 
     sentinel
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn with_on_dead_remove_the_survivor_removes_a_dead_replicas_containers_and_then_its_claim() {
     let fake = FakeRuntime::default();
     let mut p = policy();
@@ -163,7 +165,7 @@ async fn with_on_dead_remove_the_survivor_removes_a_dead_replicas_containers_and
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_replica_that_finds_a_claim_on_itself_lets_go_and_moves_its_epoch_above_it() {
     let fake = FakeRuntime::default();
     let a = start(&fake, "a").await;
@@ -195,7 +197,7 @@ async fn a_replica_that_finds_a_claim_on_itself_lets_go_and_moves_its_epoch_abov
     assert!(labels.epoch > epoch, "new epoch {} not above the claimed {epoch}", labels.epoch);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lost_sentinel_is_replaced_at_a_new_epoch_and_only_one_that_stays_away_makes_the_replica_unready() {
     // A lease of 4 s: the replica stays ready for 2 s (half of it) while replacing a lost sentinel (1 s apart).
     const LONG_LEASE: Duration = Duration::from_secs(4);
@@ -244,7 +246,7 @@ async fn a_lost_sentinel_is_replaced_at_a_new_epoch_and_only_one_that_stays_away
     assert_eq!(fake.calls("run_sentinel"), 2 + 3 + 1, "first, replacement, three failures, success");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn while_a_sentinel_is_slow_to_start_its_replica_creates_nothing_and_peers_take_nothing_over() {
     // A lease longer than the 1 s between a lost sentinel and its replacement; a Docker timeout above the holds.
     const SLOW_LEASE: Duration = Duration::from_millis(1500);

@@ -2,6 +2,8 @@
 //!
 //! Nothing here does I/O or needs an async runtime. The `berth` crate wires these types to Docker and the network.
 
+#![warn(clippy::disallowed_methods)]
+
 pub mod admission;
 pub mod desired;
 pub mod ids;

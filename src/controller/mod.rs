@@ -10,7 +10,7 @@ mod store;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_reconciler::admission::{Reject, admit};
 use berth_reconciler::plan::{Plan, RemoveReason};
@@ -20,6 +20,7 @@ use berth_reconciler::{
     SessionId, Status, Timestamp, plan, resume_hash_matches, status_in, status_of,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use handle::Command;
@@ -202,7 +203,7 @@ pub fn spawn<R: Runtime>(
         started: false,
         shutdown: None,
         shutdown_tx,
-        now: Arc::new(Timestamp::now),
+        now: Arc::new(crate::clock::now),
     };
     let span = info_span!("controller", instance = %cfg.instance);
     let task = tokio::spawn(controller.run().instrument(span));
@@ -232,7 +233,7 @@ impl<R: Runtime> Controller<R> {
                     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     resync.reset();
                 }
-                () = tokio::time::sleep_until(wake.into()) => {}
+                () = tokio::time::sleep_until(wake) => {}
             }
             self.drain_ready();
             self.pass();

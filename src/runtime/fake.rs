@@ -301,6 +301,9 @@ impl Runtime for FakeRuntime {
         while !self.start_held_sentinel(&id)? {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // Every way a fake container stops or goes (kill, stop, remove, remove_outside) emits an event: the
+        // sentinel looks again at each one, and sleeps in between, so paused-clock tests do not spin.
+        let mut events = self.events.subscribe();
         let state = self.state.clone();
         let watched = id.clone();
         let ended = Box::pin(async move {
@@ -314,7 +317,9 @@ impl Runtime for FakeRuntime {
                 if !running {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                if let Err(broadcast::error::RecvError::Closed) = events.recv().await {
+                    return;
+                }
             }
         });
         Ok(Sentinel { id, ended })

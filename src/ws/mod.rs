@@ -7,12 +7,13 @@ pub mod messages;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_reconciler::{EndReason, Phase, Policy, SessionId, Status};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 use warp::Filter;
 use warp::filters::ws::{Message, WebSocket, Ws};
@@ -598,7 +599,7 @@ impl Conn {
                 _ = tick.tick() => {
                     let t = &self.policy.sessions;
                     let last = term.last_activity();
-                    let now = berth_reconciler::Timestamp::now();
+                    let now = crate::clock::now();
                     let left = last.add(t.idle_timeout).since(now);
                     if left <= t.idle_warning && warned_at != Some(last) {
                         warned_at = Some(last);
@@ -651,7 +652,7 @@ fn ending(s: &Status) -> Option<EndReason> {
 }
 
 fn unix_now() -> u64 {
-    berth_reconciler::Timestamp::now().as_millis() / 1000
+    crate::clock::unix_secs()
 }
 
 fn auth_error(e: AuthError) -> End {
