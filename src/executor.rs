@@ -16,12 +16,12 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
-use crate::runtime::{AttachIo, Runtime, RuntimeError};
+use crate::runtime::{AttachIo, DockerOp, Runtime, RuntimeError};
 
 /// Runs one runtime call under `timeout`, recording its result and latency as `op`.
 pub async fn timed<T>(
     metrics: &Metrics,
-    op: &'static str,
+    op: DockerOp,
     timeout: Duration,
     call: impl Future<Output = Result<T, RuntimeError>>,
 ) -> Result<T, RuntimeError> {
@@ -30,8 +30,7 @@ pub async fn timed<T>(
         Ok(r) => r,
         Err(_) => Err(RuntimeError::Timeout { op, after: timeout }),
     };
-    metrics.docker_latency.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-    metrics.docker_calls.with_label_values(&[op, if res.is_ok() { "ok" } else { "error" }]).inc();
+    metrics.docker_call(op, res.is_ok(), started.elapsed());
     res
 }
 
@@ -173,11 +172,7 @@ impl<R: Runtime> Executor<R> {
         }
     }
 
-    async fn call<T>(
-        &self,
-        op: &'static str,
-        f: impl Future<Output = Result<T, RuntimeError>>,
-    ) -> Result<T, RuntimeError> {
+    async fn call<T>(&self, op: DockerOp, f: impl Future<Output = Result<T, RuntimeError>>) -> Result<T, RuntimeError> {
         timed(&self.metrics, op, self.timeout, f).await
     }
 
@@ -190,14 +185,14 @@ impl<R: Runtime> Executor<R> {
             Action::Attach { session, container } => self.attach(*session, container).await,
             Action::Start { container, .. } => {
                 let _permit = self.permits.acquire().await;
-                self.call("start", self.runtime.start(container))
+                self.call(DockerOp::Start, self.runtime.start(container))
                     .await
                     .map(|()| Outcome::Started { container: container.clone() })
             }
             Action::Stop { container, timeout, .. } => {
                 let _permit = self.permits.acquire().await;
                 let t = *timeout + self.timeout;
-                timed(&self.metrics, "stop", t, self.runtime.stop(container, *timeout))
+                timed(&self.metrics, DockerOp::Stop, t, self.runtime.stop(container, *timeout))
                     .await
                     .map(|()| Outcome::Stopped { container: container.clone() })
             }
@@ -238,7 +233,7 @@ impl<R: Runtime> Executor<R> {
             return Err(RuntimeError::Rejected("refusing to create a container without berth's marker".into()));
         }
         let _permit = self.permits.acquire().await;
-        let id = self.call("create", self.runtime.create(spec)).await?;
+        let id = self.call(DockerOp::Create, self.runtime.create(spec)).await?;
         let labels: std::collections::HashMap<String, String> = spec.labels.clone().into_iter().collect();
         let labels = ManagedLabels::parse(&self.ns, &labels)
             .ok()
@@ -263,18 +258,18 @@ impl<R: Runtime> Executor<R> {
         // Attach does not take a permit: it is a long-lived stream, not a state change, and it must
         // not queue behind creates (it sits between create and start on every session's path).
         let history = self.sink.wants_history(session);
-        let io = self.call("attach", self.runtime.attach(container, history)).await?;
+        let io = self.call(DockerOp::Attach, self.runtime.attach(container, history)).await?;
         self.sink.connect(session, io);
         Ok(Outcome::Attached { session })
     }
 
     /// Force-removes and then inspects until Docker says 404.
     async fn remove_verified(&self, id: &ContainerId) -> Result<(), RuntimeError> {
-        self.call("remove", self.runtime.remove(id)).await?;
+        self.call(DockerOp::Remove, self.runtime.remove(id)).await?;
         let deadline = Instant::now() + self.timeout;
         let mut wait = Duration::from_millis(20);
         loop {
-            match self.call("inspect", self.runtime.inspect(&self.ns, id)).await? {
+            match self.call(DockerOp::Inspect, self.runtime.inspect(&self.ns, id)).await? {
                 None => return Ok(()),
                 Some(c) if Instant::now() >= deadline => {
                     return Err(RuntimeError::Other(format!("container still present ({:?}) after removal", c.state)));

@@ -3,26 +3,12 @@
 
 use berth_reconciler::plan::{ActionKind, RemoveReason};
 use berth_reconciler::{ContainerState, EndReason, Phase};
+
+use crate::runtime::DockerOp;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-
-/// Docker operations berth makes, for pre-creating series.
-pub const DOCKER_OPS: [&str; 12] = [
-    "ping",
-    "list",
-    "inspect",
-    "create",
-    "start",
-    "stop",
-    "remove",
-    "attach",
-    "resize",
-    "list_peers",
-    "create_marker",
-    "run_sentinel",
-];
 
 /// Reasons an admission is refused.
 pub const REJECT_REASONS: [&str; 9] = [
@@ -53,10 +39,10 @@ pub struct Metrics {
     pub actions: IntCounterVec,
     /// Actions not dispatched (in flight already, or backing off).
     pub actions_deferred: IntCounterVec,
-    /// Docker API calls by operation and result.
-    pub docker_calls: IntCounterVec,
+    /// Docker API calls by operation and result ([`Metrics::docker_call`]).
+    docker_calls: IntCounterVec,
     /// Docker API call latency by operation.
-    pub docker_latency: HistogramVec,
+    docker_latency: HistogramVec,
     /// Containers removed, by reason (orphans and leaks included).
     pub removed: IntCounterVec,
     /// Sessions ended, by reason.
@@ -245,8 +231,8 @@ impl Metrics {
         // Histograms too, so that dashboards show zero rather than "no data" on a fresh instance.
         self.reconcile_duration.with_label_values::<&str>(&[]);
         self.first_output.with_label_values::<&str>(&[]);
-        for op in DOCKER_OPS {
-            self.docker_latency.with_label_values(&[op]);
+        for op in DockerOp::ALL {
+            self.docker_latency.with_label_values(&[op.as_str()]);
         }
         for p in Phase::ALL {
             self.sessions.with_label_values(&[p.as_str()]);
@@ -262,9 +248,9 @@ impl Metrics {
         for reason in ["in_flight", "backoff"] {
             self.actions_deferred.with_label_values(&[reason]);
         }
-        for op in DOCKER_OPS {
+        for op in DockerOp::ALL {
             for res in ["ok", "error"] {
-                self.docker_calls.with_label_values(&[op, res]);
+                self.docker_calls.with_label_values(&[op.as_str(), res]);
             }
         }
         for r in RemoveReason::ALL {
@@ -291,6 +277,17 @@ impl Metrics {
         for r in ["won", "lost", "error"] {
             self.takeovers.with_label_values(&[r]);
         }
+    }
+
+    /// Counts one engine call and its latency.
+    pub fn docker_call(&self, op: DockerOp, ok: bool, took: std::time::Duration) {
+        self.docker_latency.with_label_values(&[op.as_str()]).observe(took.as_secs_f64());
+        self.docker_calls.with_label_values(&[op.as_str(), if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// How many `op` calls have ended, successfully (`ok`) or not.
+    pub fn docker_calls(&self, op: DockerOp, ok: bool) -> u64 {
+        self.docker_calls.with_label_values(&[op.as_str(), if ok { "ok" } else { "error" }]).get()
     }
 
     /// The text exposition of every metric.

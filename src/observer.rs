@@ -53,7 +53,7 @@ pub async fn run<R: Runtime>(
         if *shutdown.borrow() {
             return;
         }
-        let up = timed(&metrics, "ping", cfg.timeout, runtime.ping()).await.is_ok();
+        let up = timed(&metrics, crate::runtime::DockerOp::Ping, cfg.timeout, runtime.ping()).await.is_ok();
         if !up {
             if was_up != Some(false) {
                 warn!("docker engine unreachable; retrying with backoff");
@@ -107,7 +107,14 @@ pub async fn run<R: Runtime>(
             let msg = match ev.kind {
                 EventKind::Other => continue,
                 EventKind::Destroy => ObserverMsg::Gone(ev.container),
-                _ => match timed(&metrics, "inspect", cfg.timeout, runtime.inspect(&cfg.ns, &ev.container)).await {
+                _ => match timed(
+                    &metrics,
+                    crate::runtime::DockerOp::Inspect,
+                    cfg.timeout,
+                    runtime.inspect(&cfg.ns, &ev.container),
+                )
+                .await
+                {
                     Ok(Some(c)) => ObserverMsg::Upsert(c),
                     Ok(None) => ObserverMsg::Gone(ev.container),
                     Err(e) => {

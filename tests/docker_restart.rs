@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use berth::controller::Readiness;
 use berth::reconciler::{EndReason, Phase};
+use berth::runtime::DockerOp;
 use common::engine::PrivateEngine;
 use common::{World, eventually, wait_running, wait_status};
 
@@ -44,7 +45,7 @@ async fn a_killed_and_restarted_engine_ends_the_dead_sessions_and_serves_new_one
 
     // The engine crashes.
     let mut readiness = c.handle.readiness();
-    let ping_errors = || c.metrics.docker_calls.with_label_values(&["ping", "error"]).get();
+    let ping_errors = || c.metrics.docker_calls(DockerOp::Ping, false);
     let pings_failed_before = ping_errors();
     let passes_at_kill = c.metrics.reconcile_passes.get();
     engine.kill();
@@ -95,7 +96,7 @@ async fn a_killed_and_restarted_engine_ends_the_dead_sessions_and_serves_new_one
     // Converged and calm: no hot loop once the engine is back, either.
     let passes_up = c.metrics.reconcile_passes.get();
     let calm_from = Instant::now();
-    let lists_ok = || c.metrics.docker_calls.with_label_values(&["list", "ok"]).get();
+    let lists_ok = || c.metrics.docker_calls(DockerOp::List, true);
     let lists_then = lists_ok();
     eventually(Duration::from_secs(10), "a periodic resync on the restarted engine", || lists_ok() > lists_then).await;
     // Over two seconds at least: a hot loop makes hundreds of passes a second, a calm controller a handful (the

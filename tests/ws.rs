@@ -212,3 +212,21 @@ async fn a_shell_exit_reports_the_exit_code_and_closes_with_4000() {
     common::eventually(Duration::from_secs(5), "container removed", || w.containers(None).is_empty()).await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resizes_are_counted_as_docker_calls() {
+    common::docker().await;
+    let w = World::new();
+    let server = w.serve().await;
+    let resizes = || server.metrics.docker_calls(berth::runtime::DockerOp::Resize, true);
+    assert_eq!(resizes(), 0);
+    let mut c = connect(server.addr).await;
+    c.hello().await;
+    c.until_ready().await;
+    c.send_json(json!({"type": "resize", "cols": 100, "rows": 30})).await;
+    c.input("stty size\r").await;
+    c.until_output("30 100").await;
+    // The hello's size and the resize: both reached Docker, and both are counted.
+    assert_eq!(resizes(), 2, "{}", server.metrics.render());
+    server.stop().await;
+}

@@ -146,10 +146,12 @@ impl<R: Runtime> Controller<R> {
         let metrics = self.metrics.clone();
         tokio::spawn(
             async move {
-                let res = match timed(&metrics, "list", timeout, runtime.list(&ns)).await {
-                    Ok(containers) => timed(&metrics, "list_peers", timeout, runtime.list_peers(&ns))
-                        .await
-                        .map(|peers| (containers, peers)),
+                let res = match timed(&metrics, crate::runtime::DockerOp::List, timeout, runtime.list(&ns)).await {
+                    Ok(containers) => {
+                        timed(&metrics, crate::runtime::DockerOp::ListPeers, timeout, runtime.list_peers(&ns))
+                            .await
+                            .map(|peers| (containers, peers))
+                    }
                     Err(e) => Err(e),
                 };
                 let _ = tx.send((generation, at, res)).await;

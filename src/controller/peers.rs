@@ -238,7 +238,9 @@ impl<R: Runtime> Controller<R> {
                 // Look once more right before the claim: a peer whose new sentinel started after the list that
                 // found it dead is back, and is left alone. (What remains is the gap between this look and the
                 // create; fencing covers it.)
-                let back = match timed(&metrics, "list_peers", timeout, runtime.list_peers(&ns)).await {
+                let back = match timed(&metrics, crate::runtime::DockerOp::ListPeers, timeout, runtime.list_peers(&ns))
+                    .await
+                {
                     Ok(peers) => peers.iter().any(|p| {
                         p.labels.role == berth_reconciler::PeerRole::Sentinel && p.labels.owner == dead && p.running()
                     }),
@@ -251,9 +253,10 @@ impl<R: Runtime> Controller<R> {
                     let _ = tx.send(PeerEvent::PeerBack { dead }).await;
                     return;
                 }
-                let result = timed(&metrics, "create_marker", timeout, runtime.create_marker(&spec))
-                    .await
-                    .map(|id| PeerContainer { id, labels, state: ContainerState::Created });
+                let result =
+                    timed(&metrics, crate::runtime::DockerOp::CreateMarker, timeout, runtime.create_marker(&spec))
+                        .await
+                        .map(|id| PeerContainer { id, labels, state: ContainerState::Created });
                 let _ = tx.send(PeerEvent::Claimed { dead, through, result }).await;
             }
             .in_current_span(),
@@ -268,7 +271,7 @@ impl<R: Runtime> Controller<R> {
             (self.runtime.clone(), self.peer_tx.clone(), self.metrics.clone(), self.policy.reconcile.docker_timeout);
         tokio::spawn(
             async move {
-                let result = timed(&metrics, "remove", timeout, runtime.remove(&id)).await;
+                let result = timed(&metrics, crate::runtime::DockerOp::Remove, timeout, runtime.remove(&id)).await;
                 let _ = tx.send(PeerEvent::Removed { id, result }).await;
             }
             .in_current_span(),
@@ -284,13 +287,16 @@ impl<R: Runtime> Controller<R> {
             (self.runtime.clone(), self.peer_tx.clone(), self.metrics.clone(), self.policy.reconcile.docker_timeout);
         tokio::spawn(
             async move {
-                let sentinel = match timed(&metrics, "run_sentinel", timeout, runtime.run_sentinel(&spec)).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = tx.send(PeerEvent::SentinelFailed(e)).await;
-                        return;
-                    }
-                };
+                let sentinel =
+                    match timed(&metrics, crate::runtime::DockerOp::RunSentinel, timeout, runtime.run_sentinel(&spec))
+                        .await
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(PeerEvent::SentinelFailed(e)).await;
+                            return;
+                        }
+                    };
                 let (stop, stopped) = oneshot::channel();
                 let id = sentinel.id.clone();
                 if tx.send(PeerEvent::SentinelUp { id: id.clone(), stop }).await.is_err() {
@@ -387,7 +393,9 @@ impl<R: Runtime> Controller<R> {
         if let SentinelState::Up { id, stop } = std::mem::take(&mut self.peers.sentinel) {
             drop(stop);
             let timeout = self.policy.reconcile.docker_timeout;
-            if let Err(e) = timed(&self.metrics, "remove", timeout, self.runtime.remove(&id)).await {
+            if let Err(e) =
+                timed(&self.metrics, crate::runtime::DockerOp::Remove, timeout, self.runtime.remove(&id)).await
+            {
                 warn!(error = %e, "could not remove the sentinel; peers will see it stopped");
             }
         }

@@ -433,7 +433,10 @@ mod tests {
         rt.faults().set_fail_rate(Op::Ping, 0.0);
         assert!(ping_pattern(&rt, 100).await.iter().all(|f| !f));
         rt.faults().set_fail_rate(Op::Ping, 1.0);
-        rt.faults().set_error(Op::Ping, RuntimeError::Timeout { op: "ping", after: Duration::from_secs(1) });
+        rt.faults().set_error(
+            Op::Ping,
+            RuntimeError::Timeout { op: crate::runtime::DockerOp::Ping, after: Duration::from_secs(1) },
+        );
         assert!(matches!(rt.ping().await, Err(RuntimeError::Timeout { .. })));
         rt.faults().clear();
         assert!(rt.ping().await.is_ok(), "clear removes every fault");

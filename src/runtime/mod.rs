@@ -18,6 +18,78 @@ pub mod docker;
 pub mod fake;
 pub mod faulty;
 
+/// An engine operation: the label of `berth_docker_api_calls_total` and `berth_docker_api_seconds`, and the name
+/// in timeout errors and logs. One type, so a series cannot be created under one name and counted under another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DockerOp {
+    /// Is the engine there.
+    Ping,
+    /// The full list of managed containers.
+    List,
+    /// One container.
+    Inspect,
+    /// A session container.
+    Create,
+    /// Starting a created container.
+    Start,
+    /// Stopping a running one.
+    Stop,
+    /// Force removal.
+    Remove,
+    /// The terminal stream.
+    Attach,
+    /// A terminal size change.
+    Resize,
+    /// Sentinels and claims.
+    ListPeers,
+    /// A claim container.
+    CreateMarker,
+    /// This replica's sentinel.
+    RunSentinel,
+}
+
+impl DockerOp {
+    /// Every operation, for pre-creating metric series.
+    pub const ALL: [Self; 12] = [
+        Self::Ping,
+        Self::List,
+        Self::Inspect,
+        Self::Create,
+        Self::Start,
+        Self::Stop,
+        Self::Remove,
+        Self::Attach,
+        Self::Resize,
+        Self::ListPeers,
+        Self::CreateMarker,
+        Self::RunSentinel,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ping => "ping",
+            Self::List => "list",
+            Self::Inspect => "inspect",
+            Self::Create => "create",
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Remove => "remove",
+            Self::Attach => "attach",
+            Self::Resize => "resize",
+            Self::ListPeers => "list_peers",
+            Self::CreateMarker => "create_marker",
+            Self::RunSentinel => "run_sentinel",
+        }
+    }
+}
+
+impl std::fmt::Display for DockerOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A runtime call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
@@ -28,7 +100,7 @@ pub enum RuntimeError {
     #[error("docker call {op} timed out after {after:?}")]
     Timeout {
         /// Which call.
-        op: &'static str,
+        op: DockerOp,
         /// The timeout that ran out.
         after: Duration,
     },

@@ -24,6 +24,7 @@ use crate::auth::{self, AuthError};
 use crate::controller::{Admission, Handle, OpenError, ResumeError, SessionRequest, Ticket};
 use crate::limits::{ConnectionLimiter, client_ip, origin_allowed};
 use crate::metrics::Metrics;
+use crate::runtime::{DockerOp, RuntimeError};
 use crate::terminal::{Read, Terminal, Terminals};
 use messages::{ClientMsg, Hello, ProtoError, SUBPROTOCOL, ServerMsg, close};
 
@@ -32,6 +33,9 @@ const OUT_QUEUE: usize = 16;
 
 /// How long a closing connection's queued messages get to reach the client before the socket is dropped.
 const LAST_WORDS_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a terminal resize may take.
+const RESIZE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a client is told to wait before resuming a session another replica holds.
 const ELSEWHERE_RETRY_SECS: u64 = 2;
@@ -418,8 +422,9 @@ impl Conn {
         // The first prompt is already in the ring: send it without waiting for Docker's resize call.
         let initial_resize = {
             let term = term.clone();
+            let metrics = self.edge.metrics.clone();
             tokio::spawn(async move {
-                let _ = resize(&term, size).await;
+                let _ = resize(&metrics, &term, size).await;
             })
         };
         self.initial_resize = Some(initial_resize);
@@ -580,7 +585,7 @@ impl Conn {
                         if let Some(first) = self.initial_resize.take() {
                             let _ = first.await;
                         }
-                        if let Err(e) = resize(term, (r.cols, r.rows)).await {
+                        if let Err(e) = resize(&self.edge.metrics, term, (r.cols, r.rows)).await {
                             debug!(error = %e, "resize failed");
                         }
                     }
@@ -639,12 +644,10 @@ fn term_start_gap(from: u64, reader: &crate::terminal::Reader) -> u64 {
     reader.offset().saturating_sub(from)
 }
 
-async fn resize(term: &Terminal, (cols, rows): (u32, u32)) -> Result<(), crate::runtime::RuntimeError> {
+async fn resize(metrics: &Metrics, term: &Terminal, (cols, rows): (u32, u32)) -> Result<(), RuntimeError> {
     let c = u16::try_from(cols).unwrap_or(u16::MAX);
     let r = u16::try_from(rows).unwrap_or(u16::MAX);
-    tokio::time::timeout(Duration::from_secs(5), term.resize(c, r))
-        .await
-        .unwrap_or(Err(crate::runtime::RuntimeError::Timeout { op: "resize", after: Duration::from_secs(5) }))
+    crate::executor::timed(metrics, DockerOp::Resize, RESIZE_TIMEOUT, term.resize(c, r)).await
 }
 
 fn ending(s: &Status) -> Option<EndReason> {
