@@ -237,6 +237,18 @@ fn the_operations_guide_documents_every_metric() {
 }
 
 #[test]
+fn the_operations_guide_lists_exactly_the_docker_operations() {
+    let doc = read("docs/operations.md");
+    let row = doc.lines().find(|l| l.starts_with("| `berth_docker_api_calls_total` |")).expect("the row");
+    let listed = row.split('|').nth(3).expect("the labels column");
+    let listed = listed.split(';').next().expect("the op values").trim();
+    let documented: Vec<&str> =
+        listed.trim_start_matches("`op`:").split(',').map(|v| v.trim().trim_matches('`')).collect();
+    let ops: Vec<&str> = berth::runtime::DockerOp::ALL.iter().map(|o| o.as_str()).collect();
+    assert_eq!(documented, ops, "docs/operations.md's op values and DockerOp::ALL");
+}
+
+#[test]
 fn promtool_accepts_the_rules_their_unit_tests_and_the_scrape_config() {
     run_ok(tool("promtool").args(["check", "rules", "manifests/prometheus/berth-rules.yml"]));
     let out = run_ok(tool("promtool").args(["test", "rules", "manifests/prometheus/berth-rules.test.yml"]));
