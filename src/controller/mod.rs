@@ -7,6 +7,7 @@ mod inputs;
 mod peers;
 mod sessions;
 mod store;
+mod version;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -85,7 +86,7 @@ pub struct Controller<R: Runtime> {
     runtime: R,
     executor: Executor<R>,
     policy_rx: watch::Receiver<Arc<Policy>>,
-    policy: Arc<Policy>,
+    policy: version::PolicyVersion,
     desired: Desired,
     observed: ObservedStore,
     statuses: HashMap<SessionId, watch::Sender<Status>>,
@@ -176,7 +177,7 @@ pub fn spawn<R: Runtime>(
         runtime,
         executor,
         policy_rx,
-        policy,
+        policy: version::PolicyVersion::new(policy),
         desired,
         observed: ObservedStore::default(),
         statuses: HashMap::new(),
@@ -325,7 +326,7 @@ impl<R: Runtime> Controller<R> {
                 listed: self.observed.is_listed(),
                 sentinel: self.peers.sentinel_ready(peers::sentinel_grace(&self.policy)),
                 draining: self.desired.draining,
-                policy_hash: self.policy.hash(),
+                policy_hash: self.policy.hash().to_owned(),
             };
             if *r == next {
                 false
@@ -343,8 +344,8 @@ impl<R: Runtime> Controller<R> {
         self.executor.reconfigure(p.reconcile.docker_timeout, p.reconcile.concurrency);
         self.terminals.set_ring_bytes(p.server.replay_bytes);
         self.metrics.capacity.set(i64::try_from(p.limits.max_sessions).unwrap_or(i64::MAX));
-        info!(policy = %p.hash(), "policy applied");
-        self.policy = p;
+        self.policy = version::PolicyVersion::new(p);
+        info!(policy = %self.policy.hash(), "policy applied");
         self.publish_readiness();
     }
 
@@ -553,8 +554,8 @@ impl<R: Runtime> Controller<R> {
         let mut drift = 0;
         for c in view.containers.values().filter(|c| self.desired.manages(&c.labels)) {
             *states.entry(c.state).or_default() += 1;
-            if let Some(p) = self.policy.profiles.get(&c.labels.profile)
-                && p.hash() != c.labels.policy_hash
+            if let Some(h) = self.policy.profile_hash(&c.labels.profile)
+                && h != c.labels.policy_hash
                 && c.state == ContainerState::Running
             {
                 drift += 1;
