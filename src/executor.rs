@@ -34,18 +34,6 @@ pub async fn timed<T>(
     res
 }
 
-/// The delay before retrying after the `attempt`-th consecutive failure (1-based), or `None` to give up.
-/// A separate function of the error and the attempt, so the policy is testable on its own.
-pub fn retry_delay(error: &RuntimeError, attempt: u32, base: Duration, max: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
-    let delay = exp.min(max);
-    match error {
-        // An engine that is down gets the longer waits at once: no hot loop while it restarts.
-        RuntimeError::Unreachable(_) => delay.max(base.saturating_mul(4)).min(max),
-        _ => delay,
-    }
-}
-
 /// What one action did.
 #[derive(Debug)]
 pub enum Outcome {
@@ -280,30 +268,5 @@ impl<R: Runtime> Executor<R> {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delay_doubles_then_caps() {
-        let e = RuntimeError::Other("x".into());
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        let delays: Vec<_> = (1..=7).map(|a| retry_delay(&e, a, base, max)).collect();
-        assert_eq!(delays[0], Duration::from_millis(100));
-        assert_eq!(delays[1], Duration::from_millis(200));
-        assert_eq!(delays[3], Duration::from_millis(800));
-        assert_eq!(delays[6], max);
-    }
-
-    #[test]
-    fn an_unreachable_engine_is_retried_slowly_from_the_start() {
-        let e = RuntimeError::Unreachable("gone".into());
-        let d = retry_delay(&e, 1, Duration::from_millis(100), Duration::from_secs(30));
-        assert_eq!(d, Duration::from_millis(400));
-        assert_eq!(retry_delay(&e, 40, Duration::from_millis(100), Duration::from_secs(30)), Duration::from_secs(30));
     }
 }

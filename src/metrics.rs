@@ -245,8 +245,8 @@ impl Metrics {
                 self.actions.with_label_values(&[k.as_str(), res]);
             }
         }
-        for reason in ["in_flight", "backoff"] {
-            self.actions_deferred.with_label_values(&[reason]);
+        for reason in crate::controller::Deferred::ALL {
+            self.actions_deferred.with_label_values(&[reason.as_str()]);
         }
         for op in DockerOp::ALL {
             for res in ["ok", "error"] {

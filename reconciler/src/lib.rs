@@ -14,6 +14,7 @@ pub mod plan;
 pub mod policy;
 pub mod policy_diff;
 pub mod policy_file;
+pub mod retry;
 pub mod startup;
 pub mod status;
 pub mod time;

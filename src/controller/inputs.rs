@@ -1,14 +1,14 @@
 //! The controller's Docker side: action outcomes (with per-key backoff), observer events, terminal stream
 //! losses and full lists, each folded into desired or observed state.
 
+use berth_reconciler::retry::gives_up;
+
 use super::*;
 
 impl<R: Runtime> Controller<R> {
     pub(super) fn on_completed(&mut self, done: Completed) {
         let Completed { action, result, failed } = done;
-        for k in keys_of(&action) {
-            self.in_flight.remove(&k);
-        }
+        self.gate.end(&Key::of(&action));
         let kind = action.kind().as_str();
         if let Some(session) = action.session() {
             let detail = match &result {
@@ -21,19 +21,19 @@ impl<R: Runtime> Controller<R> {
             Ok(Outcome::Created { session, container }) => {
                 let id = container.id.clone();
                 self.observed.upsert(container);
-                self.backoff.remove(&Key::Session(session));
+                self.gate.succeeded(&Key::Session(session));
                 if let Some(s) = self.desired.sessions.get_mut(&session) {
                     s.container = Some(id);
                     s.create_attempts = 0;
                 }
             }
             Ok(Outcome::Attached { session }) => {
-                self.backoff.remove(&Key::Session(session));
+                self.gate.succeeded(&Key::Session(session));
                 self.observed.set_attached(session, true);
             }
             Ok(Outcome::Started { container }) => {
                 if let Some(s) = action.session() {
-                    self.backoff.remove(&Key::Session(s));
+                    self.gate.succeeded(&Key::Session(s));
                 }
                 self.observed.set_state(&container, ContainerState::Running);
             }
@@ -45,11 +45,11 @@ impl<R: Runtime> Controller<R> {
                 };
                 for id in &containers {
                     self.observed.remove(id);
-                    self.backoff.remove(&Key::Container(id.clone()));
+                    self.gate.succeeded(&Key::Container(id.clone()));
                     self.metrics.removed.with_label_values(&[reason.as_str()]).inc();
                 }
                 if let Some(s) = action.session() {
-                    self.backoff.remove(&Key::Session(s));
+                    self.gate.succeeded(&Key::Session(s));
                     if reason == RemoveReason::Unhealthy
                         && let Some(sess) = self.desired.sessions.get_mut(&s)
                     {
@@ -75,7 +75,7 @@ impl<R: Runtime> Controller<R> {
             let max = self.policy.reconcile.max_create_attempts;
             if let Some(s) = self.desired.sessions.get_mut(session) {
                 s.create_attempts += 1;
-                let give_up = e.is_permanent() || s.create_attempts >= max;
+                let give_up = gives_up(e.failure(), s.create_attempts, max);
                 if give_up && s.ending.is_none() {
                     let reason = EndReason::CreateFailed { error: e.to_string() };
                     self.metrics.ended.with_label_values(&[reason.code()]).inc();
@@ -87,23 +87,21 @@ impl<R: Runtime> Controller<R> {
                 self.request_list();
             }
         }
-        for k in keys_of(action) {
+        for k in Key::of(action) {
             self.back_off(k, &e);
         }
     }
 
     pub(super) fn back_off(&mut self, key: Key, e: &RuntimeError) {
         let r = &self.policy.reconcile;
-        let b = self.backoff.entry(key).or_insert(Backoff { attempts: 0, not_before: Instant::now() });
-        b.attempts += 1;
-        b.not_before = Instant::now() + retry_delay(e, b.attempts, r.backoff_base, r.backoff_max);
+        self.gate.failed(key, e.failure(), r.backoff_base, r.backoff_max, Instant::now());
     }
 
     pub(super) fn on_observer(&mut self, msg: ObserverMsg) {
         match msg {
             ObserverMsg::Connected => {
                 // The engine is back: whatever was backing off because it was away may try again now.
-                self.backoff.clear();
+                self.gate.clear_backoff();
                 self.request_list();
             }
             ObserverMsg::Disconnected => {}
@@ -169,7 +167,7 @@ impl<R: Runtime> Controller<R> {
                 self.bind_unbound();
                 // Backoff for things that no longer exist is dropped, so the map stays bounded.
                 let (view, desired) = (self.observed.view(), &self.desired);
-                self.backoff.retain(|k, _| match k {
+                self.gate.retain_backoff(|k| match k {
                     Key::Container(id) => view.containers.contains_key(id),
                     Key::Session(s) => desired.sessions.contains_key(s),
                 });

@@ -2,6 +2,7 @@
 //! change, every Docker event, every action result and on a periodic resync, and hands actions to the
 //! executor, one in flight per session, with per-session backoff.
 
+mod dispatch;
 mod handle;
 mod inputs;
 mod peers;
@@ -9,7 +10,7 @@ mod sessions;
 mod store;
 mod version;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,13 +25,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+pub use dispatch::Deferred;
+use dispatch::Key;
 use handle::Command;
 pub use handle::{
     Admission, Decision, Handle, OpenError, Readiness, ResumeError, SessionDetail, SessionInfo, SessionRequest, Ticket,
 };
 pub use store::ObservedStore;
 
-use crate::executor::{AttachSink, Completed, Executor, Outcome, retry_delay, timed};
+use crate::executor::{AttachSink, Completed, Executor, Outcome, timed};
 use crate::metrics::Metrics;
 use crate::observer::{self, ObserverConfig, ObserverMsg};
 use crate::runtime::{Runtime, RuntimeError};
@@ -52,30 +55,11 @@ type ListResult =
 /// One full list: its generation, when it began, and what it found.
 type Listed = (u64, Timestamp, ListResult);
 
-/// Where an action's in-flight marker and backoff live.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Session(SessionId),
-    Container(ContainerId),
-}
-
-fn keys_of(action: &Action) -> Vec<Key> {
-    match action.session() {
-        Some(s) => vec![Key::Session(s)],
-        None => action.containers().into_iter().map(|c| Key::Container(c.clone())).collect(),
-    }
-}
-
 struct Waiter {
     req: handle::SessionRequest,
     reply: oneshot::Sender<Result<Ticket, OpenError>>,
     position: watch::Sender<usize>,
     deadline: Instant,
-}
-
-struct Backoff {
-    attempts: u32,
-    not_before: Instant,
 }
 
 const DECISIONS_KEPT: usize = 20;
@@ -92,8 +76,7 @@ pub struct Controller<R: Runtime> {
     statuses: HashMap<SessionId, watch::Sender<Status>>,
     leases: HashMap<SessionId, u64>,
     next_lease: u64,
-    in_flight: HashSet<Key>,
-    backoff: HashMap<Key, Backoff>,
+    gate: dispatch::Gate,
     queue: VecDeque<Waiter>,
     decisions: HashMap<SessionId, VecDeque<Decision>>,
     terminals: Terminals,
@@ -183,8 +166,7 @@ pub fn spawn<R: Runtime>(
         statuses: HashMap::new(),
         leases: HashMap::new(),
         next_lease: 0,
-        in_flight: HashSet::new(),
-        backoff: HashMap::new(),
+        gate: dispatch::Gate::default(),
         queue: VecDeque::new(),
         decisions: HashMap::new(),
         terminals: terminals.clone(),
@@ -291,10 +273,8 @@ impl<R: Runtime> Controller<R> {
         for w in &self.queue {
             wake = wake.min(w.deadline);
         }
-        // Only backoffs still running: one that has run out while its action is in flight would otherwise
-        // wake the loop every few milliseconds until that action ends (a hot loop while Docker hangs).
-        for b in self.backoff.values().filter(|b| b.not_before > now_i) {
-            wake = wake.min(b.not_before);
+        if let Some(t) = self.gate.next_wake(now_i) {
+            wake = wake.min(t);
         }
         if let Some((_, deadline)) = &self.shutdown {
             wake = wake.min(*deadline);
@@ -378,11 +358,11 @@ impl<R: Runtime> Controller<R> {
             return false;
         };
         if Instant::now() >= *deadline {
-            warn!(in_flight = self.in_flight.len(), "shutdown grace ran out");
+            warn!(in_flight = self.gate.in_flight(), "shutdown grace ran out");
             return true;
         }
         let removing = self.policy.reconcile.shutdown == berth_reconciler::policy::ShutdownMode::Remove;
-        self.in_flight.is_empty() && (!removing || self.desired.sessions.is_empty() || !self.observed.is_listed())
+        self.gate.in_flight() == 0 && (!removing || self.desired.sessions.is_empty() || !self.observed.is_listed())
     }
 
     // ----- the pass -----
@@ -446,22 +426,16 @@ impl<R: Runtime> Controller<R> {
     }
 
     fn dispatch(&mut self, mut action: Action) {
+        let now = Instant::now();
         if let Action::BulkRemove { containers, .. } = &mut action {
-            containers.retain(|c| !self.in_flight.contains(&Key::Container(c.clone())));
-            let now = Instant::now();
-            containers.retain(|c| self.backoff.get(&Key::Container(c.clone())).is_none_or(|b| b.not_before <= now));
+            self.gate.narrow(containers, now);
             if containers.is_empty() {
                 return;
             }
         }
-        let keys = keys_of(&action);
-        if keys.iter().any(|k| self.in_flight.contains(k)) {
-            self.metrics.actions_deferred.with_label_values(&["in_flight"]).inc();
-            return;
-        }
-        let now = Instant::now();
-        if keys.iter().any(|k| self.backoff.get(k).is_some_and(|b| b.not_before > now)) {
-            self.metrics.actions_deferred.with_label_values(&["backoff"]).inc();
+        let keys = Key::of(&action);
+        if let Err(why) = self.gate.check(&keys, now) {
+            self.metrics.actions_deferred.with_label_values(&[why.as_str()]).inc();
             return;
         }
         if matches!(action, Action::Remove { .. } | Action::BulkRemove { .. }) {
@@ -482,7 +456,7 @@ impl<R: Runtime> Controller<R> {
             };
             self.record(s, "planned", detail);
         }
-        self.in_flight.extend(keys);
+        self.gate.begin(keys);
         let exec = self.executor.clone();
         let tx = self.done_tx.clone();
         let span = info_span!("action", action = action.kind().as_str(), session = ?action.session());
@@ -514,7 +488,7 @@ impl<R: Runtime> Controller<R> {
         let mut gone = Vec::new();
         for s in self.desired.sessions.values() {
             let st = self.status(s, &by);
-            if st.phase == Phase::Gone && !self.in_flight.contains(&Key::Session(s.id)) {
+            if st.phase == Phase::Gone && !self.gate.busy(&Key::Session(s.id)) {
                 gone.push(s.id);
             }
             if let Some(tx) = self.statuses.get(&s.id) {
@@ -534,7 +508,7 @@ impl<R: Runtime> Controller<R> {
             self.statuses.remove(&id);
             self.leases.remove(&id);
             self.decisions.remove(&id);
-            self.backoff.remove(&Key::Session(id));
+            self.gate.succeeded(&Key::Session(id));
             self.terminals.forget(&id);
             debug!(session = %id, "session gone");
         }

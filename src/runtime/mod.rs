@@ -123,6 +123,16 @@ impl RuntimeError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::NotFound(_) | Self::Rejected(_))
     }
+
+    /// The kind of failure, for the retry rule (`berth_reconciler::retry`).
+    pub fn failure(&self) -> berth_reconciler::retry::Failure {
+        use berth_reconciler::retry::Failure;
+        match self {
+            Self::Unreachable(_) => Failure::Unreachable,
+            e if e.is_permanent() => Failure::Permanent,
+            _ => Failure::Transient,
+        }
+    }
 }
 
 /// What a Docker event told us about one managed container.
