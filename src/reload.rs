@@ -262,7 +262,7 @@ mod tests {
     use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RenameMode};
     use notify::{Event, EventKind};
 
-    use super::{FileChange, classify};
+    use super::{FileChange, Reloader, classify};
 
     fn ev(kind: EventKind, path: &str) -> Event {
         Event::new(kind).add_path(path.into())
@@ -309,5 +309,41 @@ mod tests {
         assert_eq!(classify(&tmp, name), None, "the temporary file before its rename");
         let configmap_dir = ev(EventKind::Create(CreateKind::Folder), "/etc/berth/..2026_12_04");
         assert_eq!(classify(&configmap_dir, name), None, "a ConfigMap's files being written");
+    }
+
+    /// SIGHUP calls `reload`: it applies what the file holds, written in place or not, and still keeps the
+    /// restart-only keys; `changed_in_place` reports a change once and applies nothing.
+    #[test]
+    fn a_reload_applies_the_file_as_it_is_and_an_in_place_change_is_only_reported() {
+        use std::sync::Arc;
+
+        use berth_reconciler::Policy;
+        use tokio::sync::watch;
+
+        let dir = std::env::temp_dir().join(format!("berth-reload-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("policy.yaml");
+        let header = "apiVersion: berth.dev/v1\nkind: Policy\n";
+        std::fs::write(&path, format!("{header}server:\n  admin_listen: 127.0.0.2:9\n")).expect("write");
+        let boot = crate::app::load_policy(&path).expect("valid");
+        let tx = Arc::new(watch::channel(Arc::new(boot.clone())).0);
+        let status = Arc::new(watch::channel(super::ReloadStatus::default()).0);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let load: super::Loader = Arc::new(crate::app::load_policy);
+        let mut r = Reloader::new(path.clone(), load, tx.clone(), status.clone(), metrics);
+
+        std::fs::write(&path, format!("{header}limits:\n  max_sessions: 3\n")).expect("write in place");
+        assert!(r.changed_in_place(), "reported");
+        assert!(!r.changed_in_place(), "once");
+        assert!(status.borrow().not_applied.is_some());
+        assert_eq!(**tx.borrow(), boot, "not applied");
+
+        assert!(r.reload(), "SIGHUP applies it");
+        let running: Policy = (**tx.borrow()).clone();
+        assert_eq!(running.limits.max_sessions, 3);
+        assert_eq!(running.server.admin_listen, boot.server.admin_listen, "the admin listener stays");
+        assert_eq!(status.borrow().restart_pending, ["server.admin_listen"]);
+        assert_eq!(status.borrow().not_applied, None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
