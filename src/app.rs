@@ -310,8 +310,10 @@ impl Server {
             (Some(l), Some(a)) => Some(l.local_addr().map_err(bind_err(a))?),
             _ => None,
         };
-        let (reload_tx, reload_rx) =
-            watch::channel(crate::reload::ReloadStatus { policy_hash: policy.hash(), last_error: None, at: 0 });
+        let (reload_tx, reload_rx) = watch::channel(crate::reload::ReloadStatus {
+            policy_hash: policy.hash(),
+            ..crate::reload::ReloadStatus::default()
+        });
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
         let policy_tx = Arc::new(policy_tx);
         let cfg = ControllerConfig { instance, epoch: 1 };
@@ -333,19 +335,20 @@ impl Server {
         tokio::spawn(evict_rate_limits(limiter, policy_rx));
         if let Some(path) = policy_file {
             let load: crate::reload::Loader = Arc::new(load_policy);
-            let task = crate::reload::run(path, load, policy_tx.clone(), Arc::new(reload_tx), metrics.clone());
-            tokio::spawn(task);
+            let reloader =
+                crate::reload::Reloader::new(path, load, policy_tx.clone(), Arc::new(reload_tx), metrics.clone());
+            crate::reload::spawn(reloader);
         }
         let mut stop_rx = shutdown_rx.clone();
-        let routes = crate::http::routes(edge).or(crate::admin::routes(admin.clone(), false));
+        let routes = crate::http::routes(edge).or(crate::admin::routes(admin.clone(), crate::admin::Listener::Main));
         let http = warp::serve(routes).incoming(listener).graceful(async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         });
         let http = tokio::spawn(http.run());
-        if let Some(l) = admin_listener {
+        if let (Some(l), Some(bound)) = (admin_listener, admin_addr) {
             let mut stop_rx = shutdown_rx;
-            let routes =
-                crate::admin::routes(admin, true).or(crate::http::health_routes(handle.clone(), metrics.clone()));
+            let routes = crate::admin::routes(admin, crate::admin::Listener::Dedicated(bound))
+                .or(crate::http::health_routes(handle.clone(), metrics.clone()));
             let server = warp::serve(routes).incoming(l).graceful(async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             });

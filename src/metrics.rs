@@ -63,6 +63,8 @@ pub struct Metrics {
     pub bytes: IntCounterVec,
     /// Policy reloads by result.
     pub reloads: IntCounterVec,
+    /// Keys changed in the policy file that wait for a restart (the running policy keeps their old values).
+    pub restart_pending: IntGauge,
     /// 1 when Docker answers.
     pub docker_up: IntGauge,
     /// Docker events seen, by kind.
@@ -201,6 +203,10 @@ impl Metrics {
             ws_closed: counter_vec(&r, "berth_websocket_closes_total", "WebSocket closes, by close code.", &["code"]),
             bytes: counter_vec(&r, "berth_terminal_bytes_total", "Terminal bytes, by direction.", &["direction"]),
             reloads: counter_vec(&r, "berth_policy_reloads_total", "Policy reloads, by result.", &["result"]),
+            restart_pending: int_gauge(
+                "berth_policy_restart_pending",
+                "Keys changed in the policy file that only a restart applies; the running values are kept.",
+            ),
             docker_up,
             events: counter_vec(&r, "berth_docker_events_total", "Docker events seen, by kind.", &["kind"]),
             queue_len,
@@ -268,7 +274,7 @@ impl Metrics {
         for d in ["in", "out"] {
             self.bytes.with_label_values(&[d]);
         }
-        for r in ["ok", "error"] {
+        for r in ["ok", "error", "in_place"] {
             self.reloads.with_label_values(&[r]);
         }
         for k in ["create", "start", "die", "oom", "destroy", "health", "other"] {

@@ -1,14 +1,21 @@
-//! Policy hot reload: watches the policy file's parent directory (editors save by rename; Kubernetes
-//! ConfigMaps swap a symlink) and listens for SIGHUP. A valid file replaces the policy at once; an invalid one
-//! is logged and counted, and the old policy stays in force.
+//! Policy hot reload: watches the policy file's parent directory and listens for SIGHUP.
+//!
+//! The watcher applies a file only when it is *replaced* (renamed into place, or a Kubernetes ConfigMap swap):
+//! a file written in place may be caught half-written, and its missing sections would take their defaults, so
+//! such a change is reported and waits for a rename or a SIGHUP (see `docs/decisions/0015-*.md`). Keys that
+//! only a restart applies keep their running values, and are reported. An invalid file is logged and counted,
+//! and the old policy stays in force.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use berth_reconciler::policy_diff::{hold_restart_only, restart_only};
 use berth_reconciler::Policy;
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -23,100 +30,186 @@ pub struct ReloadStatus {
     pub policy_hash: String,
     /// Errors of the last refused file, one per line with line and column; empty when it was accepted.
     pub last_error: Option<String>,
+    /// Keys the file changes that only a restart applies: the policy in force keeps their running values.
+    pub restart_pending: Vec<String>,
+    /// Set when the file was changed in place after the last reload, and that change was not applied.
+    pub not_applied: Option<String>,
     /// Unix ms of the last attempt.
     pub at: u64,
 }
 
-/// What cannot change without a restart; carried over from the running policy. Warns only when the file
-/// itself changed such a value (`previous` is the file as last read), not when a flag overrides it.
-fn keep_fixed(new: &mut Policy, current: &Policy, previous: Option<&Policy>) {
-    if let Some(prev) = previous {
-        if new.server.listen != prev.server.listen || new.server.admin_listen != prev.server.admin_listen {
-            warn!("listen addresses change only on restart; keeping the current ones");
-        }
-        if new.docker.namespace != prev.docker.namespace || new.docker.name_prefix != prev.docker.name_prefix {
-            warn!("docker.namespace and docker.name_prefix change only on restart; keeping the current ones");
-        }
-    }
-    new.server.listen = current.server.listen;
-    new.server.admin_listen = current.server.admin_listen;
-    new.docker.namespace = current.docker.namespace.clone();
-    new.docker.name_prefix = current.docker.name_prefix.clone();
+/// Why the watcher saw the policy file change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileChange {
+    /// A complete file was renamed onto the policy path, or a ConfigMap swapped its `..data` link: apply it.
+    Replaced = 1,
+    /// The file was created, truncated or written where it is: it may be half-written, so it is not applied.
+    InPlace = 2,
 }
 
-/// Loads `path` and, if valid and different, publishes it.
-pub fn reload_once(
-    path: &Path,
-    load: &dyn Fn(&Path) -> Result<Policy, String>,
-    tx: &watch::Sender<Arc<Policy>>,
-    status: &watch::Sender<ReloadStatus>,
-    metrics: &Metrics,
-    previous: &mut Option<Policy>,
-) -> bool {
-    let at = crate::clock::now().as_millis();
-    match load(path) {
-        Ok(mut p) => {
-            let current = tx.borrow().clone();
-            let as_read = p.clone();
-            keep_fixed(&mut p, &current, previous.as_ref());
-            *previous = Some(as_read);
-            let changed = *current != p;
-            if changed {
-                info!(policy = %p.hash(), "policy reloaded");
-                tx.send_replace(Arc::new(p));
-            }
-            metrics.reloads.with_label_values(&["ok"]).inc();
-            metrics.policy_loaded.set(at as f64 / 1000.0);
-            status.send_replace(ReloadStatus { policy_hash: tx.borrow().hash(), last_error: None, at });
-            changed
-        }
-        Err(e) => {
-            warn!(errors = %e, "policy reload refused; the old policy stays in force");
-            metrics.reloads.with_label_values(&["error"]).inc();
-            status.send_replace(ReloadStatus { policy_hash: tx.borrow().hash(), last_error: Some(e), at });
-            false
-        }
-    }
-}
+const IN_PLACE: &str = "the policy file was changed in place and that change is not applied, since a file being \
+                        written cannot be told from a finished one: replace the file by renaming a complete one \
+                        onto it (write policy.yaml.new beside it, then mv), or send SIGHUP once it is complete";
 
-/// Whether a change in the policy file's directory may have changed the file named `name`. Opening or reading
-/// a file changes nothing (and each reload opens the policy file: counting that would reload forever), and
-/// neither does a change to another file, such as a log written beside it. Entries whose names start with
-/// `..` are how Kubernetes swaps a ConfigMap's files in at once (`..data` and its timestamped targets).
-fn may_change_policy(ev: &notify::Event, name: &std::ffi::OsStr) -> bool {
+/// How a change in the policy file's directory concerns the file named `name`. Opening or reading a file
+/// changes nothing (and each reload opens the policy file: counting that would reload forever), and neither
+/// does a change to another file, such as a log written beside it. Entries whose names start with `..` are how
+/// Kubernetes swaps a ConfigMap's files in at once (`..data` and its timestamped targets).
+fn classify(ev: &notify::Event, name: &std::ffi::OsStr) -> Option<FileChange> {
     use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode};
-    let writes = match ev.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
-    };
-    writes
-        && ev.paths.iter().filter_map(|p| p.file_name()).any(|n| n == name || n.as_encoded_bytes().starts_with(b".."))
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    let named = |p: &PathBuf| p.file_name() == Some(name);
+    let swapped_in = |p: &PathBuf| named(p) || p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".."));
+    match ev.kind {
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+            ev.paths.iter().any(swapped_in).then_some(FileChange::Replaced)
+        }
+        // Both carries (from, to): only the destination matters. Renaming the policy file away applies nothing.
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            ev.paths.get(1).is_some_and(swapped_in).then_some(FileChange::Replaced)
+        }
+        EventKind::Modify(ModifyKind::Name(_) | ModifyKind::Metadata(_)) => None,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            ev.paths.iter().any(named).then_some(FileChange::InPlace)
+        }
+        _ => None,
+    }
 }
 
-/// Watches `path`'s directory and SIGHUP until the process ends.
-pub async fn run(
+fn digest(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+}
+
+/// Applies the policy file to the running policy: one writer of the policy channel and the reload status.
+pub struct Reloader {
     path: PathBuf,
     load: Loader,
     tx: Arc<watch::Sender<Arc<Policy>>>,
     status: Arc<watch::Sender<ReloadStatus>>,
     metrics: Arc<Metrics>,
-) {
-    // The file as it was read at startup, so a flag overriding a fixed value does not warn on every reload.
-    let mut previous = load(&path).ok();
-    let (ev_tx, mut ev_rx) = mpsc::channel::<()>(1);
-    // Held for the life of the loop, so the channel stays open even without a watcher.
-    let _keep_open = ev_tx.clone();
+    /// The file as read when berth started: what a restart-only key is compared with, so that a flag
+    /// overriding the file (`--listen`) is not reported as a pending change.
+    boot: Option<Policy>,
+    /// Digest of the file as last read by a reload, or last reported as changed in place.
+    seen: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// A reloader of `path`, reading it once now as the file berth started from.
+    pub fn new(
+        path: PathBuf,
+        load: Loader,
+        tx: Arc<watch::Sender<Arc<Policy>>>,
+        status: Arc<watch::Sender<ReloadStatus>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let seen = digest(&path);
+        let boot = load(&path).ok();
+        Self { path, load, tx, status, metrics, boot, seen }
+    }
+
+    /// Loads the file and, if valid, publishes it with every restart-only key kept at its running value.
+    /// Returns whether the policy in force changed.
+    pub fn reload(&mut self) -> bool {
+        let at = crate::clock::now().as_millis();
+        self.seen = digest(&self.path);
+        let running = self.tx.borrow().clone();
+        let loaded = (self.load)(&self.path).and_then(|file| {
+            let mut p = file.clone();
+            hold_restart_only(&mut p, &running).map(|()| (file, p)).map_err(|keys| {
+                format!(
+                    "{}: {} only take effect on a restart, and this berth cannot keep their running values",
+                    self.path.display(),
+                    keys.join(", ")
+                )
+            })
+        });
+        match loaded {
+            Ok((file, p)) => {
+                let pending = restart_only(self.boot.as_ref().unwrap_or(&running), &file);
+                if !pending.is_empty() {
+                    warn!(
+                        keys = %pending.join(", "),
+                        "policy changes that take effect only on restart; the running values are kept until then"
+                    );
+                }
+                self.metrics.restart_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+                let changed = *running != p;
+                if changed {
+                    info!(policy = %p.hash(), "policy reloaded");
+                    self.tx.send_replace(Arc::new(p));
+                }
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                self.metrics.policy_loaded.set(at as f64 / 1000.0);
+                let policy_hash = self.tx.borrow().hash();
+                self.status.send_replace(ReloadStatus {
+                    policy_hash,
+                    last_error: None,
+                    restart_pending: pending,
+                    not_applied: None,
+                    at,
+                });
+                changed
+            }
+            Err(e) => {
+                warn!(errors = %e, "policy reload refused; the old policy stays in force");
+                self.metrics.reloads.with_label_values(&["error"]).inc();
+                let restart_pending = self.status.borrow().restart_pending.clone();
+                let policy_hash = self.tx.borrow().hash();
+                self.status.send_replace(ReloadStatus {
+                    policy_hash,
+                    last_error: Some(e),
+                    restart_pending,
+                    not_applied: None,
+                    at,
+                });
+                false
+            }
+        }
+    }
+
+    /// Reports a change written in place, once per content, without applying it. Returns whether the file
+    /// differed from what berth last read.
+    pub fn changed_in_place(&mut self) -> bool {
+        let now = digest(&self.path);
+        if now.is_none() || now == self.seen {
+            return false;
+        }
+        self.seen = now;
+        warn!(file = %self.path.display(), "{IN_PLACE}");
+        self.metrics.reloads.with_label_values(&["in_place"]).inc();
+        let at = crate::clock::now().as_millis();
+        self.status.send_modify(|s| {
+            s.not_applied = Some(IN_PLACE.to_owned());
+            s.at = at;
+        });
+        true
+    }
+}
+
+/// Watches the policy file's directory and SIGHUP until the process ends. The watch and the signal handler are
+/// in place when this returns, so a change made after it is seen.
+pub fn spawn(mut reloader: Reloader) -> tokio::task::JoinHandle<()> {
+    // What the watcher saw since the last pass, as `FileChange` bits; the task wakes on `wake`.
+    let seen = Arc::new(AtomicU8::new(0));
+    let wake = Arc::new(Notify::new());
+    let path = reloader.path.clone();
     let dir = path.parent().map(Path::to_path_buf).filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| ".".into());
     let name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    let (seen_w, wake_w) = (seen.clone(), wake.clone());
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok_and(|ev| may_change_policy(&ev, &name)) {
-            // A full channel means a reload is already pending: dropping this event loses nothing.
-            let _ = ev_tx.try_send(());
+        if let Some(change) = res.ok().and_then(|ev| classify(&ev, &name)) {
+            seen_w.fetch_or(change as u8, Ordering::SeqCst);
+            wake_w.notify_one();
         }
     });
-    let _watcher = match watcher {
+    let watcher = match watcher {
         Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
             Ok(()) => Some(w),
             Err(e) => {
@@ -130,28 +223,36 @@ pub async fn run(
         }
     };
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        let hup_fut = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
+    tokio::spawn(async move {
+        // Held for the life of the loop.
+        let _watcher = watcher;
+        loop {
+            let hup_fut = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            ev = ev_rx.recv() => {
-                if ev.is_none() {
-                    return;
+            };
+            tokio::select! {
+                () = wake.notified() => {
+                    // A swap or an editor's save comes as several events; take them as one.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let bits = seen.swap(0, Ordering::SeqCst);
+                    if bits & FileChange::Replaced as u8 != 0 {
+                        reloader.reload();
+                    } else if bits & FileChange::InPlace as u8 != 0 {
+                        reloader.changed_in_place();
+                    }
                 }
-                // Editors write in several steps; let them finish.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while ev_rx.try_recv().is_ok() {}
+                () = hup_fut => {
+                    info!("SIGHUP: reloading the policy");
+                    reloader.reload();
+                }
             }
-            () = hup_fut => info!("SIGHUP: reloading the policy"),
         }
-        reload_once(&path, load.as_ref(), &tx, &status, &metrics, &mut previous);
-    }
+    })
 }
 
 #[cfg(test)]
@@ -161,33 +262,88 @@ mod tests {
     use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RenameMode};
     use notify::{Event, EventKind};
 
-    use super::may_change_policy;
+    use super::{FileChange, Reloader, classify};
 
     fn ev(kind: EventKind, path: &str) -> Event {
         Event::new(kind).add_path(path.into())
     }
 
     #[test]
-    fn writes_and_renames_of_the_policy_file_count() {
+    fn a_rename_onto_the_policy_file_or_a_configmap_swap_replaces_it() {
         let name = OsStr::new("policy.yaml");
-        for kind in [
-            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            EventKind::Create(CreateKind::File),
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
-        ] {
-            assert!(may_change_policy(&ev(kind, "/etc/berth/policy.yaml"), name), "{kind:?}");
-        }
+        let to = ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "/etc/berth/policy.yaml");
+        assert_eq!(classify(&to, name), Some(FileChange::Replaced));
+        let both = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path("/etc/berth/policy.yaml.new".into())
+            .add_path("/etc/berth/policy.yaml".into());
+        assert_eq!(classify(&both, name), Some(FileChange::Replaced));
         let swap = ev(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "/etc/berth/..data");
-        assert!(may_change_policy(&swap, name), "a Kubernetes ConfigMap swap");
+        assert_eq!(classify(&swap, name), Some(FileChange::Replaced), "a Kubernetes ConfigMap swap");
     }
 
     #[test]
-    fn opening_the_policy_file_or_writing_another_file_does_not_count() {
+    fn writing_or_creating_the_policy_file_in_place_is_not_a_replacement() {
+        let name = OsStr::new("policy.yaml");
+        for kind in [
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+        ] {
+            assert_eq!(classify(&ev(kind, "/etc/berth/policy.yaml"), name), Some(FileChange::InPlace), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn opening_renaming_away_or_writing_another_file_does_not_count() {
         let name = OsStr::new("policy.yaml");
         let open = ev(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/etc/berth/policy.yaml");
-        assert!(!may_change_policy(&open, name), "a reload's own read");
+        assert_eq!(classify(&open, name), None, "a reload's own read");
         let log = ev(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "/etc/berth/berth.log");
-        assert!(!may_change_policy(&log, name), "a log beside the policy");
+        assert_eq!(classify(&log, name), None, "a log beside the policy");
+        let away = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path("/etc/berth/policy.yaml".into())
+            .add_path("/etc/berth/policy.yaml~".into());
+        assert_eq!(classify(&away, name), None, "an editor's backup");
+        let tmp = ev(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "/etc/berth/policy.yaml.new");
+        assert_eq!(classify(&tmp, name), None, "the temporary file before its rename");
+        let configmap_dir = ev(EventKind::Create(CreateKind::Folder), "/etc/berth/..2026_12_04");
+        assert_eq!(classify(&configmap_dir, name), None, "a ConfigMap's files being written");
+    }
+
+    /// SIGHUP calls `reload`: it applies what the file holds, written in place or not, and still keeps the
+    /// restart-only keys; `changed_in_place` reports a change once and applies nothing.
+    #[test]
+    fn a_reload_applies_the_file_as_it_is_and_an_in_place_change_is_only_reported() {
+        use std::sync::Arc;
+
+        use berth_reconciler::Policy;
+        use tokio::sync::watch;
+
+        let dir = std::env::temp_dir().join(format!("berth-reload-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("policy.yaml");
+        let header = "apiVersion: berth.dev/v1\nkind: Policy\n";
+        std::fs::write(&path, format!("{header}server:\n  admin_listen: 127.0.0.2:9\n")).expect("write");
+        let boot = crate::app::load_policy(&path).expect("valid");
+        let tx = Arc::new(watch::channel(Arc::new(boot.clone())).0);
+        let status = Arc::new(watch::channel(super::ReloadStatus::default()).0);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let load: super::Loader = Arc::new(crate::app::load_policy);
+        let mut r = Reloader::new(path.clone(), load, tx.clone(), status.clone(), metrics);
+
+        std::fs::write(&path, format!("{header}limits:\n  max_sessions: 3\n")).expect("write in place");
+        assert!(r.changed_in_place(), "reported");
+        assert!(!r.changed_in_place(), "once");
+        assert!(status.borrow().not_applied.is_some());
+        assert_eq!(**tx.borrow(), boot, "not applied");
+
+        assert!(r.reload(), "SIGHUP applies it");
+        let running: Policy = (**tx.borrow()).clone();
+        assert_eq!(running.limits.max_sessions, 3);
+        assert_eq!(running.server.admin_listen, boot.server.admin_listen, "the admin listener stays");
+        assert_eq!(status.borrow().restart_pending, ["server.admin_listen"]);
+        assert_eq!(status.borrow().not_applied, None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -74,3 +74,25 @@ fn every_key_is_documented_once_with_a_type_and_a_meaning() {
         assert!(!cells[1].is_empty() && !cells[3].is_empty(), "line {line}: {key} needs a type and a meaning");
     }
 }
+
+/// The keys a bullet of "What a change reaches" names, such as `- **Restart only**: `a`, `b`.`.
+fn reach_bullet(doc: &str, title: &str) -> BTreeSet<String> {
+    let start = doc.find(&format!("- **{title}**")).unwrap_or_else(|| panic!("no bullet **{title}**"));
+    let rest = &doc[start + 2..];
+    let end = rest.find("\n- ").or_else(|| rest.find("\n\n")).unwrap_or(rest.len());
+    rest[..end].split('`').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+#[test]
+fn the_restart_only_and_new_connection_keys_are_listed_as_the_reach_table_says() {
+    use berth_reconciler::policy_diff::{REACH, Reach};
+    let doc = doc();
+    for (title, reach) in [("Restart only", Reach::Restart), ("New connections", Reach::NewConnections)] {
+        let listed = reach_bullet(&doc, title);
+        // Section rows (`server`, `docker`) only cover what the file spells differently; the keys are listed.
+        let table: BTreeSet<String> =
+            REACH.iter().filter(|(k, r)| *r == reach && k.contains('.')).map(|(k, _)| (*k).to_owned()).collect();
+        let listed_keys: BTreeSet<String> = listed.into_iter().filter(|k| k.contains('.')).collect();
+        assert_eq!(listed_keys, table, "docs/policy.md, \"{title}\": keep it equal to policy_diff/reach.rs");
+    }
+}
