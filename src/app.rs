@@ -330,26 +330,19 @@ impl Server {
             policy: policy_rx.clone(),
             reload: reload_rx.clone(),
         });
-        tokio::spawn(evict_rate_limits(limiter, policy_rx));
+        tokio::spawn(evict_rate_limits(limiter, policy_rx.clone()));
         if let Some(path) = policy_file {
             let load: crate::reload::Loader = Arc::new(load_policy);
             let task = crate::reload::run(path, load, policy_tx.clone(), Arc::new(reload_tx), metrics.clone());
             tokio::spawn(task);
         }
-        let mut stop_rx = shutdown_rx.clone();
         let routes = crate::http::routes(edge).or(crate::admin::routes(admin.clone(), false));
-        let http = warp::serve(routes).incoming(listener).graceful(async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        });
-        let http = tokio::spawn(http.run());
+        let http = crate::listener::serve(listener, routes, policy_rx.clone(), metrics.clone(), shutdown_rx.clone());
+        let http = tokio::spawn(http);
         if let Some(l) = admin_listener {
-            let mut stop_rx = shutdown_rx;
             let routes =
                 crate::admin::routes(admin, true).or(crate::http::health_routes(handle.clone(), metrics.clone()));
-            let server = warp::serve(routes).incoming(l).graceful(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            });
-            tokio::spawn(server.run());
+            tokio::spawn(crate::listener::serve(l, routes, policy_rx, metrics.clone(), shutdown_rx));
         }
         Ok(Self {
             addr,
