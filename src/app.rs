@@ -367,9 +367,8 @@ impl Server {
     }
 }
 
-/// Binds a listening socket with `TCP_NODELAY` set, which Linux passes on to every connection it accepts (warp
-/// takes a listener and gives no hook on accepted sockets). A terminal's output leaves in many small writes; with
-/// Nagle's algorithm each one after the first waits for the client's delayed ACK, adding 40 ms to every echo.
+/// Binds a listening socket with `TCP_NODELAY` set, which Linux passes on to every connection it accepts. A
+/// terminal's output leaves in many small writes; with Nagle's algorithm each one after the first waits for the client's delayed ACK, adding 40 ms to every echo.
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     // As `TcpListener::bind` does: a restarted berth may bind while old connections sit in TIME_WAIT.
