@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use berth::app::Server;
 use berth::reconciler::Policy;
 use berth::runtime::fake::FakeRuntime;
-use common::client::{Client, connect};
+use common::client::{Client, connect, connect_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -177,5 +177,27 @@ async fn the_connection_cap_counts_upgraded_sessions_and_follows_a_reload() {
     p.server.max_pending = 3;
     server.policy.send_replace(Arc::new(p));
     assert!(healthz(&server, "127.0.0.1").await.starts_with("HTTP/1.1 200"), "a raised cap applies at once");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_addresses_of_one_ipv6_64_behind_a_trusted_proxy_share_max_per_ip() {
+    let mut p = policy();
+    p.server.trusted_proxies = vec!["127.0.0.1/32".parse().expect("network")];
+    p.limits.max_per_ip = 1;
+    let server = start(p).await;
+    let mut first = connect_with(server.addr, "", &[("x-forwarded-for", "2001:db8:aa:bb::1")]).await.expect("upgrade");
+    first.hello().await;
+    first.until_ready().await;
+
+    let mut second = connect_with(server.addr, "", &[("x-forwarded-for", "2001:db8:aa:bb::2")]).await.expect("upgrade");
+    second.hello().await;
+    let (close, code) = second.until_closed(Duration::from_secs(5)).await;
+    assert_eq!((close, code.as_deref()), (Some(4029), Some("per_ip")), "messages: {:?}", second.messages);
+
+    let mut other = connect_with(server.addr, "", &[("x-forwarded-for", "2001:db8:aa:cc::1")]).await.expect("upgrade");
+    other.hello().await;
+    other.until_ready().await;
+    still_works(&mut first, "first-still-here").await;
     server.stop().await;
 }
