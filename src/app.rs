@@ -332,27 +332,20 @@ impl Server {
             policy: policy_rx.clone(),
             reload: reload_rx.clone(),
         });
-        tokio::spawn(evict_rate_limits(limiter, policy_rx));
+        tokio::spawn(evict_rate_limits(limiter, policy_rx.clone()));
         if let Some(path) = policy_file {
             let load: crate::reload::Loader = Arc::new(load_policy);
             let reloader =
                 crate::reload::Reloader::new(path, load, policy_tx.clone(), Arc::new(reload_tx), metrics.clone());
             crate::reload::spawn(reloader);
         }
-        let mut stop_rx = shutdown_rx.clone();
         let routes = crate::http::routes(edge).or(crate::admin::routes(admin.clone(), crate::admin::Listener::Main));
-        let http = warp::serve(routes).incoming(listener).graceful(async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        });
-        let http = tokio::spawn(http.run());
+        let http = crate::listener::serve(listener, routes, policy_rx.clone(), metrics.clone(), shutdown_rx.clone());
+        let http = tokio::spawn(http);
         if let (Some(l), Some(bound)) = (admin_listener, admin_addr) {
-            let mut stop_rx = shutdown_rx;
             let routes = crate::admin::routes(admin, crate::admin::Listener::Dedicated(bound))
                 .or(crate::http::health_routes(handle.clone(), metrics.clone()));
-            let server = warp::serve(routes).incoming(l).graceful(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            });
-            tokio::spawn(server.run());
+            tokio::spawn(crate::listener::serve(l, routes, policy_rx, metrics.clone(), shutdown_rx));
         }
         Ok(Self {
             addr,
@@ -377,9 +370,8 @@ impl Server {
     }
 }
 
-/// Binds a listening socket with `TCP_NODELAY` set, which Linux passes on to every connection it accepts (warp
-/// takes a listener and gives no hook on accepted sockets). A terminal's output leaves in many small writes; with
-/// Nagle's algorithm each one after the first waits for the client's delayed ACK, adding 40 ms to every echo.
+/// Binds a listening socket with `TCP_NODELAY` set, which Linux passes on to every connection it accepts. A
+/// terminal's output leaves in many small writes; with Nagle's algorithm each one after the first waits for the client's delayed ACK, adding 40 ms to every echo.
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     // As `TcpListener::bind` does: a restarted berth may bind while old connections sit in TIME_WAIT.

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod controller;
 pub mod executor;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod observer;
 pub mod runtime;

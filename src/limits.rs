@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
+use berth_reconciler::admission::ip_key;
 use berth_reconciler::policy::Limits;
 use governor::clock::{Clock, DefaultClock};
 use governor::nanos::Nanos;
@@ -20,9 +21,6 @@ use ipnet::IpNet;
 
 /// Longest `X-Forwarded-For` value read, in bytes. A longer one is ignored entirely.
 pub const MAX_FORWARDED_FOR_BYTES: usize = 4096;
-
-/// IPv6 clients are rate limited per network of this prefix length, since one host usually holds a whole /64.
-pub const IPV6_RATE_PREFIX: u8 = 64;
 
 /// Whether `ip` lies in any trusted network, in its canonical form or (for IPv4) its IPv4-mapped IPv6 form.
 fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
@@ -156,17 +154,6 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[Strin
     })
 }
 
-/// The rate limit key for `ip`: IPv4 addresses as they are, IPv6 addresses by their /64.
-fn rate_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX << (128 - u32::from(IPV6_RATE_PREFIX));
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
-        v4 => v4,
-    }
-}
-
 /// Rate limit state per key (the GCRA's theoretical arrival time), with a hard cap on the number of keys.
 ///
 /// When a new key arrives and the store is full, the eighth of the keys with the earliest arrival times are
@@ -272,6 +259,8 @@ struct Generation {
     store: BoundedStore,
     per_minute: u32,
     burst: u32,
+    /// The prefixes that group addresses into keys, and the networks not counted.
+    grouping: Limits,
 }
 
 impl Generation {
@@ -281,12 +270,19 @@ impl Generation {
         let store = BoundedStore::new(limits.tracked_ips);
         let quota = Quota::per_minute(per_minute).allow_burst(burst);
         let limiter = RateLimiter::new(quota, store.clone(), DefaultClock::default());
-        Self { limiter, store, per_minute: per_minute.get(), burst: burst.get() }
+        let grouping = Limits {
+            ipv4_prefix: limits.ipv4_prefix,
+            ipv6_prefix: limits.ipv6_prefix,
+            rate_exempt: limits.rate_exempt.clone(),
+            ..Limits::default()
+        };
+        Self { limiter, store, per_minute: per_minute.get(), burst: burst.get(), grouping }
     }
 }
 
 /// New connections per client address: `limits.connections_per_minute` with bursts of `limits.connection_burst`,
-/// over at most `limits.tracked_ips` addresses (IPv6 counted per /64).
+/// over at most `limits.tracked_ips` addresses, each grouped by `limits.ipv4_prefix` or `limits.ipv6_prefix`
+/// (see [`ip_key`]). Clients in `limits.rate_exempt` are not counted.
 ///
 /// Memory is bounded at insertion: the state never holds more than `tracked_ips` keys. When a new address
 /// arrives at the cap, the eighth of addresses closest to a full budget are forgotten (idle ones first); a
@@ -308,7 +304,10 @@ impl ConnectionLimiter {
     /// When `ip` is over its rate: the time until it may connect again.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        current.limiter.check_key(&rate_key(ip)).map_err(|not_until| {
+        if is_trusted(ip.to_canonical(), &current.grouping.rate_exempt) {
+            return Ok(());
+        }
+        current.limiter.check_key(&ip_key(ip, &current.grouping)).map_err(|not_until| {
             let now = current.limiter.clock().now();
             not_until.wait_time_from(now)
         })
@@ -321,12 +320,16 @@ impl ConnectionLimiter {
         current.limiter.shrink_to_fit();
     }
 
-    /// Follows a policy change. A new `tracked_ips` applies in place (forgetting addresses over a lower cap);
-    /// a new rate or burst starts over with an empty state, so every address gets a fresh budget once.
+    /// Follows a policy change. A new `tracked_ips` or `rate_exempt` applies in place (forgetting addresses over
+    /// a lower cap); a new rate, burst or prefix starts over with an empty state, so every address gets a fresh
+    /// budget once.
     pub fn reconfigure(&self, limits: &Limits) {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        if current.per_minute == limits.connections_per_minute.max(1) && current.burst == limits.connection_burst.max(1)
+        if current.per_minute == limits.connections_per_minute.max(1)
+            && current.burst == limits.connection_burst.max(1)
+            && (current.grouping.ipv4_prefix, current.grouping.ipv6_prefix) == (limits.ipv4_prefix, limits.ipv6_prefix)
         {
+            current.grouping.rate_exempt.clone_from(&limits.rate_exempt);
             current.store.set_cap(limits.tracked_ips);
         } else {
             *current = Generation::new(limits);

@@ -61,6 +61,12 @@ pub struct Metrics {
     pub ws_closed: IntCounterVec,
     /// Terminal bytes by direction.
     pub bytes: IntCounterVec,
+    /// Open TCP connections on berth's listeners.
+    pub connections: IntGauge,
+    /// Connections that have not yet sent a WebSocket hello.
+    pub connections_pending: IntGauge,
+    /// Connections closed before they were served, by reason.
+    pub connections_dropped: IntCounterVec,
     /// Policy reloads by result.
     pub reloads: IntCounterVec,
     /// Keys changed in the policy file that wait for a restart (the running policy keeps their old values).
@@ -119,6 +125,11 @@ impl Metrics {
         let sessions = gauge_vec("berth_sessions", "Sessions by phase.", &["phase"]);
         let containers = gauge_vec("berth_containers", "Managed containers by state.", &["state"]);
         let ws_open = int_gauge("berth_websocket_connections", "Open WebSocket connections.");
+        let connections = int_gauge("berth_connections", "Open TCP connections on berth's listeners.");
+        let connections_pending = int_gauge(
+            "berth_connections_pending",
+            "Connections that have not yet sent a WebSocket hello (plain HTTP ones included).",
+        );
         let docker_up = int_gauge("berth_docker_up", "1 when the Docker engine answers, else 0.");
         let sentinel_up = int_gauge("berth_sentinel_up", "1 while this replica's sentinel container runs, else 0.");
         let peers_down =
@@ -202,6 +213,14 @@ impl Metrics {
             ws_total,
             ws_closed: counter_vec(&r, "berth_websocket_closes_total", "WebSocket closes, by close code.", &["code"]),
             bytes: counter_vec(&r, "berth_terminal_bytes_total", "Terminal bytes, by direction.", &["direction"]),
+            connections,
+            connections_pending,
+            connections_dropped: counter_vec(
+                &r,
+                "berth_connections_dropped_total",
+                "Connections closed before they were served: over a connection cap, or too slow with the request head.",
+                &["reason"],
+            ),
             reloads: counter_vec(&r, "berth_policy_reloads_total", "Policy reloads, by result.", &["result"]),
             restart_pending: int_gauge(
                 "berth_policy_restart_pending",
@@ -274,6 +293,9 @@ impl Metrics {
         for d in ["in", "out"] {
             self.bytes.with_label_values(&[d]);
         }
+        for r in crate::listener::Dropped::ALL {
+            self.connections_dropped.with_label_values(&[r.as_str()]);
+        }
         for r in ["ok", "error", "in_place"] {
             self.reloads.with_label_values(&[r]);
         }
@@ -326,6 +348,7 @@ mod tests {
         assert!(text.contains("berth_reconcile_duration_seconds_bucket"));
         assert!(text.contains(r#"berth_docker_api_call_duration_seconds_count{op="create"} 0"#));
         assert!(text.contains("berth_time_to_first_output_seconds_count 0"));
+        assert!(text.contains(r#"berth_connections_dropped_total{reason="header_timeout"} 0"#));
         assert!(!text.contains("session_id"));
     }
 }

@@ -119,13 +119,15 @@ async fn per_ip_connection_rate_is_limited_with_429_and_retry_after() {
     let mut p = w.policy.clone();
     p.limits.connections_per_minute = 3;
     p.limits.connection_burst = 3;
+    // The default exempts loopback (limits.rate_exempt); a public berth exempts nothing.
+    p.limits.rate_exempt = vec![];
     let server = w.serve_with(p).await;
     // Three upgrades use the burst (no hello needed: the limit applies before the upgrade)...
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(connect(server.addr).await);
     }
-    // ...and the fourth from the same address is refused, loopback or not.
+    // ...and the fourth from the same address is refused, loopback included.
     let resp = http_refusal(server.addr, &[]).await;
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     let secs: u64 = resp

@@ -64,6 +64,16 @@ pub struct ServerPolicy {
     pub replay_bytes: usize,
     /// Input buffered before the container is ready, in bytes.
     pub input_buffer_bytes: usize,
+    /// How long a client has to send a whole HTTP request head; also how long an idle keep-alive connection
+    /// stays open.
+    pub header_read_timeout: Duration,
+    /// Open TCP connections on the main listener, of every kind; past it a new connection is closed at once.
+    pub max_connections: usize,
+    /// Connections that have not yet sent a WebSocket hello (plain HTTP ones included).
+    pub max_pending: usize,
+    /// Pending connections per TCP peer address (grouped as `limits.ipv4_prefix` and `limits.ipv6_prefix` say);
+    /// trusted proxies are exempt.
+    pub max_pending_per_ip: usize,
 }
 
 /// Authentication settings.
@@ -353,6 +363,14 @@ pub struct Limits {
     pub queue_len: usize,
     /// How many client IPs are tracked for rate limiting before the oldest are evicted.
     pub tracked_ips: usize,
+    /// Clients waiting in the admission queue per client IP.
+    pub max_queued_per_ip: usize,
+    /// IPv4 clients within one network of this prefix length count as one client in every per-IP rule.
+    pub ipv4_prefix: u8,
+    /// IPv6 clients within one network of this prefix length count as one client in every per-IP rule.
+    pub ipv6_prefix: u8,
+    /// Client networks the per-IP connection rate does not count (loopback by default).
+    pub rate_exempt: Vec<IpNet>,
 }
 
 impl Default for Limits {
@@ -367,6 +385,13 @@ impl Default for Limits {
             queue_wait: Duration::from_secs(30),
             queue_len: 100,
             tracked_ips: 65_536,
+            max_queued_per_ip: 5,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            rate_exempt: vec![
+                IpNet::new_assert(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), 8),
+                IpNet::new_assert(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128),
+            ],
         }
     }
 }
@@ -534,6 +559,10 @@ impl Default for ServerPolicy {
             stall_timeout: Duration::from_secs(60),
             replay_bytes: 256 << 10,
             input_buffer_bytes: 64 << 10,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_pending: 256,
+            max_pending_per_ip: 32,
         }
     }
 }

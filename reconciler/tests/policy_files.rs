@@ -65,6 +65,8 @@ fn the_default_manifest_is_exactly_the_built_in_default_policy() {
 fn the_examples_configure_what_their_names_promise() {
     let demo = parse_manifest(&manifests().join("examples/public-demo.yaml")).expect("parses");
     assert!(demo.auth.anonymous && demo.auth.jwt.is_none() && demo.auth.static_tokens.is_empty());
+    assert!(demo.limits.rate_exempt.is_empty(), "a public berth exempts nobody from the connection rate");
+    assert!(demo.limits.connections_per_minute < Policy::default().limits.connections_per_minute);
 
     let jwt = parse_manifest(&manifests().join("examples/jwt.yaml")).expect("parses");
     assert!(!jwt.auth.anonymous);
@@ -105,6 +107,30 @@ fn a_bad_duration_in_a_copy_of_the_default_is_located() {
     assert_eq!((e.line, e.column), (line_of(&text, "hello_timeout:"), 18), "{err}");
     assert!(e.message.starts_with("server.hello_timeout: \"10 seconds\""), "{err}");
     assert!(err.to_string().starts_with(&format!("copy.yaml:{}:18: server.hello_timeout", e.line)), "{err}");
+}
+
+#[test]
+fn pending_caps_larger_than_the_caps_they_sit_under_are_refused() {
+    let text = read(&manifests().join("policy.yaml"));
+    let broken = corrupt(&text, "  max_pending_per_ip: 32\n", "  max_pending_per_ip: 300\n");
+    let broken = corrupt(&broken, "  max_connections: 1024\n", "  max_connections: 100\n");
+    let err = parse_policy(&broken, "copy.yaml").expect_err("refused");
+    let messages: Vec<&str> = err.errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(messages.len(), 2, "{err}");
+    assert!(messages[0].starts_with("server.max_pending: 256 is more than server.max_connections (100)"), "{err}");
+    assert!(messages[1].starts_with("server.max_pending_per_ip: 300 is more than server.max_pending"), "{err}");
+}
+
+#[test]
+fn rate_exempt_takes_networks_and_addresses_and_refuses_the_rest() {
+    let text = read(&manifests().join("policy.yaml"));
+    let listed = corrupt(&text, "  rate_exempt: [127.0.0.0/8, \"::1\"]\n", "  rate_exempt: [10.1.2.3/8, fd00::1]\n");
+    let p = parse_policy(&listed, "copy.yaml").expect("valid");
+    let nets: Vec<String> = p.limits.rate_exempt.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["10.0.0.0/8", "fd00::1/128"]);
+    let broken = corrupt(&text, "  rate_exempt: [127.0.0.0/8, \"::1\"]\n", "  rate_exempt: [localhost]\n");
+    let err = parse_policy(&broken, "copy.yaml").expect_err("refused");
+    assert!(err.errors[0].message.starts_with("limits.rate_exempt: \"localhost\" is not a network"), "{err}");
 }
 
 #[test]

@@ -62,6 +62,13 @@ impl<R: Runtime> Controller<R> {
         match admit(&self.desired, &self.policy.limits, req.kind, req.client_ip) {
             Ok(()) => self.admit_now(req).map(Admission::Admitted),
             Err(reject) => {
+                let queue_room =
+                    berth_reconciler::admission::may_queue(&self.policy.limits, &self.candidates(), req.client_ip);
+                if reject.queueable() && !queue_room {
+                    self.metrics.rejected.with_label_values(&[Reject::PerIp.as_str()]).inc();
+                    let retry_after = self.retry_after(Reject::PerIp);
+                    return Err(OpenError::Full { reason: Reject::PerIp.as_str(), retry_after });
+                }
                 let limits = &self.policy.limits;
                 if reject.queueable() && !limits.queue_wait.is_zero() && self.queue.len() < limits.queue_len {
                     let (position, position_rx) = watch::channel(self.queue.len() + 1);
@@ -138,6 +145,16 @@ impl<R: Runtime> Controller<R> {
         Ok(Ticket { id, status, lease: self.new_lease(id) })
     }
 
+    /// The queue as admission sees it.
+    fn candidates(&self) -> Vec<berth_reconciler::admission::Candidate> {
+        self.queue
+            .iter()
+            .map(|w| berth_reconciler::admission::Candidate { kind: w.req.kind, ip: w.req.client_ip })
+            .collect()
+    }
+
+    /// Drops waiters that left or ran out of time, then admits every waiter that fits, the first admissible one
+    /// first: a waiter held back by its own per-IP cap does not block those behind it.
     pub(super) fn admit_waiters(&mut self) {
         let now = Instant::now();
         let mut kept = VecDeque::new();
@@ -150,27 +167,22 @@ impl<R: Runtime> Controller<R> {
                 let _ = w.reply.send(Err(OpenError::QueueTimeout(self.policy.limits.queue_wait)));
                 continue;
             }
-            if kept.is_empty() && admit(&self.desired, &self.policy.limits, w.req.kind, w.req.client_ip).is_ok() {
-                match self.admit_now(w.req.clone()) {
-                    Ok(t) => {
-                        let _ = w.reply.send(Ok(t));
-                    }
-                    Err(e) => {
-                        let _ = w.reply.send(Err(e));
-                    }
-                }
-                continue;
-            }
             kept.push_back(w);
         }
-        for (i, w) in kept.iter().enumerate() {
+        self.queue = kept;
+        while let Some(i) =
+            berth_reconciler::admission::first_admissible(&self.desired, &self.policy.limits, &self.candidates())
+        {
+            let Some(w) = self.queue.remove(i) else { break };
+            let _ = w.reply.send(self.admit_now(w.req));
+        }
+        for (i, w) in self.queue.iter().enumerate() {
             w.position.send_if_modified(|p| {
                 let changed = *p != i + 1;
                 *p = i + 1;
                 changed
             });
         }
-        self.queue = kept;
         self.metrics.queue_len.set(self.queue.len() as i64);
     }
 

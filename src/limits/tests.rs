@@ -204,3 +204,41 @@ fn reconfiguring_the_cap_applies_in_place_and_a_new_rate_starts_fresh() {
     assert!(limiter.is_empty());
     assert_eq!(limiter.check(a), Ok(()));
 }
+
+#[test]
+fn the_default_limits_never_refuse_this_machine_but_count_everyone_else() {
+    let limiter = ConnectionLimiter::new(&Limits::default());
+    for _ in 0..200 {
+        assert_eq!(limiter.check(ip("127.0.0.1")), Ok(()));
+        assert_eq!(limiter.check(ip("::1")), Ok(()));
+        assert_eq!(limiter.check(ip("::ffff:127.0.0.1")), Ok(()));
+    }
+    let other = ip("198.51.100.1");
+    let allowed = (0..200).take_while(|_| limiter.check(other).is_ok()).count();
+    assert_eq!(allowed, Limits::default().connection_burst as usize);
+}
+
+#[test]
+fn an_empty_rate_exempt_counts_loopback_like_any_address() {
+    let strict = Limits { rate_exempt: vec![], ..limits(60, 2, 100) };
+    let limiter = ConnectionLimiter::new(&limits(60, 2, 100));
+    for _ in 0..5 {
+        assert_eq!(limiter.check(ip("127.0.0.1")), Ok(()));
+    }
+    limiter.reconfigure(&strict);
+    assert_eq!(limiter.check(ip("127.0.0.1")), Ok(()));
+    assert_eq!(limiter.check(ip("127.0.0.1")), Ok(()));
+    assert!(limiter.check(ip("127.0.0.1")).is_err(), "a reload to [] applies at once");
+}
+
+#[test]
+fn the_ipv6_prefix_sets_what_shares_a_budget() {
+    let exact = Limits { ipv6_prefix: 128, ..limits(60, 1, 100) };
+    let limiter = ConnectionLimiter::new(&exact);
+    assert_eq!(limiter.check(ip("2001:db8:1:2::1")), Ok(()));
+    assert_eq!(limiter.check(ip("2001:db8:1:2::2")), Ok(()));
+    let wide = Limits { ipv6_prefix: 48, ..limits(60, 1, 100) };
+    limiter.reconfigure(&wide);
+    assert_eq!(limiter.check(ip("2001:db8:1:2::1")), Ok(()));
+    assert!(limiter.check(ip("2001:db8:1:3::1")).is_err(), "same /48");
+}

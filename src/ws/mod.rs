@@ -23,6 +23,7 @@ use warp::reply::Reply;
 use crate::auth::{self, AuthError};
 use crate::controller::{Admission, Handle, OpenError, ResumeError, SessionRequest, Ticket};
 use crate::limits::{ConnectionLimiter, client_ip, origin_allowed};
+use crate::listener::Pending;
 use crate::metrics::Metrics;
 use crate::runtime::{DockerOp, RuntimeError};
 use crate::terminal::{Read, Terminal, Terminals};
@@ -66,12 +67,13 @@ pub fn routes(edge: Arc<Edge>) -> impl Filter<Extract = (Box<dyn Reply>,), Error
     warp::path!("ws")
         .and(warp::get())
         .and(warp::ws())
-        .and(warp::addr::remote())
+        .and(crate::listener::remote())
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("host"))
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(crate::listener::pending())
         .and(warp::any().map(move || edge.clone()))
         .map(upgrade)
 }
@@ -89,6 +91,7 @@ fn upgrade(
     xff: Option<String>,
     protocols: Option<String>,
     query: String,
+    pending: Option<Pending>,
     edge: Arc<Edge>,
 ) -> Box<dyn Reply> {
     let connected = Instant::now();
@@ -142,7 +145,7 @@ fn upgrade(
     let limit = policy.server.max_message_bytes;
     let reply = ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
         let span = info_span!("ws", client = %ip, session = tracing::field::Empty);
-        Conn::run(edge, socket, ip, connected, fresh).instrument(span).await;
+        Conn::run(edge, socket, ip, connected, fresh, pending).instrument(span).await;
     });
     let reply = warp::reply::with_header(reply, "sec-websocket-protocol", SUBPROTOCOL);
     match announce {
@@ -181,6 +184,8 @@ struct Conn {
     initial_resize: Option<tokio::task::JoinHandle<()>>,
     /// The id a new session opened on this connection gets (announced in the upgrade response).
     announced: SessionId,
+    /// This connection's place among those without a hello yet.
+    pending: Option<Pending>,
 }
 
 enum Incoming {
@@ -190,7 +195,14 @@ enum Incoming {
 }
 
 impl Conn {
-    async fn run(edge: Arc<Edge>, socket: WebSocket, ip: IpAddr, connected: Instant, announced: SessionId) {
+    async fn run(
+        edge: Arc<Edge>,
+        socket: WebSocket,
+        ip: IpAddr,
+        connected: Instant,
+        announced: SessionId,
+        pending: Option<Pending>,
+    ) {
         edge.metrics.ws_total.inc();
         edge.metrics.ws_open.inc();
         let (mut sink, incoming) = socket.split();
@@ -227,6 +239,7 @@ impl Conn {
             first_output: false,
             initial_resize: None,
             announced,
+            pending,
         };
         let mut held: Option<(SessionId, u64)> = None;
         let end = conn.serve(&mut held).await;
@@ -342,7 +355,12 @@ impl Conn {
                 );
             }
             Ok(r) => match r? {
-                Incoming::Msg(ClientMsg::Hello(h)) => h,
+                Incoming::Msg(ClientMsg::Hello(h)) => {
+                    if let Some(p) = self.pending.take() {
+                        p.hello();
+                    }
+                    h
+                }
                 _ => {
                     return Err(
                         ProtoError::fatal("missing_hello", close::HELLO, "the first message must be hello").into()

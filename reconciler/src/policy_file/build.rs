@@ -116,6 +116,15 @@ fn cidr(s: &str) -> Result<IpNet, String> {
     Ok(net.trunc())
 }
 
+/// A network for `limits.rate_exempt`: as [`cidr`], except that `/0` is allowed (it turns the rate limit off).
+fn network(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not a network: use a CIDR such as 127.0.0.0/8 or an address such as ::1"))
+}
+
 fn origin(s: &str) -> Result<String, String> {
     let lower = s.trim().to_ascii_lowercase();
     let host = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
@@ -173,6 +182,30 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> ServerPolicy {
             ),
         );
     }
+    let max_connections =
+        to_usize(cx.count(&raw.max_connections, "server.max_connections", d.max_connections as u64, 1, 1_000_000));
+    let max_pending = to_usize(cx.count(&raw.max_pending, "server.max_pending", d.max_pending as u64, 1, 1_000_000));
+    let max_pending_per_ip = to_usize(cx.count(
+        &raw.max_pending_per_ip,
+        "server.max_pending_per_ip",
+        d.max_pending_per_ip as u64,
+        1,
+        1_000_000,
+    ));
+    if max_pending > max_connections {
+        cx.error(
+            loc(&raw.max_pending).or(loc(&raw.max_connections)),
+            "server.max_pending",
+            format!("{max_pending} is more than server.max_connections ({max_connections}), so it would never apply"),
+        );
+    }
+    if max_pending_per_ip > max_pending {
+        cx.error(
+            loc(&raw.max_pending_per_ip).or(loc(&raw.max_pending)),
+            "server.max_pending_per_ip",
+            format!("{max_pending_per_ip} is more than server.max_pending ({max_pending}), so it would never apply"),
+        );
+    }
     ServerPolicy {
         listen,
         admin_listen,
@@ -198,6 +231,15 @@ fn server(cx: &mut Ctx<'_>, raw: &RawServer) -> ServerPolicy {
             1 << 10,
             16 << 20,
         )),
+        header_read_timeout: cx.duration(
+            &raw.header_read_timeout,
+            "server.header_read_timeout",
+            d.header_read_timeout,
+            MIN_POSITIVE,
+        ),
+        max_connections,
+        max_pending,
+        max_pending_per_ip,
     }
 }
 
@@ -215,6 +257,13 @@ fn limits(cx: &mut Ctx<'_>, raw: &RawLimits) -> Limits {
     let connection_burst = count(&raw.connection_burst, "connection_burst", d.connection_burst.into(), 1, 1_000_000);
     let queue_len = count(&raw.queue_len, "queue_len", d.queue_len as u64, 0, 100_000);
     let tracked_ips = count(&raw.tracked_ips, "tracked_ips", d.tracked_ips as u64, 1, 10_000_000);
+    let max_queued_per_ip = count(&raw.max_queued_per_ip, "max_queued_per_ip", d.max_queued_per_ip as u64, 1, 100_000);
+    let ipv4_prefix = count(&raw.ipv4_prefix, "ipv4_prefix", d.ipv4_prefix.into(), 8, 32);
+    let ipv6_prefix = count(&raw.ipv6_prefix, "ipv6_prefix", d.ipv6_prefix.into(), 16, 128);
+    let rate_exempt = match &raw.rate_exempt {
+        None => d.rate_exempt,
+        Some(list) => list.iter().filter_map(|t| cx.item(t, "limits.rate_exempt", network)).collect(),
+    };
     Limits {
         max_sessions: to_usize(max_sessions),
         max_anonymous: to_usize(max_anonymous),
@@ -225,6 +274,10 @@ fn limits(cx: &mut Ctx<'_>, raw: &RawLimits) -> Limits {
         queue_wait: cx.duration(&raw.queue_wait, "limits.queue_wait", d.queue_wait, Duration::ZERO),
         queue_len: to_usize(queue_len),
         tracked_ips: to_usize(tracked_ips),
+        max_queued_per_ip: to_usize(max_queued_per_ip),
+        ipv4_prefix: u8::try_from(ipv4_prefix).unwrap_or(d.ipv4_prefix),
+        ipv6_prefix: u8::try_from(ipv6_prefix).unwrap_or(d.ipv6_prefix),
+        rate_exempt,
     }
 }
 

@@ -75,6 +75,10 @@ pub(crate) struct RawServer {
     pub stall_timeout: Option<Text>,
     pub replay_bytes: Option<Text>,
     pub input_buffer_bytes: Option<Text>,
+    pub header_read_timeout: Option<Text>,
+    pub max_connections: Option<Text>,
+    pub max_pending: Option<Text>,
+    pub max_pending_per_ip: Option<Text>,
 }
 
 /// `auth`.
@@ -199,6 +203,10 @@ pub(crate) struct RawLimits {
     pub queue_wait: Option<Text>,
     pub queue_len: Option<Text>,
     pub tracked_ips: Option<Text>,
+    pub max_queued_per_ip: Option<Text>,
+    pub ipv4_prefix: Option<Text>,
+    pub ipv6_prefix: Option<Text>,
+    pub rate_exempt: Option<Vec<Text>>,
 }
 
 /// `sessions`.
