@@ -3,6 +3,8 @@
 //! the socket and the session's terminal. It changes desired state only; it never creates or removes
 //! containers.
 
+mod errors;
+mod idle;
 pub mod messages;
 
 use std::net::{IpAddr, SocketAddr};
@@ -13,17 +15,18 @@ use berth_reconciler::{EndReason, Phase, Policy, SessionId, Status};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 use warp::Filter;
 use warp::filters::ws::{Message, WebSocket, Ws};
 use warp::http::StatusCode;
 use warp::reply::Reply;
 
-use crate::auth::{self, AuthError};
+use crate::auth;
 use crate::controller::{Admission, Handle, OpenError, ResumeError, SessionRequest, Ticket};
-use crate::limits::{ConnectionLimiter, client_ip, origin_allowed};
+use crate::limits::{ConnectionLimiter, client_ip_from_lines, origin_allowed};
 use crate::metrics::Metrics;
 use crate::terminal::{Read, Terminal, Terminals};
+use errors::{auth_error, open_error, read_error};
 use messages::{ClientMsg, Hello, ProtoError, SUBPROTOCOL, ServerMsg, close};
 
 /// Messages queued for a connection's writer, beyond the two kept for the error or exit and the close frame.
@@ -64,11 +67,11 @@ pub fn routes(edge: Arc<Edge>) -> impl Filter<Extract = (Box<dyn Reply>,), Error
         .and(warp::addr::remote())
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("host"))
-        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::header::headers_cloned())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::any().map(move || edge.clone()))
-        .map(upgrade)
+        .then(upgrade)
 }
 
 fn refuse(code: StatusCode, msg: &str) -> Box<dyn Reply> {
@@ -76,12 +79,12 @@ fn refuse(code: StatusCode, msg: &str) -> Box<dyn Reply> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn upgrade(
+async fn upgrade(
     ws: Ws,
     peer: Option<SocketAddr>,
     origin: Option<String>,
     host: Option<String>,
-    xff: Option<String>,
+    headers: warp::http::HeaderMap,
     protocols: Option<String>,
     query: String,
     edge: Arc<Edge>,
@@ -106,7 +109,9 @@ fn upgrade(
     let Some(peer) = peer else {
         return refuse(StatusCode::BAD_REQUEST, "berth: no peer address");
     };
-    let ip = client_ip(peer, xff.as_deref(), &policy.server.trusted_proxies);
+    // Repeated X-Forwarded-For lines combine in order (RFC 9110 §5.3); a line that is not text counts as empty.
+    let xff: Vec<&str> = headers.get_all("x-forwarded-for").iter().map(|v| v.to_str().unwrap_or("")).collect();
+    let ip = client_ip_from_lines(peer, &xff, &policy.server.trusted_proxies);
     if !origin_allowed(origin.as_deref(), host.as_deref(), &policy.server.allowed_origins) {
         edge.metrics.rejected.with_label_values(&["unauthorized"]).inc();
         return refuse(StatusCode::FORBIDDEN, "berth: origin not allowed");
@@ -132,7 +137,7 @@ fn upgrade(
     };
     let announce = match asked {
         None => Some(fresh),
-        Some(id) => edge.terminals.get(&id).map(|_| id),
+        Some(id) => holds_live(&edge, id).await.then_some(id),
     };
     let limit = policy.server.max_message_bytes;
     let reply = ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
@@ -153,8 +158,11 @@ enum End {
     Error(ProtoError),
     /// The session ended: `exit` then close 4000.
     Exited(EndReason),
-    /// The peer went away.
-    PeerGone,
+    /// The client sent a close frame (with this code, if any). The WebSocket library queues the reply (the same
+    /// code); the writer sends it as soon as it stops.
+    PeerClosed(Option<u16>),
+    /// The client vanished without a close frame (reset, broken pipe, end of stream): normal, logged at debug.
+    PeerReset,
 }
 
 impl From<ProtoError> for End {
@@ -243,12 +251,29 @@ impl Conn {
                     EndReason::Exited { code } => Some(*code),
                     _ => None,
                 };
-                let msg = ServerMsg::Exit { reason: reason.code(), code, message: reason.to_string() };
+                // The engine's text stays in the log (it may name private images or hosts).
+                let message = match reason {
+                    EndReason::CreateFailed { .. } => "the session container could not be created".to_owned(),
+                    r => r.to_string(),
+                };
+                let msg = ServerMsg::Exit { reason: reason.code(), code, message };
                 say(Message::text(msg.to_json()));
                 say(Message::close_with(close::SESSION_ENDED, "session ended"));
                 close::SESSION_ENDED
             }
-            End::PeerGone => 1006,
+            End::PeerClosed(code) => {
+                debug!(code, "the client closed the connection");
+                match code {
+                    None => 1005,
+                    Some(c @ (1000 | 1001)) => *c,
+                    // Any other code a client sends is counted as one series, not one per value it chose.
+                    Some(_) => 4999,
+                }
+            }
+            End::PeerReset => {
+                edge.metrics.ws_client_resets.inc();
+                1006
+            }
         };
         drop(last_words);
         // Any way out but the end of the session leaves it detached and resumable.
@@ -260,7 +285,10 @@ impl Conn {
         // sends is read and dropped: closing a socket with unread input in it makes the kernel reset the
         // connection, and a client that had not yet read its last words (the error or exit, and the close code)
         // would lose them.
-        let Conn { mut incoming, .. } = conn;
+        // Dropping the last sender lets the writer stop at once (flushing the reply to a client's close frame)
+        // instead of waiting on its queue.
+        let Conn { mut incoming, out, .. } = conn;
+        drop(out);
         let mut writer = writer;
         let linger = async {
             let _ = (&mut writer).await;
@@ -278,7 +306,7 @@ impl Conn {
     async fn send(&self, msg: Message) -> Result<(), End> {
         match tokio::time::timeout(self.policy.server.stall_timeout, self.out.send(msg)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::PeerGone),
+            Ok(Err(_)) => Err(End::PeerReset),
             Err(_) => Err(End::Error(ProtoError::fatal(
                 "stalled",
                 close::STALLED,
@@ -294,8 +322,11 @@ impl Conn {
     /// Reads one frame from the client and classifies it.
     async fn recv(&mut self) -> Result<Incoming, End> {
         let frame = match self.incoming.next().await {
-            None => return Err(End::PeerGone),
-            Some(Err(e)) => return Err(End::Error(read_error(&e))),
+            None => {
+                debug!("the client's stream ended without a close frame");
+                return Err(End::PeerReset);
+            }
+            Some(Err(e)) => return Err(read_error(&e)),
             Some(Ok(m)) => m,
         };
         self.last_heard = Instant::now();
@@ -318,7 +349,7 @@ impl Conn {
             };
         }
         if frame.is_close() {
-            return Err(End::PeerGone);
+            return Err(End::PeerClosed(frame.close_frame().map(|(code, _)| code)));
         }
         Ok(Incoming::Nothing)
     }
@@ -358,12 +389,7 @@ impl Conn {
             let status = ticket.status.borrow_and_update().clone();
             if let Some(reason) = ending(&status) {
                 return match reason {
-                    EndReason::CreateFailed { error } => Err(ProtoError::fatal(
-                        "create_failed",
-                        close::CREATE_FAILED,
-                        format!("the session container could not be created: {error}"),
-                    )
-                    .into()),
+                    EndReason::CreateFailed { error } => Err(errors::create_failed(&error).into()),
                     r => Ok(End::Exited(r)),
                 };
             }
@@ -407,10 +433,24 @@ impl Conn {
         let Some(term) = self.edge.terminals.get(&ticket.id) else {
             return Err(ProtoError::fatal("internal", close::INTERNAL, "session running without a terminal").into());
         };
-        let from = hello.resume.as_ref().map_or(0, |r| r.offset);
-        let mut reader = term.subscribe(Some(from));
-        let missed = term_start_gap(from, &reader);
-        if let Err(e) = self.send_json(&ServerMsg::Ready { offset: reader.offset(), missed }).await {
+        // Offset 0 asks for everything the ring still holds (a page reload): what it no longer holds was never
+        // the client's, so nothing is reported missed. An offset past the end is answered from the end, and said.
+        let from = hello.resume.as_ref().map(|r| r.offset).filter(|o| *o > 0);
+        let mut reader = term.subscribe(from);
+        let missed = from.map_or(0, |f| reader.offset().saturating_sub(f));
+        let mut said = self.send_json(&ServerMsg::Ready { offset: reader.offset(), missed }).await;
+        if let Some(asked) = from.filter(|f| *f > reader.offset())
+            && said.is_ok()
+        {
+            let message = format!(
+                "resume.offset {asked} is past the end of this session's output ({}); output continues from there",
+                reader.offset()
+            );
+            said = self
+                .send_json(&ServerMsg::Warning { code: "offset_past_end", message, seconds: None, names: None })
+                .await;
+        }
+        if let Err(e) = said {
             term.unsubscribe(&reader);
             return Err(e);
         }
@@ -457,15 +497,6 @@ impl Conn {
             return Err(ProtoError::fatal("unknown_profile", close::BAD_MESSAGE, "no such profile").into());
         };
         let (env, ignored) = auth::session_env(profile, &identity, &hello.env, &hello.credentials);
-        if !ignored.is_empty() {
-            self.send_json(&ServerMsg::Warning {
-                code: "env_ignored",
-                message: "these names are not allowed by the profile and were ignored".into(),
-                seconds: None,
-                names: Some(ignored),
-            })
-            .await?;
-        }
         let (secret, secret_hash) = auth::new_resume_secret().map_err(auth_error)?;
         let req = SessionRequest {
             profile: Some(profile_name),
@@ -475,11 +506,15 @@ impl Conn {
             client_ip: Some(self.ip),
             id: Some(self.announced),
         };
+        let mut told = None;
         let ticket = match self.edge.handle.open(req).await {
             Ok(Admission::Admitted(t)) => t,
             Ok(Admission::Queued { mut position, mut result }) => loop {
                 let p = *position.borrow_and_update();
-                self.send_json(&ServerMsg::Queued { position: p }).await?;
+                if told != Some(p) {
+                    told = Some(p);
+                    self.send_json(&ServerMsg::Queued { position: p }).await?;
+                }
                 tokio::select! {
                     r = &mut result => break r.unwrap_or(Err(OpenError::Stopped)).map_err(open_error)?,
                     _ = position.changed() => {}
@@ -491,6 +526,15 @@ impl Conn {
         debug!(session = %ticket.id, kind = identity.kind.as_str(), "admitted");
         self.send_json(&ServerMsg::Session { session: ticket.id.to_string(), secret: Some(&secret), resumed: false })
             .await?;
+        if !ignored.is_empty() {
+            self.send_json(&ServerMsg::Warning {
+                code: "env_ignored",
+                message: "these names are not allowed by the profile and were ignored".into(),
+                seconds: None,
+                names: Some(ignored),
+            })
+            .await?;
+        }
         Ok(ticket)
     }
 
@@ -503,7 +547,8 @@ impl Conn {
     ) -> Result<End, End> {
         let mut ping = tokio::time::interval(self.policy.server.ping_interval);
         ping.reset();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let idle_due = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(idle_due);
         let mut warned_at: Option<berth_reconciler::Timestamp> = None;
         let mut shutdown = self.edge.shutdown.clone();
         let shutting_down = async move {
@@ -595,19 +640,21 @@ impl Conn {
                     }
                     self.send(Message::ping(Bytes::new())).await?;
                 }
-                _ = tick.tick() => {
+                () = &mut idle_due => {
                     let t = &self.policy.sessions;
                     let last = term.last_activity();
                     let now = berth_reconciler::Timestamp::now();
-                    let left = last.add(t.idle_timeout).since(now);
-                    if left <= t.idle_warning && warned_at != Some(last) {
-                        warned_at = Some(last);
-                        self.send_json(&ServerMsg::Warning {
-                            code: "idle",
-                            message: format!("no activity: this session ends in {} s unless you type", left.as_secs()),
-                            seconds: Some(left.as_secs()),
-                            names: None,
-                        }).await?;
+                    match idle::idle_check(last, now, t.idle_timeout, t.idle_warning, warned_at) {
+                        idle::IdleCheck::Sleep(d) => idle_due.as_mut().reset(tokio::time::Instant::now() + d),
+                        idle::IdleCheck::Warn(seconds) => {
+                            warned_at = Some(last);
+                            self.send_json(&ServerMsg::Warning {
+                                code: "idle",
+                                message: format!("no activity: this session ends in {seconds} s unless you type"),
+                                seconds: Some(seconds),
+                                names: None,
+                            }).await?;
+                        }
                     }
                 }
                 () = &mut shutting_down => {
@@ -634,10 +681,6 @@ async fn drain(conn: &Conn, term: &Terminal, reader: &mut crate::terminal::Reade
     Ok(())
 }
 
-fn term_start_gap(from: u64, reader: &crate::terminal::Reader) -> u64 {
-    reader.offset().saturating_sub(from)
-}
-
 async fn resize(term: &Terminal, (cols, rows): (u32, u32)) -> Result<(), crate::runtime::RuntimeError> {
     let c = u16::try_from(cols).unwrap_or(u16::MAX);
     let r = u16::try_from(rows).unwrap_or(u16::MAX);
@@ -654,43 +697,11 @@ fn unix_now() -> u64 {
     berth_reconciler::Timestamp::now().as_millis() / 1000
 }
 
-fn auth_error(e: AuthError) -> End {
-    let code = match e {
-        AuthError::ForbiddenProfile(_) => "forbidden_profile",
-        AuthError::UnknownProfile(_) => "unknown_profile",
-        _ => "unauthorized",
-    };
-    let close = if code == "unknown_profile" { close::BAD_MESSAGE } else { close::UNAUTHORIZED };
-    End::Error(ProtoError::fatal(code, close, e.to_string()))
-}
-
-fn open_error(e: OpenError) -> End {
-    let mut err = match &e {
-        OpenError::Draining => ProtoError::fatal("draining", close::DRAINING, e.to_string()),
-        OpenError::Full { reason, retry_after } => {
-            let code = if *reason == "per_ip" { "per_ip" } else { "full" };
-            let mut p = ProtoError::fatal(code, close::FULL, e.to_string());
-            p.retry_after = Some(retry_after.as_secs().max(1));
-            p
-        }
-        OpenError::QueueTimeout(_) => ProtoError::fatal("queue_timeout", close::FULL, e.to_string()),
-        OpenError::UnknownProfile(_) => ProtoError::fatal("unknown_profile", close::BAD_MESSAGE, e.to_string()),
-        OpenError::Stopped => ProtoError::fatal("draining", close::DRAINING, e.to_string()),
-    };
-    if err.code == "queue_timeout" {
-        err.retry_after = Some(5);
+/// Whether this replica holds `id` as a live session (not ended, not being removed): only then does the upgrade
+/// announce it to the load balancer.
+async fn holds_live(edge: &Edge, id: SessionId) -> bool {
+    if edge.terminals.get(&id).is_none() {
+        return false;
     }
-    End::Error(err)
-}
-
-fn read_error(e: &warp::Error) -> ProtoError {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") || text.contains("size") {
-        ProtoError::fatal("message_too_big", close::TOO_BIG, "message over the size limit")
-    } else if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
-        ProtoError::fatal("not_utf8", close::BAD_MESSAGE, "text frames must be UTF-8 JSON")
-    } else {
-        warn!(error = %text, "websocket read error");
-        ProtoError::fatal("bad_frame", close::BAD_MESSAGE, "malformed WebSocket frame")
-    }
+    edge.handle.show(id).await.is_some_and(|d| ending(&d.session.status).is_none())
 }
