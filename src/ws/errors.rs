@@ -7,7 +7,10 @@ use tracing::{debug, warn};
 use super::End;
 use super::messages::{ProtoError, close};
 use crate::auth::AuthError;
-use crate::controller::OpenError;
+use crate::controller::{OpenError, ResumeError};
+
+/// How long a client is told to wait before resuming a session another replica holds.
+const ELSEWHERE_RETRY_SECS: u64 = 2;
 
 /// The error a client gets when its session's container could not be created or started. The engine's text
 /// (which may name private registries, images or hosts) goes to the log at warn, under an id the client also gets.
@@ -62,6 +65,28 @@ pub(super) fn open_error(e: OpenError) -> End {
         err.retry_after = Some(5);
     }
     End::Error(err)
+}
+
+pub(super) fn resume_error(e: ResumeError) -> ProtoError {
+    match e {
+        ResumeError::Elsewhere => ProtoError {
+            retry_after: Some(ELSEWHERE_RETRY_SECS),
+            ..ProtoError::fatal("session_elsewhere", close::SESSION_ELSEWHERE, e.to_string())
+        },
+        _ => ProtoError::fatal("unknown_session", close::UNKNOWN_SESSION, e.to_string()),
+    }
+}
+
+/// The `code` label under which a close the client started is counted: its code when it is 1000 (normal) or
+/// 1001 (going away), 1005 when it gave none, and `other` for any other value (one series, not one per value a
+/// client may choose).
+pub(super) fn peer_close_label(code: Option<u16>) -> &'static str {
+    match code {
+        None => "1005",
+        Some(1000) => "1000",
+        Some(1001) => "1001",
+        Some(_) => "other",
+    }
 }
 
 /// A read that failed. A client that vanished without a close frame (connection reset, broken pipe, end of

@@ -126,14 +126,45 @@ pub struct ProtoError {
     pub error_id: Option<String>,
 }
 
+/// Every error code the server sends, with its close code (`None`: not fatal). The table in docs/protocol.md lists
+/// exactly these (a test checks), and [`ProtoError`]'s constructors refuse others in debug builds.
+pub const ERRORS: &[(&str, Option<u16>)] = &[
+    ("message_too_big", Some(close::TOO_BIG)),
+    ("missing_hello", Some(close::HELLO)),
+    ("hello_timeout", Some(close::HELLO)),
+    ("bad_json", Some(close::BAD_MESSAGE)),
+    ("unknown_type", Some(close::BAD_MESSAGE)),
+    ("not_utf8", Some(close::BAD_MESSAGE)),
+    ("bad_frame", Some(close::BAD_MESSAGE)),
+    ("bad_session_id", Some(close::BAD_MESSAGE)),
+    ("bad_resize", None),
+    ("unauthorized", Some(close::UNAUTHORIZED)),
+    ("forbidden_profile", Some(close::UNAUTHORIZED)),
+    ("unknown_profile", Some(close::BAD_MESSAGE)),
+    ("unknown_session", Some(close::UNKNOWN_SESSION)),
+    ("full", Some(close::FULL)),
+    ("per_ip", Some(close::FULL)),
+    ("queue_timeout", Some(close::FULL)),
+    ("create_failed", Some(close::CREATE_FAILED)),
+    ("taken_over", Some(close::TAKEN_OVER)),
+    ("stalled", Some(close::STALLED)),
+    ("draining", Some(close::DRAINING)),
+    ("docker_unavailable", Some(close::DOCKER_UNAVAILABLE)),
+    ("session_elsewhere", Some(close::SESSION_ELSEWHERE)),
+    ("ping_timeout", Some(close::PING_TIMEOUT)),
+    ("internal", Some(close::INTERNAL)),
+];
+
 impl ProtoError {
     /// A fatal error closing with `close`.
     pub fn fatal(code: &'static str, close: u16, message: impl Into<String>) -> Self {
+        debug_assert!(ERRORS.contains(&(code, Some(close))), "{code} {close} is not in ERRORS (docs/protocol.md)");
         Self { code, close: Some(close), message: message.into(), retry_after: None, error_id: None }
     }
 
     /// A non-fatal error.
     pub fn soft(code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(ERRORS.contains(&(code, None)), "{code} is not in ERRORS (docs/protocol.md)");
         Self { code, close: None, message: message.into(), retry_after: None, error_id: None }
     }
 
@@ -347,6 +378,26 @@ mod tests {
         let printed = format!("{h:?} {:?}", ClientMsg::Hello(h.clone()));
         assert!(!printed.contains("SECRET"), "{printed}");
         assert!(printed.contains("api_key") && printed.contains("LANG"), "names still print: {printed}");
+    }
+
+    #[test]
+    fn the_protocol_doc_lists_every_error_code_with_its_close_code() {
+        let doc = include_str!("../../docs/protocol.md");
+        let section = doc.split("## Error codes and close codes").nth(1).expect("section");
+        let mut documented: Vec<(String, Option<u16>)> = section
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((code.to_owned(), cells.get(2)?.parse().ok()))
+            })
+            .collect();
+        let mut ours: Vec<(String, Option<u16>)> = ERRORS.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect();
+        documented.sort();
+        ours.sort();
+        assert_eq!(documented, ours);
+        assert!(section.contains(&format!("| — | {} | — |", close::SESSION_ENDED)), "the close after exit");
     }
 
     #[test]

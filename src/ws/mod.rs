@@ -22,7 +22,7 @@ use warp::http::StatusCode;
 use warp::reply::Reply;
 
 use crate::auth;
-use crate::controller::{Admission, Handle, OpenError, ResumeError, SessionRequest, Ticket};
+use crate::controller::{Admission, Handle, OpenError, SessionRequest, Ticket};
 use crate::limits::{ConnectionLimiter, client_ip_from_lines, origin_allowed};
 use crate::metrics::Metrics;
 use crate::terminal::{Read, Terminal, Terminals};
@@ -34,9 +34,6 @@ const OUT_QUEUE: usize = 16;
 
 /// How long a closing connection's queued messages get to reach the client before the socket is dropped.
 const LAST_WORDS_GRACE: Duration = Duration::from_secs(5);
-
-/// How long a client is told to wait before resuming a session another replica holds.
-const ELSEWHERE_RETRY_SECS: u64 = 2;
 
 /// The upgrade response header naming the session this connection serves, for load balancers that stick
 /// `?session=<id>` to the replica that announced it (HAProxy: `stick store-response res.hdr(berth-session)`).
@@ -238,13 +235,14 @@ impl Conn {
                 permit.send(msg);
             }
         };
-        let code = match &end {
+        // The close code the connection ended with, as its metric label.
+        let label = match &end {
             End::Error(e) => {
                 debug!(code = e.code, message = %e.message, "closing");
                 let code = e.close.unwrap_or(close::INTERNAL);
                 say(Message::text(e.to_json()));
                 say(Message::close_with(code, e.code));
-                code
+                code.to_string()
             }
             End::Exited(reason) => {
                 let code = match reason {
@@ -259,20 +257,15 @@ impl Conn {
                 let msg = ServerMsg::Exit { reason: reason.code(), code, message };
                 say(Message::text(msg.to_json()));
                 say(Message::close_with(close::SESSION_ENDED, "session ended"));
-                close::SESSION_ENDED
+                close::SESSION_ENDED.to_string()
             }
             End::PeerClosed(code) => {
                 debug!(code, "the client closed the connection");
-                match code {
-                    None => 1005,
-                    Some(c @ (1000 | 1001)) => *c,
-                    // Any other code a client sends is counted as one series, not one per value it chose.
-                    Some(_) => 4999,
-                }
+                errors::peer_close_label(*code).to_owned()
             }
             End::PeerReset => {
                 edge.metrics.ws_client_resets.inc();
-                1006
+                "1006".to_owned()
             }
         };
         drop(last_words);
@@ -299,7 +292,7 @@ impl Conn {
         }
         drop(incoming);
         edge.metrics.ws_open.dec();
-        edge.metrics.ws_closed.with_label_values(&[&code.to_string()]).inc();
+        edge.metrics.ws_closed.with_label_values(&[&label]).inc();
     }
 
     /// Sends, waiting at most the stall timeout for room.
@@ -480,13 +473,7 @@ impl Conn {
                     "resume.session must be 32 lowercase hex digits",
                 )
             })?;
-            let ticket = self.edge.handle.resume(id, resume.secret.clone()).await.map_err(|e| match e {
-                ResumeError::Elsewhere => ProtoError {
-                    retry_after: Some(ELSEWHERE_RETRY_SECS),
-                    ..ProtoError::fatal("session_elsewhere", close::SESSION_ELSEWHERE, e.to_string())
-                },
-                _ => ProtoError::fatal("unknown_session", close::UNKNOWN_SESSION, e.to_string()),
-            })?;
+            let ticket = self.edge.handle.resume(id, resume.secret.clone()).await.map_err(errors::resume_error)?;
             info!(session = %id, "resumed");
             self.send_json(&ServerMsg::Session { session: id.to_string(), secret: None, resumed: true }).await?;
             return Ok(ticket);
