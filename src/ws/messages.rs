@@ -270,6 +270,17 @@ fn check_size(cols: u32, rows: u32) -> Result<(), ProtoError> {
     Ok(())
 }
 
+/// A secret the server sends its client (the resume secret): serialized as it is, never printed by `Debug`.
+#[derive(Clone, Copy, Serialize)]
+#[serde(transparent)]
+pub struct SecretStr<'a>(pub &'a str);
+
+impl std::fmt::Debug for SecretStr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Server → client messages.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -285,7 +296,7 @@ pub enum ServerMsg<'a> {
         session: String,
         /// Resume secret (new sessions only).
         #[serde(skip_serializing_if = "Option::is_none")]
-        secret: Option<&'a str>,
+        secret: Option<SecretStr<'a>>,
         /// Whether this resumed an existing session.
         resumed: bool,
     },
@@ -375,8 +386,11 @@ mod tests {
         let text = r#"{"type":"hello","token":"tok-SECRET1","cols":80,"rows":24,"env":{"LANG":"val-SECRET2"},
             "credentials":{"api_key":"cred-SECRET3"},"resume":{"session":"s","secret":"res-SECRET4"}}"#;
         let Ok(ClientMsg::Hello(h)) = parse(text) else { panic!("hello refused") };
-        let printed = format!("{h:?} {:?}", ClientMsg::Hello(h.clone()));
+        let session =
+            ServerMsg::Session { session: "s".into(), secret: Some(SecretStr("new-SECRET5")), resumed: false };
+        let printed = format!("{h:?} {:?} {session:?}", ClientMsg::Hello(h.clone()));
         assert!(!printed.contains("SECRET"), "{printed}");
+        assert!(session.to_json().contains("new-SECRET5"), "the client still gets it");
         assert!(printed.contains("api_key") && printed.contains("LANG"), "names still print: {printed}");
     }
 

@@ -511,8 +511,12 @@ impl Conn {
             Err(e) => return Err(open_error(e)),
         };
         debug!(session = %ticket.id, kind = identity.kind.as_str(), "admitted");
-        self.send_json(&ServerMsg::Session { session: ticket.id.to_string(), secret: Some(&secret), resumed: false })
-            .await?;
+        self.send_json(&ServerMsg::Session {
+            session: ticket.id.to_string(),
+            secret: Some(messages::SecretStr(&secret)),
+            resumed: false,
+        })
+        .await?;
         if !ignored.is_empty() {
             self.send_json(&ServerMsg::Warning {
                 code: "env_ignored",
@@ -685,10 +689,12 @@ fn unix_now() -> u64 {
 }
 
 /// Whether this replica holds `id` as a live session (not ended, not being removed): only then does the upgrade
-/// announce it to the load balancer.
+/// announce it to the load balancer. A controller too busy to answer within a second gets no announcement (the
+/// load balancer keeps the stickiness it has).
 async fn holds_live(edge: &Edge, id: SessionId) -> bool {
     if edge.terminals.get(&id).is_none() {
         return false;
     }
-    edge.handle.show(id).await.is_some_and(|d| ending(&d.session.status).is_none())
+    let detail = tokio::time::timeout(Duration::from_secs(1), edge.handle.show(id)).await.ok().flatten();
+    detail.is_some_and(|d| ending(&d.session.status).is_none())
 }
