@@ -158,6 +158,12 @@ mod tests {
     }
 
     #[test]
+    fn a_close_the_client_starts_is_counted_under_a_bounded_set_of_labels() {
+        let labels: Vec<&str> = [None, Some(1000), Some(1001), Some(4321), Some(3000)].map(peer_close_label).to_vec();
+        assert_eq!(labels, ["1005", "1000", "1001", "other", "other"]);
+    }
+
+    #[test]
     fn create_failed_tells_the_client_an_id_and_not_the_engine_text() {
         let e = create_failed("No such image: registry.internal.example:5000/team/secret-image:latest");
         let json = e.to_json();
