@@ -15,7 +15,7 @@ pub(super) enum IdleCheck {
 }
 
 /// Decides, from the last activity and the time now, whether to warn or how long to wait. `warned` is the
-/// activity time already warned about: one warning per quiet spell.
+/// activity time already warned about: one warning per quiet spell. A zero `warning` means no warning.
 pub(super) fn idle_check(
     last: Timestamp,
     now: Timestamp,
@@ -24,6 +24,9 @@ pub(super) fn idle_check(
     warned: Option<Timestamp>,
 ) -> IdleCheck {
     let left = last.add(timeout).since(now);
+    if warning.is_zero() {
+        return IdleCheck::Sleep(timeout.max(Duration::from_secs(1)));
+    }
     if warned == Some(last) {
         // Already warned about this quiet spell: new activity cannot make the next warning due sooner than this.
         return IdleCheck::Sleep(timeout.saturating_sub(warning).max(Duration::from_millis(100)));
@@ -50,5 +53,14 @@ mod tests {
         assert_eq!(check(1_003_000, None), IdleCheck::Warn(3));
         assert_eq!(check(1_003_004, None), IdleCheck::Warn(3), "a few ms late still says 3 s");
         assert_eq!(check(1_003_004, Some(last)), IdleCheck::Sleep(S(3)), "once per quiet spell");
+    }
+
+    #[test]
+    fn a_zero_warning_time_never_warns() {
+        let last = Timestamp::from_secs(1_000);
+        for now in [1_000, 1_005, 1_006, 1_100] {
+            let check = idle_check(last, Timestamp::from_secs(now), S(6), Duration::ZERO, None);
+            assert!(matches!(check, IdleCheck::Sleep(_)), "at {now}: {check:?}");
+        }
     }
 }
