@@ -63,6 +63,14 @@ pub fn client_ip(peer: SocketAddr, forwarded_for: Option<&str>, trusted: &[IpNet
     last_good
 }
 
+/// [`client_ip`] for a request's `X-Forwarded-For` header lines, in the order received: repeated lines combine
+/// into one list (RFC 9110 §5.3), so that the line a proxy appended (HAProxy's `option forwardfor` adds one) is
+/// the right-most part, and a line the client sent itself cannot choose its address.
+pub fn client_ip_from_lines(peer: SocketAddr, lines: &[&str], trusted: &[IpNet]) -> IpAddr {
+    let joined = lines.join(",");
+    client_ip(peer, (!lines.is_empty()).then_some(joined.as_str()), trusted)
+}
+
 /// An origin or a `Host` authority split into lowercase parts, with the scheme's default port dropped.
 #[derive(Debug, PartialEq, Eq)]
 struct Origin {

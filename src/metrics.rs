@@ -59,6 +59,8 @@ pub struct Metrics {
     pub ws_total: IntCounter,
     /// WebSocket closes by code.
     pub ws_closed: IntCounterVec,
+    /// Clients that went away without a close frame (reset, broken pipe, end of stream).
+    pub ws_client_resets: IntCounter,
     /// Terminal bytes by direction.
     pub bytes: IntCounterVec,
     /// Open TCP connections on berth's listeners.
@@ -150,6 +152,12 @@ impl Metrics {
         let ws_total = IntCounter::new("berth_websocket_connections_total", "WebSocket connections accepted.")
             .unwrap_or_else(|e| panic!("metric: {e}"));
         r.register(Box::new(ws_total.clone())).unwrap_or_else(|e| panic!("register: {e}"));
+        let ws_client_resets = IntCounter::new(
+            "berth_websocket_client_resets_total",
+            "WebSocket clients that went away without a close frame (connection reset, broken pipe, end of stream).",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        r.register(Box::new(ws_client_resets.clone())).unwrap_or_else(|e| panic!("register: {e}"));
         let policy_loaded =
             Gauge::new("berth_policy_last_reload_timestamp_seconds", "Unix time of the last successful policy load.")
                 .unwrap_or_else(|e| panic!("metric: {e}"));
@@ -212,6 +220,7 @@ impl Metrics {
             ws_open,
             ws_total,
             ws_closed: counter_vec(&r, "berth_websocket_closes_total", "WebSocket closes, by close code.", &["code"]),
+            ws_client_resets,
             bytes: counter_vec(&r, "berth_terminal_bytes_total", "Terminal bytes, by direction.", &["direction"]),
             connections,
             connections_pending,

@@ -76,7 +76,11 @@
   }
 
   function describeClose(code, lastError, opened) {
-    if (lastError && lastError.message) return printable(lastError.message);
+    if (lastError && lastError.message) {
+      // An error id names the log line where the operator finds what the server kept from the client.
+      const id = printable(lastError.error_id);
+      return printable(lastError.message) + (id ? ' (error id ' + id + ')' : '');
+    }
     if (code === 1006) return opened ? 'connection lost' : 'cannot connect';
     return 'connection closed (' + code + ')';
   }

@@ -242,3 +242,15 @@ fn the_ipv6_prefix_sets_what_shares_a_budget() {
     assert_eq!(limiter.check(ip("2001:db8:1:2::1")), Ok(()));
     assert!(limiter.check(ip("2001:db8:1:3::1")).is_err(), "same /48");
 }
+
+#[test]
+fn several_forwarded_for_lines_combine_in_order_and_the_appended_one_wins() {
+    let trusted = nets(&["10.0.0.0/8"]);
+    let from = |lines: &[&str]| client_ip_from_lines(peer("10.0.0.1"), lines, &trusted);
+    // The client sent the first line itself; the proxy appended the second.
+    assert_eq!(from(&["203.0.113.66", "198.51.100.30"]), ip("198.51.100.30"));
+    assert_eq!(from(&["203.0.113.66", "198.51.100.30, 10.0.0.2"]), ip("198.51.100.30"));
+    assert_eq!(from(&["203.0.113.66, 198.51.100.30"]), ip("198.51.100.30"));
+    assert_eq!(from(&[]), ip("10.0.0.1"));
+    assert_eq!(client_ip_from_lines(peer("203.0.113.7"), &["1.2.3.4", "5.6.7.8"], &trusted), ip("203.0.113.7"));
+}

@@ -10,16 +10,22 @@ pub const SUBPROTOCOL: &str = "berth.v1";
 /// Largest terminal dimension accepted.
 pub const MAX_DIM: u32 = 1000;
 
-/// The first message.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The terminal size a hello without `cols` and `rows` gets.
+pub const DEFAULT_SIZE: (u32, u32) = (80, 24);
+
+/// The first message. Its `Debug` prints no secret: the token, environment values and credential values show
+/// only whether they are there (names only), and the resume secret not at all.
+#[derive(Clone, Deserialize)]
 pub struct Hello {
     /// Bearer token.
     pub token: Option<String>,
     /// Requested profile.
     pub profile: Option<String>,
-    /// Columns.
+    /// Columns (default 80).
+    #[serde(default = "default_cols")]
     pub cols: u32,
-    /// Rows.
+    /// Rows (default 24).
+    #[serde(default = "default_rows")]
     pub rows: u32,
     /// Environment the client asks for.
     #[serde(default)]
@@ -29,6 +35,42 @@ pub struct Hello {
     pub credentials: BTreeMap<String, String>,
     /// Resume an existing session instead of opening one.
     pub resume: Option<Resume>,
+}
+
+impl Default for Hello {
+    fn default() -> Self {
+        Self {
+            token: None,
+            profile: None,
+            cols: DEFAULT_SIZE.0,
+            rows: DEFAULT_SIZE.1,
+            env: BTreeMap::new(),
+            credentials: BTreeMap::new(),
+            resume: None,
+        }
+    }
+}
+
+const fn default_cols() -> u32 {
+    DEFAULT_SIZE.0
+}
+
+const fn default_rows() -> u32 {
+    DEFAULT_SIZE.1
+}
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("profile", &self.profile)
+            .field("cols", &self.cols)
+            .field("rows", &self.rows)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
+            .field("resume", &self.resume)
+            .finish()
+    }
 }
 
 /// Resume credentials.
@@ -50,7 +92,7 @@ impl std::fmt::Debug for Resume {
 }
 
 /// `resize`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy)]
 pub struct Resize {
     /// Columns.
     pub cols: u32,
@@ -80,17 +122,50 @@ pub struct ProtoError {
     pub message: String,
     /// Retry hint, seconds.
     pub retry_after: Option<u64>,
+    /// The id under which the server logged the detail of this error.
+    pub error_id: Option<String>,
 }
+
+/// Every error code the server sends, with its close code (`None`: not fatal). The table in docs/protocol.md lists
+/// exactly these (a test checks), and [`ProtoError`]'s constructors refuse others in debug builds.
+pub const ERRORS: &[(&str, Option<u16>)] = &[
+    ("message_too_big", Some(close::TOO_BIG)),
+    ("missing_hello", Some(close::HELLO)),
+    ("hello_timeout", Some(close::HELLO)),
+    ("bad_json", Some(close::BAD_MESSAGE)),
+    ("unknown_type", Some(close::BAD_MESSAGE)),
+    ("not_utf8", Some(close::BAD_MESSAGE)),
+    ("bad_frame", Some(close::BAD_MESSAGE)),
+    ("bad_session_id", Some(close::BAD_MESSAGE)),
+    ("bad_resize", None),
+    ("unauthorized", Some(close::UNAUTHORIZED)),
+    ("forbidden_profile", Some(close::UNAUTHORIZED)),
+    ("unknown_profile", Some(close::BAD_MESSAGE)),
+    ("unknown_session", Some(close::UNKNOWN_SESSION)),
+    ("full", Some(close::FULL)),
+    ("per_ip", Some(close::FULL)),
+    ("queue_timeout", Some(close::FULL)),
+    ("create_failed", Some(close::CREATE_FAILED)),
+    ("taken_over", Some(close::TAKEN_OVER)),
+    ("stalled", Some(close::STALLED)),
+    ("draining", Some(close::DRAINING)),
+    ("docker_unavailable", Some(close::DOCKER_UNAVAILABLE)),
+    ("session_elsewhere", Some(close::SESSION_ELSEWHERE)),
+    ("ping_timeout", Some(close::PING_TIMEOUT)),
+    ("internal", Some(close::INTERNAL)),
+];
 
 impl ProtoError {
     /// A fatal error closing with `close`.
     pub fn fatal(code: &'static str, close: u16, message: impl Into<String>) -> Self {
-        Self { code, close: Some(close), message: message.into(), retry_after: None }
+        debug_assert!(ERRORS.contains(&(code, Some(close))), "{code} {close} is not in ERRORS (docs/protocol.md)");
+        Self { code, close: Some(close), message: message.into(), retry_after: None, error_id: None }
     }
 
     /// A non-fatal error.
     pub fn soft(code: &'static str, message: impl Into<String>) -> Self {
-        Self { code, close: None, message: message.into(), retry_after: None }
+        debug_assert!(ERRORS.contains(&(code, None)), "{code} is not in ERRORS (docs/protocol.md)");
+        Self { code, close: None, message: message.into(), retry_after: None, error_id: None }
     }
 
     /// The JSON error message.
@@ -99,13 +174,16 @@ impl ProtoError {
         if let Some(r) = self.retry_after {
             v["retry_after"] = r.into();
         }
+        if let Some(id) = &self.error_id {
+            v["error_id"] = id.as_str().into();
+        }
         v.to_string()
     }
 }
 
 /// Close codes (see docs/protocol.md).
 pub mod close {
-    /// Normal close after `exit`.
+    /// The session ended: the close after `exit`.
     pub const SESSION_ENDED: u16 = 4000;
     /// Another connection took the session over.
     pub const TAKEN_OVER: u16 = 4001;
@@ -143,7 +221,8 @@ const KNOWN: [&str; 3] = ["hello", "resize", "release"];
 ///
 /// # Errors
 /// `bad_json` for anything that is not a JSON object of a known shape, `unknown_type` for an unknown `type`,
-/// `bad_resize` for sizes out of range.
+/// `bad_resize` for sizes out of range (fatal in hello, where missing sizes default to 80x24), and for a `resize`
+/// without two integer sizes (not fatal).
 pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
     let bad = |m: String| ProtoError::fatal("bad_json", close::BAD_MESSAGE, m);
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
@@ -166,9 +245,16 @@ pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
             Ok(ClientMsg::Hello(Box::new(h)))
         }
         "resize" => {
-            let r: Resize = serde_json::from_value(v).map_err(|e| bad(format!("malformed resize: {e}")))?;
-            check_size(r.cols, r.rows)?;
-            Ok(ClientMsg::Resize(r))
+            let dim =
+                |k: &str| v.get(k).and_then(serde_json::Value::as_u64).map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+            let (Some(cols), Some(rows)) = (dim("cols"), dim("rows")) else {
+                return Err(ProtoError::soft(
+                    "bad_resize",
+                    "resize needs integer \"cols\" and \"rows\"; size unchanged",
+                ));
+            };
+            check_size(cols, rows)?;
+            Ok(ClientMsg::Resize(Resize { cols, rows }))
         }
         _ => Ok(ClientMsg::Release),
     }
@@ -182,6 +268,17 @@ fn check_size(cols: u32, rows: u32) -> Result<(), ProtoError> {
         ));
     }
     Ok(())
+}
+
+/// A secret the server sends its client (the resume secret): serialized as it is, never printed by `Debug`.
+#[derive(Clone, Copy, Serialize)]
+#[serde(transparent)]
+pub struct SecretStr<'a>(pub &'a str);
+
+impl std::fmt::Debug for SecretStr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Server → client messages.
@@ -199,7 +296,7 @@ pub enum ServerMsg<'a> {
         session: String,
         /// Resume secret (new sessions only).
         #[serde(skip_serializing_if = "Option::is_none")]
-        secret: Option<&'a str>,
+        secret: Option<SecretStr<'a>>,
         /// Whether this resumed an existing session.
         resumed: bool,
     },
@@ -268,6 +365,53 @@ mod tests {
         assert_eq!((e.code, e.close), ("bad_resize", None));
         assert!(matches!(parse(r#"{"type":"resize","cols":80,"rows":24}"#), Ok(ClientMsg::Resize(_))));
         assert!(matches!(parse(r#"{"type":"release"}"#), Ok(ClientMsg::Release)));
+    }
+
+    #[test]
+    fn a_hello_without_a_size_gets_80x24_and_a_bad_resize_is_not_fatal() {
+        let Ok(ClientMsg::Hello(h)) = parse(r#"{"type":"hello"}"#) else { panic!("hello without a size refused") };
+        assert_eq!((h.cols, h.rows), DEFAULT_SIZE);
+        for bad in [
+            r#"{"type":"resize","cols":80}"#,
+            r#"{"type":"resize","rows":-1,"cols":80}"#,
+            r#"{"type":"resize","cols":"80","rows":24}"#,
+        ] {
+            let e = parse(bad).map(|_| ()).expect_err("refused");
+            assert_eq!((e.code, e.close), ("bad_resize", None), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_hello_prints_no_secret() {
+        let text = r#"{"type":"hello","token":"tok-SECRET1","cols":80,"rows":24,"env":{"LANG":"val-SECRET2"},
+            "credentials":{"api_key":"cred-SECRET3"},"resume":{"session":"s","secret":"res-SECRET4"}}"#;
+        let Ok(ClientMsg::Hello(h)) = parse(text) else { panic!("hello refused") };
+        let session =
+            ServerMsg::Session { session: "s".into(), secret: Some(SecretStr("new-SECRET5")), resumed: false };
+        let printed = format!("{h:?} {:?} {session:?}", ClientMsg::Hello(h.clone()));
+        assert!(!printed.contains("SECRET"), "{printed}");
+        assert!(session.to_json().contains("new-SECRET5"), "the client still gets it");
+        assert!(printed.contains("api_key") && printed.contains("LANG"), "names still print: {printed}");
+    }
+
+    #[test]
+    fn the_protocol_doc_lists_every_error_code_with_its_close_code() {
+        let doc = include_str!("../../docs/protocol.md");
+        let section = doc.split("## Error codes and close codes").nth(1).expect("section");
+        let mut documented: Vec<(String, Option<u16>)> = section
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((code.to_owned(), cells.get(2)?.parse().ok()))
+            })
+            .collect();
+        let mut ours: Vec<(String, Option<u16>)> = ERRORS.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect();
+        documented.sort();
+        ours.sort();
+        assert_eq!(documented, ours);
+        assert!(section.contains(&format!("| — | {} | — |", close::SESSION_ENDED)), "the close after exit");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! the socket and the session's terminal. It changes desired state only; it never creates or removes
 //! containers.
 
+mod errors;
+mod idle;
 pub mod messages;
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,19 +16,20 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 use warp::Filter;
 use warp::filters::ws::{Message, WebSocket, Ws};
 use warp::http::StatusCode;
 use warp::reply::Reply;
 
-use crate::auth::{self, AuthError};
-use crate::controller::{Admission, Handle, OpenError, ResumeError, SessionRequest, Ticket};
-use crate::limits::{ConnectionLimiter, client_ip, origin_allowed};
+use crate::auth;
+use crate::controller::{Admission, Handle, OpenError, SessionRequest, Ticket};
+use crate::limits::{ConnectionLimiter, client_ip_from_lines, origin_allowed};
 use crate::listener::Pending;
 use crate::metrics::Metrics;
 use crate::runtime::{DockerOp, RuntimeError};
 use crate::terminal::{Read, Terminal, Terminals};
+use errors::{auth_error, open_error, read_error};
 use messages::{ClientMsg, Hello, ProtoError, SUBPROTOCOL, ServerMsg, close};
 
 /// Messages queued for a connection's writer, beyond the two kept for the error or exit and the close frame.
@@ -37,9 +40,6 @@ const LAST_WORDS_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a terminal resize may take.
 const RESIZE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a client is told to wait before resuming a session another replica holds.
-const ELSEWHERE_RETRY_SECS: u64 = 2;
 
 /// The upgrade response header naming the session this connection serves, for load balancers that stick
 /// `?session=<id>` to the replica that announced it (HAProxy: `stick store-response res.hdr(berth-session)`).
@@ -70,12 +70,12 @@ pub fn routes(edge: Arc<Edge>) -> impl Filter<Extract = (Box<dyn Reply>,), Error
         .and(crate::listener::remote())
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("host"))
-        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::header::headers_cloned())
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(crate::listener::pending())
         .and(warp::any().map(move || edge.clone()))
-        .map(upgrade)
+        .then(upgrade)
 }
 
 fn refuse(code: StatusCode, msg: &str) -> Box<dyn Reply> {
@@ -83,12 +83,12 @@ fn refuse(code: StatusCode, msg: &str) -> Box<dyn Reply> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn upgrade(
+async fn upgrade(
     ws: Ws,
     peer: Option<SocketAddr>,
     origin: Option<String>,
     host: Option<String>,
-    xff: Option<String>,
+    headers: warp::http::HeaderMap,
     protocols: Option<String>,
     query: String,
     pending: Option<Pending>,
@@ -114,7 +114,9 @@ fn upgrade(
     let Some(peer) = peer else {
         return refuse(StatusCode::BAD_REQUEST, "berth: no peer address");
     };
-    let ip = client_ip(peer, xff.as_deref(), &policy.server.trusted_proxies);
+    // Repeated X-Forwarded-For lines combine in order (RFC 9110 §5.3); a line that is not text counts as empty.
+    let xff: Vec<&str> = headers.get_all("x-forwarded-for").iter().map(|v| v.to_str().unwrap_or("")).collect();
+    let ip = client_ip_from_lines(peer, &xff, &policy.server.trusted_proxies);
     if !origin_allowed(origin.as_deref(), host.as_deref(), &policy.server.allowed_origins) {
         edge.metrics.rejected.with_label_values(&["unauthorized"]).inc();
         return refuse(StatusCode::FORBIDDEN, "berth: origin not allowed");
@@ -140,7 +142,7 @@ fn upgrade(
     };
     let announce = match asked {
         None => Some(fresh),
-        Some(id) => edge.terminals.get(&id).map(|_| id),
+        Some(id) => holds_live(&edge, id).await.then_some(id),
     };
     let limit = policy.server.max_message_bytes;
     let reply = ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
@@ -161,8 +163,11 @@ enum End {
     Error(ProtoError),
     /// The session ended: `exit` then close 4000.
     Exited(EndReason),
-    /// The peer went away.
-    PeerGone,
+    /// The client sent a close frame (with this code, if any). The WebSocket library queues the reply (the same
+    /// code); the writer sends it as soon as it stops.
+    PeerClosed(Option<u16>),
+    /// The client vanished without a close frame (reset, broken pipe, end of stream): normal, logged at debug.
+    PeerReset,
 }
 
 impl From<ProtoError> for End {
@@ -248,25 +253,38 @@ impl Conn {
                 permit.send(msg);
             }
         };
-        let code = match &end {
+        // The close code the connection ended with, as its metric label.
+        let label = match &end {
             End::Error(e) => {
                 debug!(code = e.code, message = %e.message, "closing");
                 let code = e.close.unwrap_or(close::INTERNAL);
                 say(Message::text(e.to_json()));
                 say(Message::close_with(code, e.code));
-                code
+                code.to_string()
             }
             End::Exited(reason) => {
                 let code = match reason {
                     EndReason::Exited { code } => Some(*code),
                     _ => None,
                 };
-                let msg = ServerMsg::Exit { reason: reason.code(), code, message: reason.to_string() };
+                // The engine's text stays in the log (it may name private images or hosts).
+                let message = match reason {
+                    EndReason::CreateFailed { .. } => "the session container could not be created".to_owned(),
+                    r => r.to_string(),
+                };
+                let msg = ServerMsg::Exit { reason: reason.code(), code, message };
                 say(Message::text(msg.to_json()));
                 say(Message::close_with(close::SESSION_ENDED, "session ended"));
-                close::SESSION_ENDED
+                close::SESSION_ENDED.to_string()
             }
-            End::PeerGone => 1006,
+            End::PeerClosed(code) => {
+                debug!(code, "the client closed the connection");
+                errors::peer_close_label(*code).to_owned()
+            }
+            End::PeerReset => {
+                edge.metrics.ws_client_resets.inc();
+                "1006".to_owned()
+            }
         };
         drop(last_words);
         // Any way out but the end of the session leaves it detached and resumable.
@@ -278,7 +296,10 @@ impl Conn {
         // sends is read and dropped: closing a socket with unread input in it makes the kernel reset the
         // connection, and a client that had not yet read its last words (the error or exit, and the close code)
         // would lose them.
-        let Conn { mut incoming, .. } = conn;
+        // Dropping the last sender lets the writer stop at once (flushing the reply to a client's close frame)
+        // instead of waiting on its queue.
+        let Conn { mut incoming, out, .. } = conn;
+        drop(out);
         let mut writer = writer;
         let linger = async {
             let _ = (&mut writer).await;
@@ -289,14 +310,14 @@ impl Conn {
         }
         drop(incoming);
         edge.metrics.ws_open.dec();
-        edge.metrics.ws_closed.with_label_values(&[&code.to_string()]).inc();
+        edge.metrics.ws_closed.with_label_values(&[&label]).inc();
     }
 
     /// Sends, waiting at most the stall timeout for room.
     async fn send(&self, msg: Message) -> Result<(), End> {
         match tokio::time::timeout(self.policy.server.stall_timeout, self.out.send(msg)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::PeerGone),
+            Ok(Err(_)) => Err(End::PeerReset),
             Err(_) => Err(End::Error(ProtoError::fatal(
                 "stalled",
                 close::STALLED,
@@ -312,8 +333,11 @@ impl Conn {
     /// Reads one frame from the client and classifies it.
     async fn recv(&mut self) -> Result<Incoming, End> {
         let frame = match self.incoming.next().await {
-            None => return Err(End::PeerGone),
-            Some(Err(e)) => return Err(End::Error(read_error(&e))),
+            None => {
+                debug!("the client's stream ended without a close frame");
+                return Err(End::PeerReset);
+            }
+            Some(Err(e)) => return Err(read_error(&e)),
             Some(Ok(m)) => m,
         };
         self.last_heard = Instant::now();
@@ -336,7 +360,7 @@ impl Conn {
             };
         }
         if frame.is_close() {
-            return Err(End::PeerGone);
+            return Err(End::PeerClosed(frame.close_frame().map(|(code, _)| code)));
         }
         Ok(Incoming::Nothing)
     }
@@ -381,12 +405,7 @@ impl Conn {
             let status = ticket.status.borrow_and_update().clone();
             if let Some(reason) = ending(&status) {
                 return match reason {
-                    EndReason::CreateFailed { error } => Err(ProtoError::fatal(
-                        "create_failed",
-                        close::CREATE_FAILED,
-                        format!("the session container could not be created: {error}"),
-                    )
-                    .into()),
+                    EndReason::CreateFailed { error } => Err(errors::create_failed(&error).into()),
                     r => Ok(End::Exited(r)),
                 };
             }
@@ -430,10 +449,24 @@ impl Conn {
         let Some(term) = self.edge.terminals.get(&ticket.id) else {
             return Err(ProtoError::fatal("internal", close::INTERNAL, "session running without a terminal").into());
         };
-        let from = hello.resume.as_ref().map_or(0, |r| r.offset);
-        let mut reader = term.subscribe(Some(from));
-        let missed = term_start_gap(from, &reader);
-        if let Err(e) = self.send_json(&ServerMsg::Ready { offset: reader.offset(), missed }).await {
+        // Offset 0 asks for everything the ring still holds (a page reload): what it no longer holds was never
+        // the client's, so nothing is reported missed. An offset past the end is answered from the end, and said.
+        let from = hello.resume.as_ref().map(|r| r.offset).filter(|o| *o > 0);
+        let mut reader = term.subscribe(from);
+        let missed = from.map_or(0, |f| reader.offset().saturating_sub(f));
+        let mut said = self.send_json(&ServerMsg::Ready { offset: reader.offset(), missed }).await;
+        if let Some(asked) = from.filter(|f| *f > reader.offset())
+            && said.is_ok()
+        {
+            let message = format!(
+                "resume.offset {asked} is past the end of this session's output ({}); output continues from there",
+                reader.offset()
+            );
+            said = self
+                .send_json(&ServerMsg::Warning { code: "offset_past_end", message, seconds: None, names: None })
+                .await;
+        }
+        if let Err(e) = said {
             term.unsubscribe(&reader);
             return Err(e);
         }
@@ -464,13 +497,7 @@ impl Conn {
                     "resume.session must be 32 lowercase hex digits",
                 )
             })?;
-            let ticket = self.edge.handle.resume(id, resume.secret.clone()).await.map_err(|e| match e {
-                ResumeError::Elsewhere => ProtoError {
-                    retry_after: Some(ELSEWHERE_RETRY_SECS),
-                    ..ProtoError::fatal("session_elsewhere", close::SESSION_ELSEWHERE, e.to_string())
-                },
-                _ => ProtoError::fatal("unknown_session", close::UNKNOWN_SESSION, e.to_string()),
-            })?;
+            let ticket = self.edge.handle.resume(id, resume.secret.clone()).await.map_err(errors::resume_error)?;
             info!(session = %id, "resumed");
             self.send_json(&ServerMsg::Session { session: id.to_string(), secret: None, resumed: true }).await?;
             return Ok(ticket);
@@ -481,15 +508,6 @@ impl Conn {
             return Err(ProtoError::fatal("unknown_profile", close::BAD_MESSAGE, "no such profile").into());
         };
         let (env, ignored) = auth::session_env(profile, &identity, &hello.env, &hello.credentials);
-        if !ignored.is_empty() {
-            self.send_json(&ServerMsg::Warning {
-                code: "env_ignored",
-                message: "these names are not allowed by the profile and were ignored".into(),
-                seconds: None,
-                names: Some(ignored),
-            })
-            .await?;
-        }
         let (secret, secret_hash) = auth::new_resume_secret().map_err(auth_error)?;
         let req = SessionRequest {
             profile: Some(profile_name),
@@ -499,11 +517,15 @@ impl Conn {
             client_ip: Some(self.ip),
             id: Some(self.announced),
         };
+        let mut told = None;
         let ticket = match self.edge.handle.open(req).await {
             Ok(Admission::Admitted(t)) => t,
             Ok(Admission::Queued { mut position, mut result }) => loop {
                 let p = *position.borrow_and_update();
-                self.send_json(&ServerMsg::Queued { position: p }).await?;
+                if told != Some(p) {
+                    told = Some(p);
+                    self.send_json(&ServerMsg::Queued { position: p }).await?;
+                }
                 tokio::select! {
                     r = &mut result => break r.unwrap_or(Err(OpenError::Stopped)).map_err(open_error)?,
                     _ = position.changed() => {}
@@ -513,8 +535,21 @@ impl Conn {
             Err(e) => return Err(open_error(e)),
         };
         debug!(session = %ticket.id, kind = identity.kind.as_str(), "admitted");
-        self.send_json(&ServerMsg::Session { session: ticket.id.to_string(), secret: Some(&secret), resumed: false })
+        self.send_json(&ServerMsg::Session {
+            session: ticket.id.to_string(),
+            secret: Some(messages::SecretStr(&secret)),
+            resumed: false,
+        })
+        .await?;
+        if !ignored.is_empty() {
+            self.send_json(&ServerMsg::Warning {
+                code: "env_ignored",
+                message: "these names are not allowed by the profile and were ignored".into(),
+                seconds: None,
+                names: Some(ignored),
+            })
             .await?;
+        }
         Ok(ticket)
     }
 
@@ -527,7 +562,8 @@ impl Conn {
     ) -> Result<End, End> {
         let mut ping = tokio::time::interval(self.policy.server.ping_interval);
         ping.reset();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let idle_due = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(idle_due);
         let mut warned_at: Option<berth_reconciler::Timestamp> = None;
         let mut shutdown = self.edge.shutdown.clone();
         let shutting_down = async move {
@@ -619,19 +655,21 @@ impl Conn {
                     }
                     self.send(Message::ping(Bytes::new())).await?;
                 }
-                _ = tick.tick() => {
+                () = &mut idle_due => {
                     let t = &self.policy.sessions;
                     let last = term.last_activity();
                     let now = crate::clock::now();
-                    let left = last.add(t.idle_timeout).since(now);
-                    if left <= t.idle_warning && warned_at != Some(last) {
-                        warned_at = Some(last);
-                        self.send_json(&ServerMsg::Warning {
-                            code: "idle",
-                            message: format!("no activity: this session ends in {} s unless you type", left.as_secs()),
-                            seconds: Some(left.as_secs()),
-                            names: None,
-                        }).await?;
+                    match idle::idle_check(last, now, t.idle_timeout, t.idle_warning, warned_at) {
+                        idle::IdleCheck::Sleep(d) => idle_due.as_mut().reset(Instant::now() + d),
+                        idle::IdleCheck::Warn(seconds) => {
+                            warned_at = Some(last);
+                            self.send_json(&ServerMsg::Warning {
+                                code: "idle",
+                                message: format!("no activity: this session ends in {seconds} s unless you type"),
+                                seconds: Some(seconds),
+                                names: None,
+                            }).await?;
+                        }
                     }
                 }
                 () = &mut shutting_down => {
@@ -658,10 +696,6 @@ async fn drain(conn: &Conn, term: &Terminal, reader: &mut crate::terminal::Reade
     Ok(())
 }
 
-fn term_start_gap(from: u64, reader: &crate::terminal::Reader) -> u64 {
-    reader.offset().saturating_sub(from)
-}
-
 async fn resize(metrics: &Metrics, term: &Terminal, (cols, rows): (u32, u32)) -> Result<(), RuntimeError> {
     let c = u16::try_from(cols).unwrap_or(u16::MAX);
     let r = u16::try_from(rows).unwrap_or(u16::MAX);
@@ -676,43 +710,13 @@ fn unix_now() -> u64 {
     crate::clock::unix_secs()
 }
 
-fn auth_error(e: AuthError) -> End {
-    let code = match e {
-        AuthError::ForbiddenProfile(_) => "forbidden_profile",
-        AuthError::UnknownProfile(_) => "unknown_profile",
-        _ => "unauthorized",
-    };
-    let close = if code == "unknown_profile" { close::BAD_MESSAGE } else { close::UNAUTHORIZED };
-    End::Error(ProtoError::fatal(code, close, e.to_string()))
-}
-
-fn open_error(e: OpenError) -> End {
-    let mut err = match &e {
-        OpenError::Draining => ProtoError::fatal("draining", close::DRAINING, e.to_string()),
-        OpenError::Full { reason, retry_after } => {
-            let code = if *reason == "per_ip" { "per_ip" } else { "full" };
-            let mut p = ProtoError::fatal(code, close::FULL, e.to_string());
-            p.retry_after = Some(retry_after.as_secs().max(1));
-            p
-        }
-        OpenError::QueueTimeout(_) => ProtoError::fatal("queue_timeout", close::FULL, e.to_string()),
-        OpenError::UnknownProfile(_) => ProtoError::fatal("unknown_profile", close::BAD_MESSAGE, e.to_string()),
-        OpenError::Stopped => ProtoError::fatal("draining", close::DRAINING, e.to_string()),
-    };
-    if err.code == "queue_timeout" {
-        err.retry_after = Some(5);
+/// Whether this replica holds `id` as a live session (not ended, not being removed): only then does the upgrade
+/// announce it to the load balancer. A controller too busy to answer within a second gets no announcement (the
+/// load balancer keeps the stickiness it has).
+async fn holds_live(edge: &Edge, id: SessionId) -> bool {
+    if edge.terminals.get(&id).is_none() {
+        return false;
     }
-    End::Error(err)
-}
-
-fn read_error(e: &warp::Error) -> ProtoError {
-    let text = e.to_string();
-    if text.contains("too long") || text.contains("too big") || text.contains("Space limit") || text.contains("size") {
-        ProtoError::fatal("message_too_big", close::TOO_BIG, "message over the size limit")
-    } else if text.contains("UTF-8") || text.contains("utf-8") || text.contains("Utf8") {
-        ProtoError::fatal("not_utf8", close::BAD_MESSAGE, "text frames must be UTF-8 JSON")
-    } else {
-        warn!(error = %text, "websocket read error");
-        ProtoError::fatal("bad_frame", close::BAD_MESSAGE, "malformed WebSocket frame")
-    }
+    let detail = tokio::time::timeout(Duration::from_secs(1), edge.handle.show(id)).await.ok().flatten();
+    detail.is_some_and(|d| ending(&d.session.status).is_none())
 }
