@@ -7,6 +7,7 @@ pub mod auth;
 pub mod controller;
 pub mod executor;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod observer;
 pub mod runtime;
