@@ -95,6 +95,20 @@ mod tests {
     }
 
     #[test]
+    fn records_of_the_log_crate_are_capped_too() {
+        // bollard and tungstenite log through the `log` crate; `init` routes it into tracing.
+        let _ = tracing_log::LogTracer::init();
+        let text = logged("trace,bollard=trace,tungstenite=trace", || {
+            log::debug!(target: "bollard::docker", "{{\"Env\":[\"API_KEY=secret-4\"]}}");
+            log::trace!(target: "tungstenite::protocol", "Received message secret-5");
+            log::info!(target: "bollard::docker", "a log info line");
+            log::debug!(target: "berth_test", "a berth debug line");
+        });
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("a log info line") && text.contains("a berth debug line"), "{text}");
+    }
+
+    #[test]
     fn berth_itself_logs_at_the_level_asked_for() {
         let text = logged("debug", || tracing::debug!(target: "berth::controller", "berth debug line"));
         assert!(text.contains("berth debug line"), "{text}");
