@@ -110,6 +110,11 @@ impl<R: Runtime> Controller<R> {
                 records.push(held.clone());
             }
         }
+        // A claim of this replica's own that turned out void (the peer's new sentinel already ran at the claimed
+        // epoch) is no longer held: its target removes it, and it must not come back to life if that peer dies.
+        let void: Vec<ContainerId> =
+            records.iter().filter(|r| pure::is_void(r, &records)).map(|r| r.id.clone()).collect();
+        self.peers.held.retain(|id, _| !void.contains(id));
         self.peers.records = records;
         self.refuse_void_claims();
         self.apply_claims();
