@@ -12,6 +12,7 @@ pub mod plan;
 pub mod policy;
 pub mod policy_diff;
 pub mod policy_file;
+mod policy_unsafe;
 pub mod startup;
 pub mod status;
 pub mod time;
