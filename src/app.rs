@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use warp::Filter;
 
-use crate::cli::{Cli, Command, LogFormat, PolicyCommand, ServeArgs, SessionsCommand};
+use crate::cli::{Cli, Command, PolicyCommand, ServeArgs, SessionsCommand};
 use crate::controller::{self, ControllerConfig};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -44,7 +44,10 @@ const EXIT_CONFIG: u8 = 64;
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Policy(PolicyCommand::Check { file }) => match load_policy(&file) {
-            Ok(_) => {
+            Ok(policy) => {
+                for note in policy.unsafe_notes() {
+                    println!("note: {note}");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }
@@ -129,23 +132,6 @@ pub fn load_policy(path: &Path) -> Result<Policy, String> {
     parse_policy_with(&text, &path.display().to_string(), &|p| std::fs::read_to_string(p)).map_err(|e| e.to_string())
 }
 
-fn init_tracing(format: LogFormat) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).with_current_span(true).init();
-    } else {
-        builder.init();
-    }
-}
-
 fn serve(args: ServeArgs) -> ExitCode {
     // Configuration is validated before any port is bound or Docker is contacted.
     let mut policy = match &args.policy {
@@ -168,7 +154,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(args.log_format);
+    crate::logging::init(args.log_format);
+    for note in policy.unsafe_notes() {
+        warn!(note = %note, "the policy weakens session confinement");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

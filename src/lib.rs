@@ -13,6 +13,7 @@ pub mod controller;
 pub mod executor;
 pub mod limits;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod observer;
 pub mod runtime;

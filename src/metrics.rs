@@ -93,6 +93,8 @@ pub struct Metrics {
     pub takeovers: IntCounterVec,
     /// This replica's fencing epoch.
     pub epoch: IntGauge,
+    /// Claims on this replica refused because its sentinel runs at the claimed epoch (forged, or a mistake).
+    pub claims_refused: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -158,6 +160,12 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
         r.register(Box::new(ws_client_resets.clone())).unwrap_or_else(|e| panic!("register: {e}"));
+        let claims_refused = IntCounter::new(
+            "berth_peer_claims_refused_total",
+            "Claims on this replica refused (and removed) because its sentinel runs at the claimed epoch.",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        r.register(Box::new(claims_refused.clone())).unwrap_or_else(|e| panic!("register: {e}"));
         let policy_loaded =
             Gauge::new("berth_policy_last_reload_timestamp_seconds", "Unix time of the last successful policy load.")
                 .unwrap_or_else(|e| panic!("metric: {e}"));
@@ -250,6 +258,7 @@ impl Metrics {
                 &["result"],
             ),
             epoch,
+            claims_refused,
             registry: r,
         };
         #[cfg(target_os = "linux")]

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use berth_reconciler::policy_diff::{hold_restart_only, restart_only};
 use berth_reconciler::Policy;
+use berth_reconciler::policy_diff::{hold_restart_only, restart_only};
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};

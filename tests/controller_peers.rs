@@ -173,8 +173,10 @@ async fn a_replica_that_finds_a_claim_on_itself_lets_go_and_moves_its_epoch_abov
     let container = first.status.borrow().container.clone().expect("container");
     let ns = LabelNamespace::default();
     let epoch = fake.list(&ns).await.expect("list")[0].labels.epoch;
+    // a is down for a moment (its sentinel stops), and runs again at a new epoch.
+    lose_sentinel(&fake, &a, "a").await;
 
-    // Another replica (say, one that wrongly thought a dead) holds a claim on a up to that epoch.
+    // Another replica (say, one that thought a dead meanwhile) holds a claim on a up to the old epoch.
     let claim = PeerLabels {
         role: PeerRole::Claim,
         owner: "b".parse().expect("valid"),
@@ -189,12 +191,122 @@ async fn a_replica_that_finds_a_claim_on_itself_lets_go_and_moves_its_epoch_abov
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(fake.ids().contains(&container), "a did not remove the container it no longer holds");
     assert_eq!(a.metrics.epoch.get(), i64::try_from(epoch + 1).expect("small"));
+    assert_eq!(a.metrics.claims_refused.get(), 0, "a claim below the running sentinel's epoch is honoured");
 
     // What a creates now is outside the claim.
     let second = open(&a.handle).await;
     let id = second.status.borrow().container.clone().expect("container");
     let labels = fake.list(&ns).await.expect("list").into_iter().find(|c| c.id == id).expect("listed").labels;
     assert!(labels.epoch > epoch, "new epoch {} not above the claimed {epoch}", labels.epoch);
+}
+
+/// Kills `r`'s running sentinel and waits until it runs a new one, at a higher epoch.
+async fn lose_sentinel(fake: &FakeRuntime, r: &Replica, instance: &str) {
+    let running = |fake: FakeRuntime| async move {
+        peers(&fake)
+            .await
+            .into_iter()
+            .find(|p| p.labels.role == PeerRole::Sentinel && p.labels.owner.as_str() == instance && p.running())
+    };
+    let old = running(fake.clone()).await.expect("a running sentinel");
+    fake.kill(&old.id, 137);
+    eventually(Duration::from_secs(5), "a new sentinel runs", || async {
+        running(fake.clone()).await.is_some_and(|s| s.labels.epoch > old.labels.epoch)
+    })
+    .await;
+    let epoch = r.metrics.epoch.get();
+    assert!(epoch > i64::try_from(old.labels.epoch).expect("small"), "epoch {epoch}");
+}
+
+/// A claim container as anyone who reaches the Docker API can create one: `holder` claims `victim` through `epoch`.
+fn forge_claim(fake: &FakeRuntime, holder: &str, victim: &str, through: u64) -> berth::reconciler::ContainerId {
+    let claim = PeerLabels {
+        role: PeerRole::Claim,
+        owner: holder.parse().expect("valid"),
+        epoch: 1,
+        claimed: Some((victim.parse().expect("valid"), through)),
+    };
+    fake.insert(claim.to_labels(&LabelNamespace::default()).into_iter().collect(), ContainerState::Created)
+}
+
+fn removing_policy() -> Policy {
+    let mut p = policy();
+    p.reconcile.shutdown = berth::reconciler::policy::ShutdownMode::Remove;
+    p
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_replica_refuses_a_claim_at_its_running_epoch_keeps_its_sessions_and_removes_the_claim() {
+    let fake = FakeRuntime::default();
+    let a = start_with(&fake, "a", removing_policy()).await;
+    let b = start(&fake, "b").await;
+    let sessions = [open(&a.handle).await, open(&a.handle).await];
+    let epoch = u64::try_from(a.metrics.epoch.get()).expect("positive");
+
+    // "x" never ran; its claim names a's running epoch.
+    let forged = forge_claim(&fake, "x", "a", epoch);
+    eventually(Duration::from_secs(5), "a removes the forged claim", || async {
+        !peers(&fake).await.iter().any(|p| p.id == forged)
+    })
+    .await;
+    assert_eq!(a.metrics.claims_refused.get(), 1, "refused once, and counted");
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(a.handle.list().await.len(), 2, "a kept its sessions");
+    for t in &sessions {
+        assert_eq!(t.status.borrow().phase, Phase::Running);
+    }
+    assert_eq!(a.metrics.epoch.get(), i64::try_from(epoch).expect("small"), "no fencing");
+    assert!(b.handle.list().await.is_empty(), "b took nothing over");
+    assert_eq!(b.metrics.peers_down.get(), 0, "nor did it count the forger down");
+    assert_eq!(takeovers(&b, "won") + takeovers(&a, "won"), 0);
+
+    // shutdown: remove leaves nothing of a.
+    a.handle.shutdown().await;
+    assert_eq!(fake.count(None), 0, "a's session containers are gone");
+    assert!(peers(&fake).await.iter().all(|p| p.labels.owner.as_str() == "b"), "{:?}", peers(&fake).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_remove_also_removes_own_containers_that_a_claim_by_a_dead_holder_disowned() {
+    let fake = FakeRuntime::default();
+    let a = start_with(&fake, "a", removing_policy()).await;
+    open(&a.handle).await;
+    let epoch = fake.list(&LabelNamespace::default()).await.expect("list")[0].labels.epoch;
+    lose_sentinel(&fake, &a, "a").await;
+    // A claim below a's running epoch looks like a takeover made while a was down; its holder never runs.
+    let claim = forge_claim(&fake, "x", "a", epoch);
+    eventually(Duration::from_secs(5), "a lets go", || async { a.handle.list().await.is_empty() }).await;
+    assert_eq!(fake.count(None), 1, "the disowned container stays while a runs");
+
+    a.handle.shutdown().await;
+    assert_eq!(fake.count(None), 0, "shutdown: remove left a container that nobody manages");
+    assert!(!peers(&fake).await.iter().any(|p| p.id == claim), "nor the claim");
+}
+
+#[tokio::test(start_paused = true)]
+async fn startup_remove_all_removes_own_containers_whatever_a_claim_by_a_dead_holder_says() {
+    let fake = FakeRuntime::default();
+    let ns = LabelNamespace::default();
+    let labels = berth::reconciler::ManagedLabels {
+        session: berth::reconciler::SessionId::from_bytes([7; 16]),
+        owner: "a".parse().expect("valid"),
+        created_at: berth::reconciler::Timestamp::from_millis(0),
+        profile: "default".parse().expect("valid"),
+        kind: SessionKind::Anonymous,
+        policy_hash: "00".into(),
+        resume_hash: None,
+        epoch: 2,
+    };
+    fake.insert(labels.to_labels(&ns).into_iter().collect(), ContainerState::Running);
+    let claim = forge_claim(&fake, "x", "a", 2);
+    let mut p = policy();
+    p.reconcile.startup = berth::reconciler::policy::StartupMode::RemoveAll;
+    let a = start_with(&fake, "a", p).await;
+    eventually(Duration::from_secs(5), "the earlier run's container and the claim removed", || async {
+        fake.count(None) == 0 && !peers(&fake).await.iter().any(|p| p.id == claim)
+    })
+    .await;
+    assert!(a.handle.list().await.is_empty());
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod policy;
 pub mod policy_diff;
 pub mod policy_file;
+mod policy_unsafe;
 pub mod retry;
 pub mod startup;
 pub mod status;

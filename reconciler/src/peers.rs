@@ -13,6 +13,9 @@
 //!   removed), and also whatever the dead peer itself held claims on.
 //! - **Fencing**: a replica that finds a claim on itself by someone else no longer touches the containers the
 //!   claim covers, and runs at an epoch above it, so containers it creates afterwards are not covered.
+//! - A claim on a replica whose sentinel runs at an epoch the claim covers was not made by a takeover (anyone
+//!   who reaches the Docker API can create one): it is **void**, every replica ignores it, and the claimed
+//!   replica removes it.
 //!   See `docs/decisions/0012-replica-liveness-and-takeover.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,13 +98,73 @@ pub fn claim_labels(holder: &InstanceId, epoch: u64, dead: &InstanceId, through:
     PeerLabels { role: PeerRole::Claim, owner: holder.clone(), epoch, claimed: Some((dead.clone(), through)) }
 }
 
+/// Whether `claim` is void: it names a replica whose sentinel runs at an epoch the claim covers. A takeover
+/// claims a replica only once no sentinel of it has run for a lease, and a replica that comes back runs at an
+/// epoch above every claim on it (its sentinel's included), so no takeover makes such a claim; someone else
+/// created it (anyone who reaches the Docker API can). Void claims are ignored: they neither fence nor pass on.
+pub fn is_void(claim: &PeerContainer, peers: &[PeerContainer]) -> bool {
+    let Some((dead, through)) = &claim.labels.claimed else { return false };
+    peers.iter().any(|s| {
+        s.labels.role == PeerRole::Sentinel && s.running() && &s.labels.owner == dead && s.labels.epoch <= *through
+    })
+}
+
+/// The claims that are not void.
+fn honoured(peers: &[PeerContainer]) -> impl Iterator<Item = &PeerContainer> {
+    peers.iter().filter(|p| p.labels.claimed.is_some() && !is_void(p, peers))
+}
+
+/// The void claims on `me` (see [`is_void`]): `me` refuses them, and removes them.
+pub fn void_claims_on<'p>(me: &InstanceId, peers: &'p [PeerContainer]) -> Vec<&'p PeerContainer> {
+    peers
+        .iter()
+        .filter(|p| p.labels.claimed.as_ref().is_some_and(|(dead, _)| dead == me) && is_void(p, peers))
+        .collect()
+}
+
+/// Containers of a replica that nobody else will ever manage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stranded {
+    /// Its own session containers that a claim disowned, while no live replica manages them.
+    pub containers: Vec<ContainerId>,
+    /// The claims on it, when no live replica manages anything of it through them.
+    pub claims: Vec<ContainerId>,
+}
+
+/// What `remove_all` (at startup) and `shutdown: remove` remove besides the containers `me` manages: its own
+/// containers that a claim disowned but that no live replica manages (the claim's holder, and whoever inherited
+/// its claims, run no sentinel), and the claims on `me` whose holder is no such live replica.
+pub fn stranded(me: &InstanceId, observed: &Observed, peers: &[PeerContainer]) -> Stranded {
+    let alive: BTreeSet<&InstanceId> = peers
+        .iter()
+        .filter(|p| p.labels.role == PeerRole::Sentinel && p.running() && &p.labels.owner != me)
+        .map(|p| &p.labels.owner)
+        .collect();
+    // The highest epoch of `me` that a live replica manages, through its own claims or inherited ones.
+    let held = alive.iter().filter_map(|r| effective_claims(r, peers).get(me).copied()).max();
+    let disowned = disowned_through(me, peers);
+    let containers = observed
+        .containers
+        .values()
+        .filter(|c| &c.labels.owner == me && c.state != ContainerState::Removing && !c.removal_requested)
+        .filter(|c| disowned.is_some_and(|e| c.labels.epoch <= e) && held.is_none_or(|h| c.labels.epoch > h))
+        .map(|c| c.id.clone())
+        .collect();
+    let claims = honoured(peers)
+        .filter(|p| p.labels.claimed.as_ref().is_some_and(|(dead, _)| dead == me))
+        .filter(|p| !alive.contains(&p.labels.owner) && held.is_none())
+        .map(|p| p.id.clone())
+        .collect();
+    Stranded { containers, claims }
+}
+
 /// The owners `me` manages besides itself, with the highest epoch covered: the claims it holds, and
-/// (transitively) the claims held by replicas it has taken over.
+/// (transitively) the claims held by replicas it has taken over. Void claims count for nothing.
 pub fn effective_claims(me: &InstanceId, peers: &[PeerContainer]) -> BTreeMap<InstanceId, u64> {
     let mut out: BTreeMap<InstanceId, u64> = BTreeMap::new();
     loop {
         let mut grew = false;
-        for p in peers {
+        for p in honoured(peers) {
             let Some((dead, through)) = &p.labels.claimed else { continue };
             let held = &p.labels.owner == me || out.get(&p.labels.owner).is_some_and(|e| p.labels.epoch <= *e);
             if held && dead != me && out.get(dead).is_none_or(|e| e < through) {
@@ -117,8 +180,7 @@ pub fn effective_claims(me: &InstanceId, peers: &[PeerContainer]) -> BTreeMap<In
 
 /// The highest epoch of `me`'s containers another replica has claimed: those are no longer `me`'s.
 pub fn disowned_through(me: &InstanceId, peers: &[PeerContainer]) -> Option<u64> {
-    peers
-        .iter()
+    honoured(peers)
         .filter(|p| &p.labels.owner != me)
         .filter_map(|p| p.labels.claimed.as_ref().filter(|(dead, _)| dead == me).map(|(_, e)| *e))
         .max()
@@ -162,8 +224,7 @@ pub fn assess(
         peers.iter().filter(|p| p.labels.role == PeerRole::Sentinel && p.running()).map(|p| &p.labels.owner).collect();
     let starting: BTreeSet<&InstanceId> = peers.iter().filter(|p| p.starting()).map(|p| &p.labels.owner).collect();
     let covered = |owner: &InstanceId, epoch: u64| {
-        peers
-            .iter()
+        honoured(peers)
             .any(|p| p.labels.claimed.as_ref().is_some_and(|(dead, through)| dead == owner && epoch <= *through))
             || desired.claimed.get(owner).is_some_and(|e| epoch <= *e)
     };
@@ -176,7 +237,7 @@ pub fn assess(
             *e = (*e).max(c.labels.epoch);
         }
     }
-    for p in peers.iter().filter(|p| p.labels.role == PeerRole::Claim && &p.labels.owner != me) {
+    for p in honoured(peers).filter(|p| p.labels.role == PeerRole::Claim && &p.labels.owner != me) {
         if desired.claimed.get(&p.labels.owner).is_none_or(|e| p.labels.epoch > *e) {
             let e = stuff.entry(&p.labels.owner).or_insert(0);
             *e = (*e).max(p.labels.epoch);
@@ -230,6 +291,10 @@ pub fn assess(
             }
             PeerRole::Claim => {
                 let Some((dead, through)) = &p.labels.claimed else { continue };
+                if is_void(p, peers) {
+                    // Its target removes it (`void_claims_on`); nobody else acts on it.
+                    continue;
+                }
                 let held = owner == me || desired.claimed.get(owner).is_some_and(|e| p.labels.epoch <= *e);
                 let containers_left =
                     observed.containers.values().any(|c| &c.labels.owner == dead && c.labels.epoch <= *through);
@@ -446,6 +511,51 @@ mod tests {
         assert_eq!(p.remove, vec![id(10)], "not the one at the current epoch, created but not yet started");
         let p = assess(&me, &world(&[]), &peers, &since, Some(&id(11)), &policy(), Timestamp::from_millis(60_000));
         assert_eq!(p.remove, vec![id(10), id(12)]);
+    }
+
+    #[test]
+    fn a_claim_on_a_replica_whose_sentinel_runs_at_the_claimed_epoch_is_void_and_honoured_by_nobody() {
+        // a runs at epoch 3, with a container at 3; x (no sentinel, ever) forges a claim on a through 3.
+        let peers = [sentinel(10, "a", 3, true), claim(12, "x", "a", 3)];
+        assert!(is_void(&peers[1], &peers));
+        assert_eq!(disowned_through(&inst("a"), &peers), None, "a keeps its sessions");
+        assert!(effective_claims(&inst("x"), &peers).is_empty());
+        let refused: Vec<&ContainerId> = void_claims_on(&inst("a"), &peers).iter().map(|p| &p.id).collect();
+        assert_eq!(refused, vec![&id(12)]);
+        assert!(void_claims_on(&inst("b"), &peers).is_empty());
+        // A peer sees neither a nor the forger down, and neither claims nor removes anything.
+        let b = Desired::new(inst("b"));
+        let since = BTreeMap::from([(inst("x"), Timestamp::from_millis(0))]);
+        let now = Timestamp::from_millis(1_000_000);
+        let p = assess(&b, &world(&[container(1, "a", 3)]), &peers, &since, None, &policy(), now);
+        assert!(p.down.is_empty() && p.claim.is_empty() && p.remove.is_empty(), "{p:?}");
+        // Nor does a count x down, or remove the claim here (the controller removes it and counts it).
+        let mut a = Desired::new(inst("a"));
+        a.epoch = 3;
+        let p = assess(&a, &world(&[container(1, "a", 3)]), &peers, &since, Some(&id(10)), &policy(), now);
+        assert!(p.down.is_empty() && p.claim.is_empty() && p.remove.is_empty(), "{p:?}");
+        // A claim below the running sentinel's epoch is a takeover made while a was down: honoured.
+        let peers = [sentinel(10, "a", 4, true), claim(12, "b", "a", 3)];
+        assert!(!is_void(&peers[1], &peers));
+        assert_eq!(disowned_through(&inst("a"), &peers), Some(3));
+    }
+
+    #[test]
+    fn stranded_are_own_containers_disowned_by_a_claim_that_no_live_replica_holds() {
+        let observed = world(&[container(1, "a", 2), container(2, "a", 5)]);
+        // x (never alive) holds a claim on a through 3: a's container at 2 is stranded, and so is the claim.
+        let peers = [sentinel(10, "a", 5, true), claim(12, "x", "a", 3)];
+        let s = stranded(&inst("a"), &observed, &peers);
+        assert_eq!((s.containers, s.claims), (vec![id(1)], vec![id(12)]));
+        // b, alive, holds it: b serves that container, and nothing is stranded.
+        let peers = [sentinel(10, "a", 5, true), sentinel(11, "b", 1, true), claim(12, "b", "a", 3)];
+        assert_eq!(stranded(&inst("a"), &observed, &peers), Stranded::default());
+        // c took the dead b over and inherited its claim: c serves it.
+        let peers =
+            [sentinel(10, "a", 5, true), claim(12, "b", "a", 3), claim(13, "c", "b", 1), sentinel(14, "c", 1, true)];
+        assert_eq!(stranded(&inst("a"), &observed, &peers), Stranded::default());
+        // Nothing disowned: nothing stranded (a manages its own).
+        assert_eq!(stranded(&inst("a"), &observed, &[sentinel(10, "a", 5, true)]), Stranded::default());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! `policy::file` turns YAML into this type; everything else in berth reads only this type.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ids::ProfileName;
 use crate::labels::LabelNamespace;
+pub use crate::policy_unsafe::UnsafeSetting;
 
 /// The whole validated policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -194,6 +195,10 @@ pub struct Profile {
     pub on_unhealthy: UnhealthyAction,
     /// Bounds on the container's own log.
     pub logs: LogLimits,
+    /// The weakened confinement this profile acknowledges (`unsafe` in the file); using one that is not listed
+    /// is refused.
+    #[serde(rename = "unsafe")]
+    pub acknowledged_unsafe: BTreeSet<UnsafeSetting>,
 }
 
 impl Profile {
@@ -213,6 +218,7 @@ impl Profile {
             healthcheck: None,
             on_unhealthy: UnhealthyAction::Report,
             logs: LogLimits::default(),
+            acknowledged_unsafe: BTreeSet::new(),
         }
     }
 
@@ -250,11 +256,42 @@ pub struct Resources {
     pub nano_cpus: i64,
     /// Maximum number of processes.
     pub pids: i64,
+    /// Open files per process (`RLIMIT_NOFILE`).
+    pub nofile: Ulimit,
+    /// Processes of the session's uid (`RLIMIT_NPROC`). The kernel counts every process of that uid on the host,
+    /// so sessions that share a uid share it; `pids` is the per-session bound.
+    pub nproc: Ulimit,
+    /// Largest core dump, in bytes (`RLIMIT_CORE`); 0 writes none.
+    pub core: Ulimit,
+}
+
+/// A resource limit's soft and hard values, as Docker's `--ulimit name=soft:hard` takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Ulimit {
+    /// The limit in force; a process may raise it up to `hard`.
+    pub soft: u64,
+    /// The ceiling.
+    pub hard: u64,
+}
+
+impl Ulimit {
+    /// `soft` and `hard` equal.
+    pub const fn fixed(n: u64) -> Self {
+        Self { soft: n, hard: n }
+    }
 }
 
 impl Default for Resources {
     fn default() -> Self {
-        Self { memory_bytes: 256 << 20, nano_cpus: 1_000_000_000, pids: 50 }
+        Self {
+            memory_bytes: 256 << 20,
+            nano_cpus: 1_000_000_000,
+            pids: 50,
+            // Within the hard limits of common hosts (so rootless engines can set them too).
+            nofile: Ulimit { soft: 1024, hard: 4096 },
+            nproc: Ulimit::fixed(8192),
+            core: Ulimit::fixed(0),
+        }
     }
 }
 

@@ -264,15 +264,15 @@ mod tests {
     #[test]
     fn dangerous_client_env_names_are_rejected_with_a_reason() {
         let errs = errors(
-            "profiles:\n  default:\n    image: foo\n    env: {EDITOR: vi}\n    credentials: [{hello: key, env: API_KEY}]\n\
-             \x20   client_env: [TERM, LD_PRELOAD, PATH, PYTHONPATH, EDITOR, API_KEY, ok-not]\n",
+            "profiles:\n  default:\n    image: foo\n    env: {MY_EDITOR: vi}\n    credentials: [{hello: key, env: API_KEY}]\n\
+             \x20   client_env: [TERM, LD_PRELOAD, PATH, PYTHONPATH, MY_EDITOR, API_KEY, ok-not]\n",
         );
         assert_eq!(errs.len(), 6, "{errs:#?}");
         assert!(errs.iter().all(|e| e.starts_with("policy.yaml:8:")), "{errs:#?}");
         assert!(errs[0].contains("LD_PRELOAD must not be set by clients: it makes the dynamic loader"), "{errs:#?}");
         assert!(errs[1].contains("PATH must not be set by clients"), "{errs:#?}");
         assert!(errs[2].contains("PYTHONPATH must not be set by clients"), "{errs:#?}");
-        assert!(errs[3].contains("EDITOR is set in profiles.default.env"), "{errs:#?}");
+        assert!(errs[3].contains("MY_EDITOR is set in profiles.default.env"), "{errs:#?}");
         assert!(errs[4].contains("API_KEY is set from credentials"), "{errs:#?}");
         assert!(errs[5].contains("not an environment variable name"), "{errs:#?}");
     }

@@ -362,7 +362,9 @@ impl<R: Runtime> Controller<R> {
             return true;
         }
         let removing = self.policy.reconcile.shutdown == berth_reconciler::policy::ShutdownMode::Remove;
-        self.gate.in_flight() == 0 && (!removing || self.desired.sessions.is_empty() || !self.observed.is_listed())
+        self.gate.in_flight() == 0
+            && !(removing && self.peers.removing())
+            && (!removing || self.desired.sessions.is_empty() || !self.observed.is_listed())
     }
 
     // ----- the pass -----
@@ -378,6 +380,9 @@ impl<R: Runtime> Controller<R> {
         }
         self.tend_sentinel();
         self.take_over(now);
+        if self.desired.draining && self.policy.reconcile.shutdown == berth_reconciler::policy::ShutdownMode::Remove {
+            self.remove_stranded(RemoveReason::Orphan);
+        }
         for s in self.desired.sessions.values_mut() {
             if let Some(t) = self.terminals.get(&s.id) {
                 s.last_activity = s.last_activity.max(t.last_activity());
@@ -407,7 +412,10 @@ impl<R: Runtime> Controller<R> {
 
     fn apply_startup(&mut self, now: Timestamp) {
         self.started = true;
-        let s = startup(&self.desired, self.observed.view(), &self.policy, now);
+        let mut s = startup(&self.desired, self.observed.view(), &self.policy, now);
+        if self.policy.reconcile.startup == berth_reconciler::policy::StartupMode::RemoveAll {
+            self.add_stranded(&mut s.remove);
+        }
         info!(
             mode = ?self.policy.reconcile.startup,
             adopted = s.adopted.len(),

@@ -58,6 +58,8 @@ pub(super) struct Peers {
     /// Since when no sentinel has run, after one failed to start or stopped (`None`: running, or the very first
     /// start).
     lost_at: Option<Instant>,
+    /// Void claims on this replica already refused (counted once each); only those still listed are kept.
+    refused: BTreeSet<ContainerId>,
 }
 
 impl Peers {
@@ -66,6 +68,11 @@ impl Peers {
             SentinelState::Up { id, .. } => Some(id),
             _ => None,
         }
+    }
+
+    /// Whether sentinel or claim removals are under way.
+    pub(super) fn removing(&self) -> bool {
+        !self.removing.is_empty()
     }
 
     pub(super) fn sentinel_up(&self) -> bool {
@@ -103,7 +110,13 @@ impl<R: Runtime> Controller<R> {
                 records.push(held.clone());
             }
         }
+        // A claim of this replica's own that turned out void (the peer's new sentinel already ran at the claimed
+        // epoch) is no longer held: its target removes it, and it must not come back to life if that peer dies.
+        let void: Vec<ContainerId> =
+            records.iter().filter(|r| pure::is_void(r, &records)).map(|r| r.id.clone()).collect();
+        self.peers.held.retain(|id, _| !void.contains(id));
         self.peers.records = records;
+        self.refuse_void_claims();
         self.apply_claims();
         if matches!(self.peers.sentinel, SentinelState::None) {
             self.desired.epoch =
@@ -137,6 +150,58 @@ impl<R: Runtime> Controller<R> {
             self.claim(dead, through);
         }
         for id in p.remove {
+            self.remove_marker(id);
+        }
+    }
+
+    /// Refuses the claims on this replica made while its sentinel runs at the claimed epoch (no takeover makes
+    /// one; anyone who reaches the Docker API can): they are ignored everywhere (`peers::is_void`), and here
+    /// logged, counted once each and removed.
+    fn refuse_void_claims(&mut self) {
+        let records = &self.peers.records;
+        self.peers.refused.retain(|id| records.iter().any(|r| &r.id == id));
+        let void: Vec<PeerContainer> =
+            pure::void_claims_on(&self.desired.owner, &self.peers.records).into_iter().cloned().collect();
+        for claim in void {
+            if self.peers.refused.insert(claim.id.clone()) {
+                let through = claim.labels.claimed.as_ref().map_or(0, |(_, e)| *e);
+                warn!(
+                    claim = %claim.id.short(),
+                    holder = %claim.labels.owner,
+                    through,
+                    epoch = self.desired.epoch,
+                    "refused a claim on this replica: its sentinel runs at the claimed epoch, so no takeover made it; \
+                     removing it"
+                );
+                self.metrics.claims_refused.inc();
+            }
+            self.remove_marker(claim.id);
+        }
+    }
+
+    /// Under `reconcile.startup: remove_all` and `reconcile.shutdown: remove`: removes this replica's own
+    /// containers that a claim disowned but no live replica manages, and such claims on it, so that nothing of it
+    /// is left behind whatever claims say.
+    pub(super) fn remove_stranded(&mut self, reason: RemoveReason) {
+        let s = pure::stranded(&self.desired.owner, self.observed.view(), &self.peers.records);
+        if !s.containers.is_empty() {
+            info!(containers = s.containers.len(), "removing this replica's containers that no live replica manages");
+            self.dispatch(Action::BulkRemove { containers: s.containers, reason });
+        }
+        for id in s.claims {
+            self.remove_marker(id);
+        }
+    }
+
+    /// [`Self::remove_stranded`] for startup's `remove_all`: adds the containers to `remove`, and removes the claims.
+    pub(super) fn add_stranded(&mut self, remove: &mut Vec<ContainerId>) {
+        let s = pure::stranded(&self.desired.owner, self.observed.view(), &self.peers.records);
+        for c in s.containers {
+            if !remove.contains(&c) {
+                remove.push(c);
+            }
+        }
+        for id in s.claims {
             self.remove_marker(id);
         }
     }

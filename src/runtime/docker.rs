@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use berth_reconciler::observed::{ContainerState, Health};
 use berth_reconciler::peers::{MarkerSpec, PeerContainer};
+use berth_reconciler::policy::Ulimit;
 use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer, PeerLabels};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HealthConfig, HealthStatusEnum,
-    HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum,
+    HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, ResourcesUlimits, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -340,6 +342,12 @@ pub fn marker_body(spec: &MarkerSpec) -> ContainerCreateBody {
         cap_drop: Some(vec!["ALL".to_owned()]),
         security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
         network_mode: Some("none".to_owned()),
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
+        ulimits: Some(vec![
+            ulimit("nofile", Ulimit::fixed(64)),
+            ulimit("nproc", Ulimit::fixed(8192)),
+            ulimit("core", Ulimit::fixed(0)),
+        ]),
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
         auto_remove: Some(false),
         log_config: Some(HostConfigLogConfig { typ: Some("none".to_owned()), config: None }),
@@ -360,12 +368,17 @@ pub fn marker_body(spec: &MarkerSpec) -> ContainerCreateBody {
     }
 }
 
+fn ulimit(name: &str, limit: Ulimit) -> ResourcesUlimits {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    ResourcesUlimits { name: Some(name.to_owned()), soft: Some(n(limit.soft)), hard: Some(n(limit.hard)) }
+}
+
 fn secs_to_nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// Translates berth's container spec into Docker's create body: TTY and open stdin, hardening from the profile,
-/// restart policy `no`, bounded logs.
+/// Translates berth's container spec into Docker's create body: TTY and open stdin, hardening from the profile
+/// (per-process limits included), a private cgroup namespace, restart policy `no`, bounded logs.
 pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let sec = &spec.security;
     let mut security_opt = Vec::new();
@@ -384,6 +397,13 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         memory_swap: Some(spec.resources.memory_bytes),
         nano_cpus: Some(spec.resources.nano_cpus),
         pids_limit: Some(spec.resources.pids),
+        ulimits: Some(vec![
+            ulimit("nofile", spec.resources.nofile),
+            ulimit("nproc", spec.resources.nproc),
+            ulimit("core", spec.resources.core),
+        ]),
+        // Docker's default follows the daemon (host on cgroup v1): the session would see the host's cgroup tree.
+        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
         readonly_rootfs: Some(sec.read_only_root),
         cap_drop: sec.cap_drop_all.then(|| vec!["ALL".to_owned()]),
         security_opt: Some(security_opt),

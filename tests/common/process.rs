@@ -115,6 +115,18 @@ impl Berth {
         listen: &str,
         docker_host: Option<&str>,
     ) -> Self {
+        Self::spawn_env(policy, instance, state_dir, listen, docker_host, &[])
+    }
+
+    /// [`Self::spawn_with`] with extra environment variables for the child (`BERTH_LOG`, say).
+    pub fn spawn_env(
+        policy: &Path,
+        instance: &str,
+        state_dir: &Path,
+        listen: &str,
+        docker_host: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = state_dir.join("berth.log");
         let stderr = OpenOptions::new()
             .create(true)
@@ -134,6 +146,7 @@ impl Berth {
             .args(["--log-format", "text"])
             .env_remove("BERTH_POLICY")
             .env_remove("BERTH_LISTEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -219,6 +232,11 @@ impl Berth {
     /// Whether the process still runs.
     pub fn running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its whole log (stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last `n` lines of its log.

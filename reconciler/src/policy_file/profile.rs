@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use super::ctx::{Ctx, MIN_POSITIVE, loc};
 use super::raw::{RawCredential, RawHealthCheck, RawProfile, RawSecurity, Text};
-use super::units::parse_cpus;
+use super::units::{parse_count, parse_cpus, parse_size};
 use crate::policy::{
     CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, Profile, Resources, Security, Tmpfs,
-    UnhealthyAction,
+    Ulimit, UnhealthyAction, UnsafeSetting,
 };
 
 /// Default tmpfs options when a mount gives none.
@@ -25,7 +25,8 @@ pub(crate) const DEFAULT_HEALTH_RETRIES: u32 = 3;
 /// Docker refuses memory limits below 6 MiB.
 const MIN_MEMORY: u64 = 6 << 20;
 
-/// Why a client must never choose the value of `name`, if it must not.
+/// Why a client must never choose the value of `name`, if it must not. Case-insensitive: `http_proxy` and
+/// `HTTP_PROXY` alike.
 pub(crate) fn dangerous_env(name: &str) -> Option<&'static str> {
     const LOADER: &str = "makes the dynamic loader run code the client chooses";
     const SHELL: &str = "makes the shell read or run code the client chooses";
@@ -40,9 +41,14 @@ pub(crate) fn dangerous_env(name: &str) -> Option<&'static str> {
         "IFS" | "CDPATH" | "GLOBIGNORE" => "changes how the shell splits words and finds files",
         "NODE_OPTIONS" | "NODE_PATH" | "PERL5OPT" | "PERL5LIB" | "PERLLIB" | "RUBYOPT" | "RUBYLIB"
         | "JAVA_TOOL_OPTIONS" | "_JAVA_OPTIONS" | "JDK_JAVA_OPTIONS" => INTERPRETER,
-        "GCONV_PATH" | "HOSTALIASES" | "LOCALDOMAIN" | "RES_OPTIONS" | "TMPDIR" => {
-            "changes where the C library loads modules or how it resolves names"
+        "GCONV_PATH" | "HOSTALIASES" | "LOCALDOMAIN" | "RES_OPTIONS" | "TMPDIR" | "LOCPATH" | "NLSPATH"
+        | "GLIBC_TUNABLES" => "changes where the C library loads modules or data from, or how it behaves",
+        "TERMINFO" | "TERMINFO_DIRS" | "TERMCAP" => "makes terminal programs parse files the client chooses",
+        "LESSOPEN" | "LESSCLOSE" | "PAGER" | "MANPAGER" | "GIT_PAGER" | "EDITOR" | "VISUAL" | "GIT_EDITOR"
+        | "BROWSER" | "GIT_SSH" | "GIT_SSH_COMMAND" | "GIT_ASKPASS" | "SSH_ASKPASS" | "GIT_EXEC_PATH" => {
+            "names a command that programs run"
         }
+        _ if n.ends_with("_PROXY") => "sends the session's traffic through a proxy the client chooses",
         _ if n.starts_with("LD_") || n.starts_with("DYLD_") => LOADER,
         _ if n.starts_with("PYTHON") => INTERPRETER,
         _ if n.starts_with("BASH_FUNC_") => SHELL,
@@ -159,12 +165,16 @@ pub(crate) fn profile(cx: &mut Ctx<'_>, path: &str, name: &Text, raw: &RawProfil
             nano_cpus: cx.value(&r.cpus, &at("resources.cpus"), d.nano_cpus, parse_cpus),
             pids: i64::try_from(cx.count(&r.pids, &at("resources.pids"), d.pids as u64, 1, 1_000_000))
                 .unwrap_or(d.pids),
+            nofile: cx.value(&r.nofile, &at("resources.nofile"), d.nofile, |s| ulimit(s, 16, MAX_NOFILE)),
+            nproc: cx.value(&r.nproc, &at("resources.nproc"), d.nproc, |s| ulimit(s, 1, MAX_NPROC)),
+            core: cx.value(&r.core, &at("resources.core"), d.core, core_limit),
         };
     }
     if let Some(s) = &raw.security {
         p.security = security(cx, &at("security"), s);
     }
     p.network = cx.value(&raw.network, &at("network"), p.network, network);
+    p.acknowledged_unsafe = acknowledged_unsafe(cx, &at("unsafe"), raw);
     p.healthcheck = raw.healthcheck.as_ref().and_then(|h| healthcheck(cx, &at("healthcheck"), name, h));
     p.on_unhealthy = cx.value(&raw.on_unhealthy, &at("on_unhealthy"), p.on_unhealthy, |s| match s.trim() {
         "report" => Ok(UnhealthyAction::Report),
@@ -183,7 +193,83 @@ pub(crate) fn profile(cx: &mut Ctx<'_>, path: &str, name: &Text, raw: &RawProfil
                 .unwrap_or(d.max_files),
         };
     }
+    refuse_unacknowledged(cx, path, name, raw, &p);
     p
+}
+
+/// Linux's default ceiling on open files (`fs.nr_open`).
+const MAX_NOFILE: u64 = 1 << 20;
+/// Linux's ceiling on process ids (`kernel.pid_max` at most).
+const MAX_NPROC: u64 = 1 << 22;
+
+/// `1024` (soft and hard alike) or `1024:4096` (soft, hard), each within `min..=max`.
+fn ulimit(s: &str, min: u64, max: u64) -> Result<Ulimit, String> {
+    let one = |v: &str| parse_count(v, min, max);
+    let limit = match s.trim().split_once(':') {
+        None => Ulimit::fixed(one(s)?),
+        Some((soft, hard)) => Ulimit { soft: one(soft)?, hard: one(hard)? },
+    };
+    if limit.soft > limit.hard {
+        return Err(format!("{}: the soft limit must not exceed the hard limit (soft:hard)", s.trim()));
+    }
+    Ok(limit)
+}
+
+/// A core dump size: `0` (none, the default) up to `1GiB`, soft and hard alike.
+fn core_limit(s: &str) -> Result<Ulimit, String> {
+    let n = parse_size(s)?;
+    if n > 1 << 30 {
+        return Err(format!("{} is out of range: use 0 to 1GiB", s.trim()));
+    }
+    Ok(Ulimit::fixed(n))
+}
+
+/// `profiles.<name>.unsafe`: the weakened settings the profile acknowledges.
+fn acknowledged_unsafe(cx: &mut Ctx<'_>, key: &str, raw: &RawProfile) -> BTreeSet<UnsafeSetting> {
+    let mut out = BTreeSet::new();
+    for t in raw.acknowledged_unsafe.iter().flatten() {
+        if let Some(u) = cx.item(t, key, str::parse::<UnsafeSetting>)
+            && !out.insert(u)
+        {
+            cx.bad(t, key, format!("{} is listed twice", u.as_str()));
+        }
+    }
+    out
+}
+
+/// Refuses every weakened setting the profile uses without listing it in `unsafe`, located at the value.
+fn refuse_unacknowledged(cx: &mut Ctx<'_>, path: &str, name: &Text, raw: &RawProfile, p: &Profile) {
+    let sec = raw.security.as_ref();
+    let tmpfs = |bad: &dyn Fn(&Tmpfs) -> bool| {
+        let list = sec.and_then(|s| s.tmpfs.as_ref())?;
+        let i = p.security.tmpfs.iter().position(bad)?;
+        let mount = &p.security.tmpfs[i].path;
+        let raw = list.iter().find(|r| r.path.as_ref().is_some_and(|t| &t.value == mount))?;
+        raw.options.as_ref().or(raw.path.as_ref())
+    };
+    for u in p.unsafe_settings() {
+        if p.acknowledged_unsafe.contains(&u) {
+            continue;
+        }
+        let (key, at) = match u {
+            UnsafeSetting::SeccompUnconfined => ("security.seccomp", sec.and_then(|s| s.seccomp.as_ref())),
+            UnsafeSetting::ApparmorUnconfined => ("security.apparmor", sec.and_then(|s| s.apparmor.as_ref())),
+            UnsafeSetting::Capabilities => ("security.cap_drop_all", sec.and_then(|s| s.cap_drop_all.as_ref())),
+            UnsafeSetting::NewPrivileges => {
+                ("security.no_new_privileges", sec.and_then(|s| s.no_new_privileges.as_ref()))
+            }
+            UnsafeSetting::RootUser => ("user", raw.user.as_ref()),
+            UnsafeSetting::TmpfsExec => ("security.tmpfs", tmpfs(&|t| !t.noexec())),
+            UnsafeSetting::TmpfsUnbounded => ("security.tmpfs", tmpfs(&|t| !t.bounded())),
+            UnsafeSetting::Network => ("network", raw.network.as_ref()),
+        };
+        let reason = format!(
+            "unsafe: {}; refused unless the profile acknowledges it with `unsafe: [{}]` in {path}",
+            u.risk(),
+            u.as_str()
+        );
+        cx.bad(at.unwrap_or(name), &format!("{path}.{key}"), reason);
+    }
 }
 
 fn credentials(
@@ -358,8 +444,28 @@ mod tests {
         for name in ["IFS", "NODE_OPTIONS", "PYTHONPATH", "PYTHONSTARTUP", "BASH_FUNC_ls%%"] {
             assert!(dangerous_env(name).is_some(), "{name}");
         }
-        for name in ["TERM", "LANG", "LC_ALL", "COLUMNS", "EDITOR"] {
+        for name in ["TERM", "LANG", "LC_ALL", "COLUMNS", "TZ", "COLORTERM", "PROXY", "TERMINFOX"] {
             assert!(dangerous_env(name).is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn locale_terminal_pager_editor_git_and_proxy_variables_are_dangerous() {
+        let issue = [
+            "LOCPATH",
+            "NLSPATH",
+            "GLIBC_TUNABLES",
+            "TERMINFO",
+            "GCONV_PATH",
+            "LESSOPEN",
+            "PAGER",
+            "EDITOR",
+            "GIT_SSH_COMMAND",
+        ];
+        let proxies = ["http_proxy", "HTTPS_PROXY", "ftp_proxy", "no_proxy", "ALL_PROXY", "all_proxy", "Https_Proxy"];
+        let more = ["TERMINFO_DIRS", "VISUAL", "GIT_SSH", "GIT_ASKPASS", "MANPAGER", "LESSCLOSE"];
+        for name in issue.iter().chain(&proxies).chain(&more) {
+            assert!(dangerous_env(name).is_some(), "{name}");
         }
     }
 

@@ -130,6 +130,8 @@ pub(crate) struct RawProfile {
     pub healthcheck: Option<RawHealthCheck>,
     pub on_unhealthy: Option<Text>,
     pub logs: Option<RawLogs>,
+    #[serde(rename = "unsafe")]
+    pub acknowledged_unsafe: Option<Vec<Text>>,
 }
 
 /// `profiles.<name>.credentials[]`.
@@ -148,6 +150,9 @@ pub(crate) struct RawResources {
     pub memory: Option<Text>,
     pub cpus: Option<Text>,
     pub pids: Option<Text>,
+    pub nofile: Option<Text>,
+    pub nproc: Option<Text>,
+    pub core: Option<Text>,
 }
 
 /// `profiles.<name>.security`.
