@@ -16,6 +16,7 @@ use crate::controller::{self, ControllerConfig};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::docker::DockerRuntime;
+use crate::runtime::select::{RuntimeCheckError, check_runtimes};
 
 /// Starting the service failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum ServeError {
     /// The instance id is invalid, or could not be read or stored.
     #[error("instance id: {0}")]
     Instance(String),
+    /// A profile names an OCI runtime the engine has not registered.
+    #[error("invalid policy:\n{0}")]
+    UnknownRuntime(String),
 }
 
 /// EX_USAGE: invalid configuration.
@@ -44,7 +48,11 @@ const EXIT_CONFIG: u8 = 64;
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Policy(PolicyCommand::Check { file }) => match load_policy(&file) {
-            Ok(_) => {
+            Ok(policy) => {
+                // Settings a profile's runtime cannot apply are stated, never dropped silently.
+                for note in berth_reconciler::isolation::notes(&policy) {
+                    println!("{note}");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }
@@ -179,6 +187,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     let code = match rt.block_on(serve_async(args, policy, instance)) {
         Ok(Stopped::Drained) => ExitCode::SUCCESS,
         Ok(Stopped::Forced) => ExitCode::from(130),
+        Err(e @ ServeError::UnknownRuntime(_)) => {
+            eprintln!("berth: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             error!(error = %e, "berth stopped");
             ExitCode::FAILURE
@@ -295,6 +307,14 @@ impl Server {
         instance: InstanceId,
         policy_file: Option<PathBuf>,
     ) -> Result<Self, ServeError> {
+        // The runtimes the profiles name are checked against the engine before the port is bound or any
+        // container is created. An engine that does not answer yet is not a policy error: berth starts, and
+        // Docker refuses the create of a profile whose runtime it lacks.
+        match check_runtimes(&runtime, &policy).await {
+            Ok(()) => {}
+            Err(RuntimeCheckError::Unknown(m)) => return Err(ServeError::UnknownRuntime(m)),
+            Err(e @ RuntimeCheckError::Engine(_)) => warn!(error = %e, "the profiles' runtimes are not checked"),
+        }
         let listen = policy.server.listen;
         let bind_err = |addr| move |source| ServeError::Bind { addr, source };
         let listener = bind(listen).map_err(bind_err(listen))?;
@@ -315,6 +335,7 @@ impl Server {
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
         let policy_tx = Arc::new(policy_tx);
         let cfg = ControllerConfig { instance, epoch: 1 };
+        let check = runtime_check(runtime.clone());
         let (handle, terminals, controller) = controller::spawn(runtime, cfg, policy_rx.clone(), metrics.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let edge = Arc::new(crate::ws::Edge {
@@ -333,7 +354,7 @@ impl Server {
         tokio::spawn(evict_rate_limits(limiter, policy_rx));
         if let Some(path) = policy_file {
             let load: crate::reload::Loader = Arc::new(load_policy);
-            let task = crate::reload::run(path, load, policy_tx.clone(), Arc::new(reload_tx), metrics.clone());
+            let task = crate::reload::run(path, load, check, policy_tx.clone(), Arc::new(reload_tx), metrics.clone());
             tokio::spawn(task);
         }
         let mut stop_rx = shutdown_rx.clone();
@@ -372,6 +393,23 @@ impl Server {
         let _ = self.controller.await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http).await;
     }
+}
+
+/// The reload step that confirms a new policy's runtimes with the engine (see [`Server::start_on`]).
+fn runtime_check<R: Runtime>(runtime: R) -> crate::reload::Check {
+    Arc::new(move |policy: Policy| {
+        let runtime = runtime.clone();
+        Box::pin(async move {
+            match check_runtimes(&runtime, &policy).await {
+                Ok(()) => Ok(policy),
+                Err(RuntimeCheckError::Unknown(m)) => Err(m),
+                Err(e @ RuntimeCheckError::Engine(_)) => {
+                    warn!(error = %e, "the new policy's runtimes are not checked");
+                    Ok(policy)
+                }
+            }
+        })
+    })
 }
 
 /// Binds a listening socket with `TCP_NODELAY` set, which Linux passes on to every connection it accepts (warp

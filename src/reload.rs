@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_reconciler::{Policy, Timestamp};
+use futures::future::BoxFuture;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -15,6 +16,10 @@ use crate::metrics::Metrics;
 
 /// Reads and validates a policy file.
 pub type Loader = Arc<dyn Fn(&Path) -> Result<Policy, String> + Send + Sync>;
+
+/// Checks a valid file's policy against the engine (its profiles' runtimes): the policy back, or why it is
+/// refused.
+pub type Check = Arc<dyn Fn(Policy) -> BoxFuture<'static, Result<Policy, String>> + Send + Sync>;
 
 /// The outcome of the last reload attempt, for the admin API.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -99,6 +104,7 @@ fn may_change_policy(ev: &notify::Event, name: &std::ffi::OsStr) -> bool {
 pub async fn run(
     path: PathBuf,
     load: Loader,
+    check: Check,
     tx: Arc<watch::Sender<Arc<Policy>>>,
     status: Arc<watch::Sender<ReloadStatus>>,
     metrics: Arc<Metrics>,
@@ -150,7 +156,11 @@ pub async fn run(
             }
             () = hup_fut => info!("SIGHUP: reloading the policy"),
         }
-        reload_once(&path, load.as_ref(), &tx, &status, &metrics, &mut previous);
+        let loaded = match load(&path) {
+            Ok(p) => check(p).await.map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) => Err(e),
+        };
+        reload_once(&path, &|_| loaded.clone(), &tx, &status, &metrics, &mut previous);
     }
 }
 

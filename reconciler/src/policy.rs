@@ -184,6 +184,10 @@ pub struct Profile {
     pub on_unhealthy: UnhealthyAction,
     /// Bounds on the container's own log.
     pub logs: LogLimits,
+    /// The engine's OCI runtime for this profile's containers (`runc`, `runsc`, ...); `None` is the engine's
+    /// default. Left out of the hash when unset, so profiles without it keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 impl Profile {
@@ -203,6 +207,7 @@ impl Profile {
             healthcheck: None,
             on_unhealthy: UnhealthyAction::Report,
             logs: LogLimits::default(),
+            runtime: None,
         }
     }
 

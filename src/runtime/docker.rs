@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use berth_reconciler::isolation::drops_pids_limit;
 use berth_reconciler::observed::{ContainerState, Health};
 use berth_reconciler::peers::{MarkerSpec, PeerContainer};
 use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer, PeerLabels};
@@ -129,6 +130,11 @@ fn parse_managed(
 impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.docker.ping().await.map(|_| ()).map_err(map_err)
+    }
+
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        let info = self.docker.info().await.map_err(map_err)?;
+        Ok(info.runtimes.unwrap_or_default().into_keys().collect())
     }
 
     async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
@@ -383,7 +389,9 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         memory: Some(spec.resources.memory_bytes),
         memory_swap: Some(spec.resources.memory_bytes),
         nano_cpus: Some(spec.resources.nano_cpus),
-        pids_limit: Some(spec.resources.pids),
+        // gVisor counts its own threads against this limit and dies on reaching it (berth_reconciler::isolation).
+        pids_limit: (!drops_pids_limit(spec.runtime.as_deref())).then_some(spec.resources.pids),
+        runtime: spec.runtime.clone(),
         readonly_rootfs: Some(sec.read_only_root),
         cap_drop: sec.cap_drop_all.then(|| vec!["ALL".to_owned()]),
         security_opt: Some(security_opt),

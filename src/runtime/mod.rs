@@ -17,6 +17,7 @@ use tokio::io::AsyncWrite;
 pub mod docker;
 pub mod fake;
 pub mod faulty;
+pub mod select;
 
 /// A runtime call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -105,6 +106,10 @@ impl std::fmt::Debug for AttachIo {
 pub trait Runtime: Clone + Send + Sync + 'static {
     /// Checks the engine answers.
     fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The names of the OCI runtimes the engine has registered (Docker's `Runtimes` in `GET /info`), which a
+    /// profile's `runtime` must be one of.
+    fn runtimes(&self) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
 
     /// Lists every container carrying `ns`'s managed marker, in any state.
     fn list(&self, ns: &LabelNamespace) -> impl Future<Output = Result<Vec<ObservedContainer>, RuntimeError>> + Send;

@@ -126,6 +126,7 @@ pub(crate) struct RawProfile {
     pub healthcheck: Option<RawHealthCheck>,
     pub on_unhealthy: Option<Text>,
     pub logs: Option<RawLogs>,
+    pub runtime: Option<Text>,
 }
 
 /// `profiles.<name>.credentials[]`.
