@@ -55,12 +55,12 @@ EOF
 
 registered() { docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; }
 
+if [ "$changed" = changed ]; then
+  log "registered runsc in $DAEMON_JSON"
+fi
 if registered; then
   log "runsc ($(runsc --version | head -1)) is registered with the engine"
   exit 0
-fi
-if [ "$changed" = changed ]; then
-  log "registered runsc in $DAEMON_JSON"
 fi
 pid="$(cat /var/run/docker.pid 2>/dev/null || true)"
 if ! docker info >/dev/null 2>&1; then
