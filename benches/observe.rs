@@ -149,6 +149,10 @@ impl Runtime for Counting {
         self.inner.ping().await
     }
 
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        self.inner.runtimes().await
+    }
+
     async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
         count(&self.calls.list);
         let r = self.inner.list(ns).await;

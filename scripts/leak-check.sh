@@ -3,6 +3,9 @@
 # (a third `release`, a third TCP reset, a third shell `exit`). The load generator polls berth's session count and
 # the run's labelled containers until both are 0, and exits 1 on any leftover: so does this script.
 # Loopback only; bounded (the load generator's --timeout, and this script's own waits). berth is stopped by pid.
+#
+# BERTH_LEAK_RUNTIME=runsc runs the sessions on that OCI runtime (the profile's `runtime`; it must be registered
+# with the engine: scripts/ensure-runsc.sh for runsc).
 source "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
 
@@ -47,6 +50,15 @@ docker:
   namespace: $ns
   name_prefix: leak-$tag
 YAML
+if [ -n "${BERTH_LEAK_RUNTIME:-}" ]; then
+  log "leak run on the runtime ${BERTH_LEAK_RUNTIME}"
+  cat >>"$work/policy.yaml" <<YAML
+profiles:
+  default:
+    image: berth-session:latest
+    runtime: ${BERTH_LEAK_RUNTIME}
+YAML
+fi
 
 start_berth target/debug/berth "$work" "leak-$tag" || exit 1
 pid=$BERTH_PID
@@ -59,5 +71,5 @@ timeout --signal=TERM --kill-after=10 300 target/debug/examples/loadgen --url "$
 kill -TERM "$pid"
 for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
 left="$( (docker ps -aq --filter "label=$ns.managed=true"; docker ps -aq --filter "label=$ns.peer") | wc -l)"
-log "leak run: loadgen exit $rc, $left container(s) left (sessions, sentinel, claims) after berth stopped"
+log "leak run${BERTH_LEAK_RUNTIME:+ on ${BERTH_LEAK_RUNTIME}}: loadgen exit $rc, $left container(s) left (sessions, sentinel, claims) after berth stopped"
 [ "$rc" -eq 0 ] && [ "$left" -eq 0 ]

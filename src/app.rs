@@ -16,6 +16,7 @@ use crate::controller::{self, ControllerConfig};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
 use crate::runtime::docker::DockerRuntime;
+use crate::runtime::select::{RuntimeCheckError, check_runtimes};
 
 /// Starting the service failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum ServeError {
     /// The instance id is invalid, or could not be read or stored.
     #[error("instance id: {0}")]
     Instance(String),
+    /// A profile names an OCI runtime the engine has not registered.
+    #[error("invalid policy:\n{0}")]
+    UnknownRuntime(String),
 }
 
 /// EX_USAGE: invalid configuration.
@@ -47,6 +51,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(policy) => {
                 for note in policy.unsafe_notes() {
                     println!("note: {note}");
+                }
+                // Settings a profile's runtime cannot apply are stated, never dropped silently.
+                for note in berth_reconciler::isolation::notes(&policy) {
+                    println!("{note}");
                 }
                 println!("ok");
                 ExitCode::SUCCESS
@@ -168,6 +176,10 @@ fn serve(args: ServeArgs) -> ExitCode {
     let code = match rt.block_on(serve_async(args, policy, instance)) {
         Ok(Stopped::Drained) => ExitCode::SUCCESS,
         Ok(Stopped::Forced) => ExitCode::from(130),
+        Err(e @ ServeError::UnknownRuntime(_)) => {
+            eprintln!("berth: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             error!(error = %e, "berth stopped");
             ExitCode::FAILURE
@@ -284,11 +296,19 @@ impl Server {
         instance: InstanceId,
         policy_file: Option<PathBuf>,
     ) -> Result<Self, ServeError> {
+        // The runtimes the profiles name are checked against the engine before the port is bound or any
+        // container is created. An engine that does not answer yet is not a policy error: berth starts, and
+        // Docker refuses the create of a profile whose runtime it lacks.
+        let metrics = Arc::new(Metrics::new());
+        match check_runtimes(&runtime, &policy, &metrics).await {
+            Ok(()) => {}
+            Err(RuntimeCheckError::Unknown(m)) => return Err(ServeError::UnknownRuntime(m)),
+            Err(e @ RuntimeCheckError::Engine(_)) => warn!(error = %e, "the profiles' runtimes are not checked"),
+        }
         let listen = policy.server.listen;
         let bind_err = |addr| move |source| ServeError::Bind { addr, source };
         let listener = bind(listen).map_err(bind_err(listen))?;
         let addr = listener.local_addr().map_err(bind_err(listen))?;
-        let metrics = Arc::new(Metrics::new());
         metrics.policy_loaded.set(crate::clock::now().as_millis() as f64 / 1000.0);
         let limiter = Arc::new(crate::limits::ConnectionLimiter::new(&policy.limits));
         let admin_listener = match policy.server.admin_listen {
@@ -306,6 +326,7 @@ impl Server {
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
         let policy_tx = Arc::new(policy_tx);
         let cfg = ControllerConfig { instance, epoch: 1 };
+        let check = runtime_check(runtime.clone(), metrics.clone());
         let (handle, terminals, controller) = controller::spawn(runtime, cfg, policy_rx.clone(), metrics.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let edge = Arc::new(crate::ws::Edge {
@@ -325,7 +346,8 @@ impl Server {
         if let Some(path) = policy_file {
             let load: crate::reload::Loader = Arc::new(load_policy);
             let reloader =
-                crate::reload::Reloader::new(path, load, policy_tx.clone(), Arc::new(reload_tx), metrics.clone());
+                crate::reload::Reloader::new(path, load, policy_tx.clone(), Arc::new(reload_tx), metrics.clone())
+                    .with_check(check);
             crate::reload::spawn(reloader);
         }
         let routes = crate::http::routes(edge).or(crate::admin::routes(admin.clone(), crate::admin::Listener::Main));
@@ -359,8 +381,26 @@ impl Server {
     }
 }
 
-/// Binds a listening socket with `TCP_NODELAY` set, which Linux passes on to every connection it accepts. A
-/// terminal's output leaves in many small writes; with Nagle's algorithm each one after the first waits for the client's delayed ACK, adding 40 ms to every echo.
+/// The reload step that confirms a new policy's runtimes with the engine (see [`Server::start_on`]).
+fn runtime_check<R: Runtime>(runtime: R, metrics: Arc<Metrics>) -> crate::reload::Check {
+    Arc::new(move |policy: Policy| {
+        let (runtime, metrics) = (runtime.clone(), metrics.clone());
+        Box::pin(async move {
+            match check_runtimes(&runtime, &policy, &metrics).await {
+                Ok(()) => Ok(policy),
+                Err(RuntimeCheckError::Unknown(m)) => Err(m),
+                Err(e @ RuntimeCheckError::Engine(_)) => {
+                    warn!(error = %e, "the new policy's runtimes are not checked");
+                    Ok(policy)
+                }
+            }
+        })
+    })
+}
+
+/// Binds a listening socket with `TCP_NODELAY` set, which Linux passes on to every connection it accepts (warp
+/// takes a listener and gives no hook on accepted sockets). A terminal's output leaves in many small writes; with
+/// Nagle's algorithm each one after the first waits for the client's delayed ACK, adding 40 ms to every echo.
 fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     // As `TcpListener::bind` does: a restarted berth may bind while old connections sit in TIME_WAIT.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use berth_reconciler::Policy;
 use berth_reconciler::policy_diff::{hold_restart_only, restart_only};
+use futures::future::BoxFuture;
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
@@ -22,6 +23,10 @@ use crate::metrics::Metrics;
 
 /// Reads and validates a policy file.
 pub type Loader = Arc<dyn Fn(&Path) -> Result<Policy, String> + Send + Sync>;
+
+/// Checks a valid file's policy against the engine (its profiles' runtimes): the policy back, or why it is
+/// refused.
+pub type Check = Arc<dyn Fn(Policy) -> BoxFuture<'static, Result<Policy, String>> + Send + Sync>;
 
 /// The outcome of the last reload attempt, for the admin API.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -84,6 +89,8 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
 pub struct Reloader {
     path: PathBuf,
     load: Loader,
+    /// What a valid file must also pass with the engine before it is applied (see [`Reloader::with_check`]).
+    check: Option<Check>,
     tx: Arc<watch::Sender<Arc<Policy>>>,
     status: Arc<watch::Sender<ReloadStatus>>,
     metrics: Arc<Metrics>,
@@ -111,16 +118,39 @@ impl Reloader {
     ) -> Self {
         let seen = digest(&path);
         let boot = load(&path).ok();
-        Self { path, load, tx, status, metrics, boot, seen }
+        Self { path, load, check: None, tx, status, metrics, boot, seen }
+    }
+
+    /// Also confirms each valid file with the engine (its profiles' runtimes) before it is applied; a file that
+    /// fails the check is refused like an invalid one.
+    #[must_use]
+    pub fn with_check(mut self, check: Check) -> Self {
+        self.check = Some(check);
+        self
     }
 
     /// Loads the file and, if valid, publishes it with every restart-only key kept at its running value.
-    /// Returns whether the policy in force changed.
+    /// Returns whether the policy in force changed. The engine check is not made: see [`Self::reload_checked`].
     pub fn reload(&mut self) -> bool {
-        let at = crate::clock::now().as_millis();
         self.seen = digest(&self.path);
+        let loaded = (self.load)(&self.path);
+        self.apply(loaded)
+    }
+
+    /// [`Self::reload`], with the engine check first when there is one.
+    pub async fn reload_checked(&mut self) -> bool {
+        self.seen = digest(&self.path);
+        let loaded = match ((self.load)(&self.path), self.check.clone()) {
+            (Ok(p), Some(check)) => check(p).await.map_err(|e| format!("{}: {e}", self.path.display())),
+            (loaded, _) => loaded,
+        };
+        self.apply(loaded)
+    }
+
+    fn apply(&mut self, loaded: Result<Policy, String>) -> bool {
+        let at = crate::clock::now().as_millis();
         let running = self.tx.borrow().clone();
-        let loaded = (self.load)(&self.path).and_then(|file| {
+        let loaded = loaded.and_then(|file| {
             let mut p = file.clone();
             hold_restart_only(&mut p, &running).map(|()| (file, p)).map_err(|keys| {
                 format!(
@@ -241,14 +271,14 @@ pub fn spawn(mut reloader: Reloader) -> tokio::task::JoinHandle<()> {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let bits = seen.swap(0, Ordering::SeqCst);
                     if bits & FileChange::Replaced as u8 != 0 {
-                        reloader.reload();
+                        reloader.reload_checked().await;
                     } else if bits & FileChange::InPlace as u8 != 0 {
                         reloader.changed_in_place();
                     }
                 }
                 () = hup_fut => {
                     info!("SIGHUP: reloading the policy");
-                    reloader.reload();
+                    reloader.reload_checked().await;
                 }
             }
         }

@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod desired;
 pub mod ids;
+pub mod isolation;
 pub mod labels;
 pub mod observed;
 pub mod peers;

@@ -43,6 +43,8 @@ pub struct ContainerSpec {
     pub healthcheck: Option<HealthCheck>,
     /// Log bounds.
     pub logs: LogLimits,
+    /// The engine's OCI runtime; `None` is the engine's default.
+    pub runtime: Option<String>,
 }
 
 impl ContainerSpec {
@@ -99,6 +101,7 @@ impl ContainerSpec {
             network: profile.network.clone(),
             healthcheck: profile.healthcheck.clone(),
             logs: profile.logs.clone(),
+            runtime: profile.runtime.clone(),
         }
     }
 

@@ -199,6 +199,10 @@ pub struct Profile {
     /// is refused.
     #[serde(rename = "unsafe")]
     pub acknowledged_unsafe: BTreeSet<UnsafeSetting>,
+    /// The engine's OCI runtime for this profile's containers (`runc`, `runsc`, ...); `None` is the engine's
+    /// default. Left out of the hash when unset, so profiles without it keep their hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 impl Profile {
@@ -219,6 +223,7 @@ impl Profile {
             on_unhealthy: UnhealthyAction::Report,
             logs: LogLimits::default(),
             acknowledged_unsafe: BTreeSet::new(),
+            runtime: None,
         }
     }
 

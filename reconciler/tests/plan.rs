@@ -308,6 +308,7 @@ fn creates_a_hardened_labelled_container_named_after_a_new_session() {
         network: "none".into(),
         healthcheck: None,
         logs: LogLimits::default(),
+        runtime: None,
     };
     assert_eq!(
         world.plan(),

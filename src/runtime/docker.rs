@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use berth_reconciler::isolation::drops_pids_limit;
 use berth_reconciler::observed::{ContainerState, Health};
 use berth_reconciler::peers::{MarkerSpec, PeerContainer};
 use berth_reconciler::policy::Ulimit;
@@ -131,6 +132,11 @@ fn parse_managed(
 impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.docker.ping().await.map(|_| ()).map_err(map_err)
+    }
+
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        let info = self.docker.info().await.map_err(map_err)?;
+        Ok(info.runtimes.unwrap_or_default().into_keys().collect())
     }
 
     async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
@@ -396,7 +402,8 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         memory: Some(spec.resources.memory_bytes),
         memory_swap: Some(spec.resources.memory_bytes),
         nano_cpus: Some(spec.resources.nano_cpus),
-        pids_limit: Some(spec.resources.pids),
+        // gVisor counts its own threads against this limit and dies on reaching it (berth_reconciler::isolation).
+        pids_limit: (!drops_pids_limit(spec.runtime.as_deref())).then_some(spec.resources.pids),
         ulimits: Some(vec![
             ulimit("nofile", spec.resources.nofile),
             ulimit("nproc", spec.resources.nproc),
@@ -404,6 +411,7 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         ]),
         // Docker's default follows the daemon (host on cgroup v1): the session would see the host's cgroup tree.
         cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
+        runtime: spec.runtime.clone(),
         readonly_rootfs: Some(sec.read_only_root),
         cap_drop: sec.cap_drop_all.then(|| vec!["ALL".to_owned()]),
         security_opt: Some(security_opt),

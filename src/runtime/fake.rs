@@ -28,7 +28,14 @@ struct State {
     down: bool,
     /// Sentinels are created but not started while set (a slow engine).
     hold_sentinels: bool,
+    /// The registered runtimes, when set; else [`FAKE_RUNTIMES`].
+    runtimes: Option<Vec<String>>,
+    /// The runtime each container was created on (`None`: the default).
+    created_on: BTreeMap<ContainerId, Option<String>>,
 }
+
+/// The runtimes a fake engine registers unless told otherwise.
+pub const FAKE_RUNTIMES: [&str; 2] = ["runc", "runsc"];
 
 /// A sentinel or claim: it carries a `<namespace>.peer` label.
 fn is_peer(c: &FakeContainer) -> bool {
@@ -101,6 +108,21 @@ impl FakeRuntime {
             None => return Err(RuntimeError::NotFound(format!("sentinel {id} removed before its start"))),
         }
         Ok(true)
+    }
+
+    /// Sets the runtimes the engine reports as registered.
+    pub fn set_runtimes(&self, names: &[&str]) {
+        self.lock().runtimes = Some(names.iter().map(|&n| n.to_owned()).collect());
+    }
+
+    fn registered(&self) -> Vec<String> {
+        let s = self.lock();
+        s.runtimes.clone().unwrap_or_else(|| FAKE_RUNTIMES.map(str::to_owned).to_vec())
+    }
+
+    /// The runtime a container was created on (`None`: the engine's default, or no such container).
+    pub fn runtime_of(&self, id: &ContainerId) -> Option<String> {
+        self.lock().created_on.get(id).cloned().flatten()
     }
 
     /// Takes the engine down (every call fails as unreachable) or brings it back.
@@ -185,6 +207,11 @@ impl Runtime for FakeRuntime {
         self.enter("ping")
     }
 
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        self.enter("runtimes")?;
+        Ok(self.registered())
+    }
+
     async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
         self.enter("list")?;
         let s = self.lock();
@@ -199,7 +226,12 @@ impl Runtime for FakeRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerId, RuntimeError> {
         self.enter("create")?;
+        if let Some(rt) = spec.runtime.as_ref().filter(|rt| !self.registered().contains(rt)) {
+            // Docker's answer: 400.
+            return Err(RuntimeError::Rejected(format!("unknown or invalid runtime name: {rt}")));
+        }
         let id = self.add(&spec.name, &spec.labels, ContainerState::Created)?;
+        self.lock().created_on.insert(id.clone(), spec.runtime.clone());
         self.emit(&id, EventKind::Create);
         Ok(id)
     }

@@ -310,6 +310,10 @@ impl<R: Runtime> Runtime for FaultyRuntime<R> {
         self.inner.ping().await
     }
 
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        self.inner.runtimes().await
+    }
+
     async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
         self.enter(Op::List).await?;
         self.inner.list(ns).await

@@ -17,6 +17,7 @@ use tokio::io::AsyncWrite;
 pub mod docker;
 pub mod fake;
 pub mod faulty;
+pub mod select;
 
 /// An engine operation: the label of `berth_docker_api_calls_total` and `berth_docker_api_seconds`, and the name
 /// in timeout errors and logs. One type, so a series cannot be created under one name and counted under another.
@@ -46,11 +47,13 @@ pub enum DockerOp {
     CreateMarker,
     /// This replica's sentinel.
     RunSentinel,
+    /// The engine's registered runtimes (`GET /info`).
+    Info,
 }
 
 impl DockerOp {
     /// Every operation, for pre-creating metric series.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Ping,
         Self::List,
         Self::Inspect,
@@ -63,6 +66,7 @@ impl DockerOp {
         Self::ListPeers,
         Self::CreateMarker,
         Self::RunSentinel,
+        Self::Info,
     ];
 
     /// The label value.
@@ -80,6 +84,7 @@ impl DockerOp {
             Self::ListPeers => "list_peers",
             Self::CreateMarker => "create_marker",
             Self::RunSentinel => "run_sentinel",
+            Self::Info => "info",
         }
     }
 }
@@ -187,6 +192,10 @@ impl std::fmt::Debug for AttachIo {
 pub trait Runtime: Clone + Send + Sync + 'static {
     /// Checks the engine answers.
     fn ping(&self) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The names of the OCI runtimes the engine has registered (Docker's `Runtimes` in `GET /info`), which a
+    /// profile's `runtime` must be one of.
+    fn runtimes(&self) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
 
     /// Lists every container carrying `ns`'s managed marker, in any state.
     fn list(&self, ns: &LabelNamespace) -> impl Future<Output = Result<Vec<ObservedContainer>, RuntimeError>> + Send;

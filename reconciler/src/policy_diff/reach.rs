@@ -77,6 +77,7 @@ pub const REACH: &[(&str, Reach)] = &[
     ("profiles.<name>.security.apparmor", NewSessions),
     ("profiles.<name>.network", NewSessions),
     ("profiles.<name>.unsafe", NewSessions),
+    ("profiles.<name>.runtime", NewSessions),
     ("profiles.<name>.healthcheck", NewSessions),
     ("profiles.<name>.healthcheck.command", NewSessions),
     ("profiles.<name>.healthcheck.interval", NewSessions),

@@ -193,6 +193,7 @@ pub(crate) fn profile(cx: &mut Ctx<'_>, path: &str, name: &Text, raw: &RawProfil
                 .unwrap_or(d.max_files),
         };
     }
+    p.runtime = cx.optional(&raw.runtime, &at("runtime"), runtime_name);
     refuse_unacknowledged(cx, path, name, raw, &p);
     p
 }
@@ -269,6 +270,19 @@ fn refuse_unacknowledged(cx: &mut Ctx<'_>, path: &str, name: &Text, raw: &RawPro
             u.as_str()
         );
         cx.bad(at.unwrap_or(name), &format!("{path}.{key}"), reason);
+    }
+}
+
+/// An OCI runtime name as the engine registers it (`runc`, `runsc`); whether the engine has it is checked when
+/// berth starts or reloads, against the engine.
+fn runtime_name(s: &str) -> Result<String, String> {
+    let ok = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not a runtime name: use the name the engine registered, such as runc or runsc"))
     }
 }
 

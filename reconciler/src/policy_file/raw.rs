@@ -132,6 +132,7 @@ pub(crate) struct RawProfile {
     pub logs: Option<RawLogs>,
     #[serde(rename = "unsafe")]
     pub acknowledged_unsafe: Option<Vec<Text>>,
+    pub runtime: Option<Text>,
 }
 
 /// `profiles.<name>.credentials[]`.
