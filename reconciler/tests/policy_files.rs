@@ -107,14 +107,6 @@ fn the_gvisor_example_runs_its_default_profile_on_runsc_and_notes_what_it_drops(
 }
 
 #[test]
-fn a_key_file_is_refused_when_the_caller_reads_no_files() {
-    let path = manifests().join("examples/jwt.yaml");
-    let err = parse_policy(&read(&path), "jwt.yaml").expect_err("key_file needs a reader");
-    assert_eq!(err.errors.len(), 1, "{err}");
-    assert!(err.errors[0].message.starts_with("auth.jwt.key_file: cannot read jwt.key"), "{err}");
-}
-
-#[test]
 fn a_bad_duration_in_a_copy_of_the_default_is_located() {
     let text = read(&manifests().join("policy.yaml"));
     let broken = corrupt(&text, "  hello_timeout: 10s\n", "  hello_timeout: 10 seconds\n");
