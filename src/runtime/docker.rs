@@ -3,6 +3,7 @@
 //! Containers are found by label filters only; no Docker name filter ever carries client text.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use berth_reconciler::observed::{ContainerState, Health};
@@ -19,8 +20,9 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::{StreamExt, TryStreamExt};
-use tracing::warn;
+use tracing::{info, warn};
 
+use super::flavour::EngineFlavour;
 use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent, Sentinel};
 
 /// The oldest engine API berth speaks (Docker 20.10); newer engines are negotiated up.
@@ -30,6 +32,8 @@ const MIN_API: bollard::ClientVersion = bollard::ClientVersion { major_version: 
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// Docker or Podman, read from the first version call that succeeds (at the first `ping`), then kept.
+    flavour: Arc<OnceLock<EngineFlavour>>,
 }
 
 impl DockerRuntime {
@@ -48,15 +52,17 @@ impl DockerRuntime {
         }
         .map_err(map_err)?;
         let docker = docker.negotiate_version().await.map_err(map_err)?;
-        Ok(Self { docker })
+        Ok(Self { docker, flavour: Arc::default() })
     }
 
-    /// Connects without talking to the engine yet; the version is negotiated on first success of `ping`.
+    /// Connects without talking to the engine yet; the version is negotiated on first success of `ping`. Without
+    /// `host`, `DOCKER_HOST` is honoured as `connect` does (so the tests run against another engine, Podman say).
     ///
     /// # Errors
     /// When the address is malformed.
     pub fn connect_lazy(host: Option<&str>) -> Result<Self, RuntimeError> {
-        let docker = match host {
+        let from_env = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let docker = match host.or(from_env.as_deref()) {
             Some(h) if h.starts_with("unix://") || h.starts_with('/') => {
                 Docker::connect_with_socket(h.trim_start_matches("unix://"), 30, &MIN_API)
             }
@@ -64,7 +70,46 @@ impl DockerRuntime {
             None => Docker::connect_with_socket("/var/run/docker.sock", 30, &MIN_API),
         }
         .map_err(map_err)?;
-        Ok(Self { docker })
+        Ok(Self { docker, flavour: Arc::default() })
+    }
+}
+
+impl DockerRuntime {
+    /// The engine's flavour, asked once (the version call) and then remembered.
+    ///
+    /// # Errors
+    /// When the engine does not answer the version call.
+    pub async fn flavour(&self) -> Result<EngineFlavour, RuntimeError> {
+        if let Some(f) = self.flavour.get() {
+            return Ok(*f);
+        }
+        let version = self.docker.version().await.map_err(map_err)?;
+        let names = version.components.iter().flatten().map(|c| c.name.as_str());
+        let flavour = EngineFlavour::from_components(names);
+        if self.flavour.set(flavour).is_ok() && flavour == EngineFlavour::Podman {
+            info!(
+                engine = flavour.name(),
+                version = version.version.as_deref().unwrap_or("?"),
+                "the engine is Podman's Docker-compatible service"
+            );
+        }
+        Ok(flavour)
+    }
+
+    /// On Podman, refuses to attach to a container that has already run (see
+    /// [`EngineFlavour::attach_needs_live_container`]): the session then ends on its observed exit.
+    async fn check_attachable(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        if !self.flavour().await?.attach_needs_live_container() {
+            return Ok(());
+        }
+        let info = self.docker.inspect_container(id.as_str(), None).await.map_err(map_err)?;
+        match info.state.and_then(|s| s.status) {
+            Some(ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::RUNNING) => Ok(()),
+            other => Err(RuntimeError::Conflict(format!(
+                "container is {}, not created or running; not attaching (podman would re-initialise it)",
+                other.map_or_else(|| "in no state".to_owned(), |s| s.to_string())
+            ))),
+        }
     }
 }
 
@@ -128,7 +173,8 @@ fn parse_managed(
 
 impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
-        self.docker.ping().await.map(|_| ()).map_err(map_err)
+        self.docker.ping().await.map_err(map_err)?;
+        self.flavour().await.map(|_| ())
     }
 
     async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
@@ -223,6 +269,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn attach(&self, id: &ContainerId, history: bool) -> Result<AttachIo, RuntimeError> {
+        self.check_attachable(id).await?;
         let opts = AttachContainerOptionsBuilder::default()
             .stdin(true)
             .stdout(true)
@@ -264,7 +311,8 @@ impl Runtime for DockerRuntime {
                             "start" => EventKind::Start,
                             "die" => EventKind::Die,
                             "oom" => EventKind::Oom,
-                            "destroy" => EventKind::Destroy,
+                            // Podman says `remove` where Docker says `destroy`.
+                            "destroy" | "remove" => EventKind::Destroy,
                             a if a.starts_with("health_status") => EventKind::Health,
                             _ => EventKind::Other,
                         };

@@ -17,6 +17,7 @@ use tokio::io::AsyncWrite;
 pub mod docker;
 pub mod fake;
 pub mod faulty;
+pub mod flavour;
 
 /// A runtime call failed.
 #[derive(Debug, Clone, thiserror::Error)]
