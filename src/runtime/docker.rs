@@ -20,7 +20,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::{StreamExt, TryStreamExt};
-use tracing::{info, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use super::flavour::EngineFlavour;
 use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent, Sentinel};
@@ -128,6 +128,20 @@ fn map_err(e: BollardError) -> RuntimeError {
     }
 }
 
+/// An event's action, as Docker or Podman names it.
+fn event_kind(action: &str) -> EventKind {
+    match action {
+        "create" => EventKind::Create,
+        "start" => EventKind::Start,
+        "die" => EventKind::Die,
+        "oom" => EventKind::Oom,
+        // Podman says `remove` where Docker says `destroy`.
+        "destroy" | "remove" => EventKind::Destroy,
+        a if a.starts_with("health_status") => EventKind::Health,
+        _ => EventKind::Other,
+    }
+}
+
 fn label_filter(ns: &LabelNamespace) -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_owned(), vec![format!("{}=true", ns.marker())])])
 }
@@ -174,7 +188,20 @@ fn parse_managed(
 impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.docker.ping().await.map_err(map_err)?;
-        self.flavour().await.map(|_| ())
+        // Podman answers the version call slowly (it asks conmon and the OCI runtime for theirs: 2 s on a loaded
+        // machine), so the flavour is read beside the ping, not before it returns.
+        if self.flavour.get().is_none() {
+            let rt = self.clone();
+            tokio::spawn(
+                async move {
+                    if let Err(e) = rt.flavour().await {
+                        warn!(error = %e, "cannot tell the engine's flavour yet");
+                    }
+                }
+                .instrument(info_span!("engine_flavour")),
+            );
+        }
+        Ok(())
     }
 
     async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
@@ -306,16 +333,7 @@ impl Runtime for DockerRuntime {
                     Ok(msg) => {
                         let id: ContainerId = msg.actor.as_ref()?.id.as_deref()?.parse().ok()?;
                         let action = msg.action.unwrap_or_default();
-                        let kind = match action.as_str() {
-                            "create" => EventKind::Create,
-                            "start" => EventKind::Start,
-                            "die" => EventKind::Die,
-                            "oom" => EventKind::Oom,
-                            // Podman says `remove` where Docker says `destroy`.
-                            "destroy" | "remove" => EventKind::Destroy,
-                            a if a.starts_with("health_status") => EventKind::Health,
-                            _ => EventKind::Other,
-                        };
+                        let kind = event_kind(&action);
                         Some(Ok(RuntimeEvent { container: id, kind }))
                     }
                 }
@@ -479,6 +497,15 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn podmans_remove_event_is_a_destroy() {
+        assert_eq!(event_kind("remove"), EventKind::Destroy);
+        assert_eq!(event_kind("destroy"), EventKind::Destroy);
+        assert_eq!(event_kind("die"), EventKind::Die);
+        assert_eq!(event_kind("cleanup"), EventKind::Other);
+        assert_eq!(event_kind("health_status: healthy"), EventKind::Health);
+    }
 
     #[test]
     fn exit_codes_are_read_from_list_status() {
