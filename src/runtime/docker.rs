@@ -96,10 +96,12 @@ impl DockerRuntime {
         Ok(flavour)
     }
 
-    /// On Podman, refuses to attach to a container that has already run (see
+    /// On Podman (or before the flavour is known), refuses to attach to a container that has already run (see
     /// [`EngineFlavour::attach_needs_live_container`]): the session then ends on its observed exit.
     async fn check_attachable(&self, id: &ContainerId) -> Result<(), RuntimeError> {
-        if !self.flavour().await?.attach_needs_live_container() {
+        // Until the flavour is known (its version call is slow on Podman), check anyway: an inspect is cheap, and
+        // waiting for the version call would hold every attach of an adopting replica back by seconds.
+        if self.flavour.get().is_some_and(|f| !f.attach_needs_live_container()) {
             return Ok(());
         }
         let info = self.docker.inspect_container(id.as_str(), None).await.map_err(map_err)?;
