@@ -44,7 +44,8 @@ enum Mode {
     Churn,
 }
 
-/// The Docker floor for berth's session path (local engine only). Prints one JSON line.
+/// The Docker floor for berth's session path (local engine only: Docker's socket, or DOCKER_HOST's `unix://`
+/// socket). Prints one JSON line.
 #[derive(Debug, Parser)]
 #[command(name = "floor")]
 struct Args {
@@ -296,8 +297,14 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: &Args, policy: Policy, instance: InstanceId) -> (Value, bool) {
     let ns = policy.docker.namespace.clone();
-    // The local engine's socket only: this program never loads another machine.
-    let docker = match Docker::connect_with_socket_defaults() {
+    // A local engine's socket only: this program never loads another machine. DOCKER_HOST is honoured when it
+    // names a Unix socket (Podman's, say), so the floor is measured on the same engine as berth.
+    let socket = std::env::var("DOCKER_HOST").ok().and_then(|h| h.strip_prefix("unix://").map(str::to_owned));
+    let connected = match socket {
+        Some(path) => Docker::connect_with_socket(&path, 120, bollard::API_DEFAULT_VERSION),
+        None => Docker::connect_with_socket_defaults(),
+    };
+    let docker = match connected {
         Ok(d) => d.negotiate_version().await,
         Err(e) => Err(e),
     };

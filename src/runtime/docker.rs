@@ -3,6 +3,7 @@
 //! Containers are found by label filters only; no Docker name filter ever carries client text.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use berth_reconciler::isolation::drops_pids_limit;
@@ -22,8 +23,9 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::{StreamExt, TryStreamExt};
-use tracing::warn;
+use tracing::{Instrument, info, info_span, warn};
 
+use super::flavour::EngineFlavour;
 use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent, Sentinel};
 
 /// The oldest engine API berth speaks (Docker 20.10); newer engines are negotiated up.
@@ -33,6 +35,8 @@ const MIN_API: bollard::ClientVersion = bollard::ClientVersion { major_version: 
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    /// Docker or Podman, read from the first version call that succeeds (at the first `ping`), then kept.
+    flavour: Arc<OnceLock<EngineFlavour>>,
 }
 
 impl DockerRuntime {
@@ -51,15 +55,17 @@ impl DockerRuntime {
         }
         .map_err(map_err)?;
         let docker = docker.negotiate_version().await.map_err(map_err)?;
-        Ok(Self { docker })
+        Ok(Self { docker, flavour: Arc::default() })
     }
 
-    /// Connects without talking to the engine yet; the version is negotiated on first success of `ping`.
+    /// Connects without talking to the engine yet; the version is negotiated on first success of `ping`. Without
+    /// `host`, `DOCKER_HOST` is honoured as `connect` does (so the tests run against another engine, Podman say).
     ///
     /// # Errors
     /// When the address is malformed.
     pub fn connect_lazy(host: Option<&str>) -> Result<Self, RuntimeError> {
-        let docker = match host {
+        let from_env = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let docker = match host.or(from_env.as_deref()) {
             Some(h) if h.starts_with("unix://") || h.starts_with('/') => {
                 Docker::connect_with_socket(h.trim_start_matches("unix://"), 30, &MIN_API)
             }
@@ -67,7 +73,48 @@ impl DockerRuntime {
             None => Docker::connect_with_socket("/var/run/docker.sock", 30, &MIN_API),
         }
         .map_err(map_err)?;
-        Ok(Self { docker })
+        Ok(Self { docker, flavour: Arc::default() })
+    }
+}
+
+impl DockerRuntime {
+    /// The engine's flavour, asked once (the version call) and then remembered.
+    ///
+    /// # Errors
+    /// When the engine does not answer the version call.
+    pub async fn flavour(&self) -> Result<EngineFlavour, RuntimeError> {
+        if let Some(f) = self.flavour.get() {
+            return Ok(*f);
+        }
+        let version = self.docker.version().await.map_err(map_err)?;
+        let names = version.components.iter().flatten().map(|c| c.name.as_str());
+        let flavour = EngineFlavour::from_components(names);
+        if self.flavour.set(flavour).is_ok() && flavour == EngineFlavour::Podman {
+            info!(
+                engine = flavour.name(),
+                version = version.version.as_deref().unwrap_or("?"),
+                "the engine is Podman's Docker-compatible service"
+            );
+        }
+        Ok(flavour)
+    }
+
+    /// On Podman (or before the flavour is known), refuses to attach to a container that has already run (see
+    /// [`EngineFlavour::attach_needs_live_container`]): the session then ends on its observed exit.
+    async fn check_attachable(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        // Until the flavour is known (its version call is slow on Podman), check anyway: an inspect is cheap, and
+        // waiting for the version call would hold every attach of an adopting replica back by seconds.
+        if self.flavour.get().is_some_and(|f| !f.attach_needs_live_container()) {
+            return Ok(());
+        }
+        let info = self.docker.inspect_container(id.as_str(), None).await.map_err(map_err)?;
+        match info.state.and_then(|s| s.status) {
+            Some(ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::RUNNING) => Ok(()),
+            other => Err(RuntimeError::Conflict(format!(
+                "container is {}, not created or running; not attaching (podman would re-initialise it)",
+                other.map_or_else(|| "in no state".to_owned(), |s| s.to_string())
+            ))),
+        }
     }
 }
 
@@ -83,6 +130,20 @@ fn map_err(e: BollardError) -> RuntimeError {
         BollardError::HyperResponseError { err } => RuntimeError::Unreachable(err.to_string()),
         BollardError::SocketNotFoundError(p) => RuntimeError::Unreachable(format!("socket not found: {p}")),
         other => RuntimeError::Other(other.to_string()),
+    }
+}
+
+/// An event's action, as Docker or Podman names it.
+fn event_kind(action: &str) -> EventKind {
+    match action {
+        "create" => EventKind::Create,
+        "start" => EventKind::Start,
+        "die" => EventKind::Die,
+        "oom" => EventKind::Oom,
+        // Podman says `remove` where Docker says `destroy`.
+        "destroy" | "remove" => EventKind::Destroy,
+        a if a.starts_with("health_status") => EventKind::Health,
+        _ => EventKind::Other,
     }
 }
 
@@ -131,7 +192,21 @@ fn parse_managed(
 
 impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
-        self.docker.ping().await.map(|_| ()).map_err(map_err)
+        self.docker.ping().await.map_err(map_err)?;
+        // Podman answers the version call slowly (it asks conmon and the OCI runtime for theirs: 2 s on a loaded
+        // machine), so the flavour is read beside the ping, not before it returns.
+        if self.flavour.get().is_none() {
+            let rt = self.clone();
+            tokio::spawn(
+                async move {
+                    if let Err(e) = rt.flavour().await {
+                        warn!(error = %e, "cannot tell the engine's flavour yet");
+                    }
+                }
+                .instrument(info_span!("engine_flavour")),
+            );
+        }
+        Ok(())
     }
 
     async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
@@ -231,6 +306,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn attach(&self, id: &ContainerId, history: bool) -> Result<AttachIo, RuntimeError> {
+        self.check_attachable(id).await?;
         let opts = AttachContainerOptionsBuilder::default()
             .stdin(true)
             .stdout(true)
@@ -267,15 +343,7 @@ impl Runtime for DockerRuntime {
                     Ok(msg) => {
                         let id: ContainerId = msg.actor.as_ref()?.id.as_deref()?.parse().ok()?;
                         let action = msg.action.unwrap_or_default();
-                        let kind = match action.as_str() {
-                            "create" => EventKind::Create,
-                            "start" => EventKind::Start,
-                            "die" => EventKind::Die,
-                            "oom" => EventKind::Oom,
-                            "destroy" => EventKind::Destroy,
-                            a if a.starts_with("health_status") => EventKind::Health,
-                            _ => EventKind::Other,
-                        };
+                        let kind = event_kind(&action);
                         Some(Ok(RuntimeEvent { container: id, kind }))
                     }
                 }
@@ -459,6 +527,15 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn podmans_remove_event_is_a_destroy() {
+        assert_eq!(event_kind("remove"), EventKind::Destroy);
+        assert_eq!(event_kind("destroy"), EventKind::Destroy);
+        assert_eq!(event_kind("die"), EventKind::Die);
+        assert_eq!(event_kind("cleanup"), EventKind::Other);
+        assert_eq!(event_kind("health_status: healthy"), EventKind::Health);
+    }
 
     #[test]
     fn exit_codes_are_read_from_list_status() {

@@ -17,6 +17,7 @@ use tokio::io::AsyncWrite;
 pub mod docker;
 pub mod fake;
 pub mod faulty;
+pub mod flavour;
 pub mod select;
 
 /// An engine operation: the label of `berth_docker_api_calls_total` and `berth_docker_api_seconds`, and the name
