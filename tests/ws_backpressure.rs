@@ -140,10 +140,16 @@ async fn a_slow_reader_pauses_the_shell_and_memory_stays_bounded() {
     assert!(have as u64 <= paused_at, "nothing the shell did not write");
     // Flow control lost nothing while the client was attached: no gap, and the bytes are yes's, in order.
     assert!(!c.messages.iter().any(|m| m["type"] == "gap"), "{:?}", c.messages);
-    let echo = c.output.windows(5).position(|w| w == b"yes\r\n").unwrap_or_else(|| {
-        let head = &c.output[..c.output.len().min(300)];
-        panic!("no echo of the command in the {have} bytes read; they begin {:?}", String::from_utf8_lossy(head))
-    }) + 5;
+    // yes's output starts at its first two lines. Before it stands the command's echo, which may be redrawn
+    // with escape sequences in between ("yes\x1b[J\r\n"): the initial resize runs beside the first output, and a
+    // SIGWINCH that lands while the line editor holds "yes" makes it redraw the line.
+    let head = |n: usize| String::from_utf8_lossy(&c.output[..c.output.len().min(n)]).into_owned();
+    let echo = c
+        .output
+        .windows(6)
+        .position(|w| w == b"y\r\ny\r\n")
+        .unwrap_or_else(|| panic!("no output of yes in the {have} bytes read; they begin {:?}", head(300)));
+    assert!(c.output[..echo].windows(3).any(|w| w == b"yes"), "no echo of the command before it: {:?}", head(echo));
     let body = &c.output[echo..];
     let body = &body[..body.len() - body.len() % 3];
     let bad = body.chunks(3).position(|l| l != b"y\r\n");
