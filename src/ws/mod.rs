@@ -4,6 +4,7 @@
 //! desired state only; it never creates or removes containers.
 
 mod errors;
+mod flow;
 mod idle;
 pub mod messages;
 mod upgrade;
@@ -14,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_reconciler::{EndReason, Phase, Policy, SessionId, Status};
+use berth_reconciler::{EndReason, Phase, Policy, SessionId};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -27,9 +28,9 @@ use crate::controller::{Admission, Handle, OpenError, SessionRequest, Ticket};
 use crate::limits::ConnectionLimiter;
 use crate::listener::Pending;
 use crate::metrics::Metrics;
-use crate::runtime::{DockerOp, RuntimeError};
 use crate::terminal::{Read, Terminal, Terminals};
 use errors::{auth_error, open_error, read_error};
+use flow::{drain, ending, resize};
 use messages::{ClientMsg, Hello, ProtoError, ServerMsg, close};
 
 /// Messages queued for a connection's writer, beyond the two kept for the error or exit and the close frame.
@@ -37,9 +38,6 @@ const OUT_QUEUE: usize = 16;
 
 /// How long a closing connection's queued messages get to reach the client before the socket is dropped.
 const LAST_WORDS_GRACE: Duration = Duration::from_secs(5);
-
-/// How long a terminal resize may take.
-const RESIZE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The upgrade response header naming the session this connection serves, for load balancers that stick
 /// `?session=<id>` to the replica that announced it (HAProxy: `stick store-response res.hdr(berth-session)`).
@@ -394,7 +392,8 @@ impl Conn {
     }
 
     async fn admit(&mut self, hello: &Hello) -> Result<Ticket, End> {
-        let identity = auth::authenticate(&self.policy.auth, hello.token.as_deref(), unix_now()).map_err(auth_error)?;
+        let identity = auth::authenticate(&self.policy.auth, hello.token.as_deref(), crate::clock::unix_secs())
+            .map_err(auth_error)?;
         if let Some(resume) = &hello.resume {
             let id: SessionId = resume.session.parse().map_err(|_| {
                 ProtoError::fatal(
@@ -584,34 +583,4 @@ impl Conn {
             }
         }
     }
-}
-
-/// Sends whatever output is already in the ring (bounded wait), before an `exit`.
-async fn drain(conn: &Conn, term: &Terminal, reader: &mut crate::terminal::Reader) -> Result<(), End> {
-    let deadline = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_millis(20), term.read(reader)).await {
-            Ok(Read::Data { bytes, .. }) => {
-                conn.send(Message::binary(bytes)).await?;
-                term.ack(reader);
-            }
-            Ok(Read::Gap { .. }) => {}
-            Ok(Read::Closed | Read::Superseded) | Err(_) => break,
-        }
-    }
-    Ok(())
-}
-
-async fn resize(metrics: &Metrics, term: &Terminal, (cols, rows): (u32, u32)) -> Result<(), RuntimeError> {
-    let c = u16::try_from(cols).unwrap_or(u16::MAX);
-    let r = u16::try_from(rows).unwrap_or(u16::MAX);
-    crate::executor::timed(metrics, DockerOp::Resize, RESIZE_TIMEOUT, term.resize(c, r)).await
-}
-
-fn ending(s: &Status) -> Option<EndReason> {
-    matches!(s.phase, Phase::Terminating | Phase::Gone).then(|| s.reason.clone().unwrap_or(EndReason::Released))
-}
-
-fn unix_now() -> u64 {
-    crate::clock::unix_secs()
 }
