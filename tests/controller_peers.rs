@@ -412,3 +412,30 @@ async fn while_a_sentinel_is_slow_to_start_its_replica_creates_nothing_and_peers
     assert!(b.handle.list().await.is_empty(), "b adopted nothing");
     assert_eq!(t.status.borrow().phase, Phase::Running);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_stopped_while_its_sentinel_starts_leaves_no_sentinel_behind() {
+    let fake = FakeRuntime::default();
+    let mut p = policy();
+    p.reconcile.docker_timeout = Duration::from_secs(4);
+    fake.hold_sentinels(true);
+    let a = start_with(&fake, "a", p).await;
+    eventually(Duration::from_secs(5), "a's sentinel is being created", || async {
+        peers(&fake).await.iter().any(PeerContainer::starting)
+    })
+    .await;
+
+    // The stop comes while the engine still holds the sentinel's start; the start finishes a second later.
+    let release = {
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            fake.hold_sentinels(false);
+        })
+    };
+    a.handle.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(10), a.task).await.expect("the controller stops").expect("no panic");
+    release.await.expect("released");
+    let left = peers(&fake).await;
+    assert!(left.is_empty(), "left behind after a graceful stop: {left:?}");
+}

@@ -365,6 +365,9 @@ impl<R: Runtime> Controller<R> {
                 let (stop, stopped) = oneshot::channel();
                 let id = sentinel.id.clone();
                 if tx.send(PeerEvent::SentinelUp { id: id.clone(), stop }).await.is_err() {
+                    // The controller stopped while this sentinel started, so nobody retires it: remove it here.
+                    drop(sentinel);
+                    let _ = timed(&metrics, crate::runtime::DockerOp::Remove, timeout, runtime.remove(&id)).await;
                     return;
                 }
                 tokio::select! {
@@ -453,16 +456,34 @@ impl<R: Runtime> Controller<R> {
         self.start_sentinel();
     }
 
-    /// At the very end: stops and removes this replica's sentinel, so peers see it gone at once.
+    /// At the very end: removes this replica's sentinel, so peers see it gone at once. A sentinel still being
+    /// started is waited for (its start is bounded by the Docker timeout), or it would run on, unowned.
     pub(super) async fn retire_sentinel(&mut self) {
+        let timeout = self.policy.reconcile.docker_timeout;
+        let deadline = Instant::now() + timeout + Duration::from_secs(1);
+        while matches!(self.peers.sentinel, SentinelState::Starting) {
+            match tokio::time::timeout_at(deadline, self.peer_rx.recv()).await {
+                Ok(Some(PeerEvent::SentinelUp { id, stop })) => {
+                    self.peers.sentinel = SentinelState::Up { id, stop: Some(stop) };
+                }
+                Ok(Some(PeerEvent::SentinelFailed(_)) | None) => self.peers.sentinel = SentinelState::None,
+                Ok(Some(_)) => {}
+                Err(_) => {
+                    warn!("the sentinel's start did not finish in time; it stops when this process exits");
+                    self.peers.sentinel = SentinelState::None;
+                }
+            }
+        }
         if let SentinelState::Up { id, stop } = std::mem::take(&mut self.peers.sentinel) {
-            drop(stop);
-            let timeout = self.policy.reconcile.docker_timeout;
+            // Removed (forced) while it still runs, and only then is its stdin closed: closing it first races
+            // the removal with the container's own exit, and Podman then answers the removal with success but
+            // keeps the exited container.
             if let Err(e) =
                 timed(&self.metrics, crate::runtime::DockerOp::Remove, timeout, self.runtime.remove(&id)).await
             {
                 warn!(error = %e, "could not remove the sentinel; peers will see it stopped");
             }
+            drop(stop);
         }
         self.metrics.sentinel_up.set(0);
     }
