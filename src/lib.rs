@@ -26,5 +26,6 @@ pub mod app;
 pub mod cli;
 pub mod http;
 pub mod page;
+pub mod recording;
 pub mod reload;
 pub mod ws;

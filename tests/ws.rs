@@ -224,9 +224,11 @@ async fn resizes_are_counted_as_docker_calls() {
     c.hello().await;
     c.until_ready().await;
     c.send_json(json!({"type": "resize", "cols": 100, "rows": 30})).await;
-    c.input("stty size\r").await;
-    c.until_output("30 100").await;
-    // The hello's size and the resize: both reached Docker, and both are counted.
+    // Docker applies a resize before its call returns; Podman hands it to conmon, which applies it a moment
+    // later. So the shell waits for the size itself (bounded by `until_output`'s deadline) before it says so.
+    c.input("while [ \"$(stty size)\" != \"30 100\" ]; do sleep 0.1; done; echo sized-$(stty size | tr ' ' x)\r").await;
+    c.until_output("sized-30x100").await;
+    // The hello's size and the resize: both reached the engine, and both are counted.
     assert_eq!(resizes(), 2, "{}", server.metrics.render());
     server.stop().await;
 }

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod policy_diff;
 pub mod policy_file;
 mod policy_unsafe;
+pub mod retention;
 pub mod retry;
 pub mod startup;
 pub mod status;
