@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::World;
-use common::client::{Event, connect, connect_with};
+use common::client::{Event, connect, connect_with, ready};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
@@ -46,9 +46,7 @@ async fn a_resume_replays_only_what_the_client_missed() {
     common::docker().await;
     let w = World::new();
     let server = w.serve().await;
-    let mut a = connect(server.addr).await;
-    a.hello().await;
-    a.until_ready().await;
+    let mut a = ready(server.addr).await;
     a.input("echo first$((0+1))\r").await;
     a.until_output("first1").await;
     // Ask for output that arrives after the drop, then drop without a close frame.
@@ -81,9 +79,7 @@ async fn a_second_connection_takes_the_session_over_and_the_first_gets_4001() {
     common::docker().await;
     let w = World::new();
     let server = w.serve().await;
-    let mut a = connect(server.addr).await;
-    a.hello().await;
-    a.until_ready().await;
+    let mut a = ready(server.addr).await;
     let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
     let mut b = connect(server.addr).await;
     b.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "resume": {"session": session, "secret": secret}}))
@@ -102,9 +98,7 @@ async fn each_bad_input_gets_its_documented_code_and_other_sessions_keep_working
     common::docker().await;
     let w = World::new();
     let server = w.serve().await;
-    let mut good = connect(server.addr).await;
-    good.hello().await;
-    good.until_ready().await;
+    let mut good = ready(server.addr).await;
 
     async fn expect(
         addr: std::net::SocketAddr,
@@ -200,9 +194,7 @@ async fn a_shell_exit_reports_the_exit_code_and_closes_with_4000() {
     common::docker().await;
     let w = World::new();
     let server = w.serve().await;
-    let mut c = connect(server.addr).await;
-    c.hello().await;
-    c.until_ready().await;
+    let mut c = ready(server.addr).await;
     c.input("exit 3\r").await;
     let exit = c.until_json("exit", T).await;
     assert_eq!(exit["reason"], "exited");
@@ -220,9 +212,7 @@ async fn resizes_are_counted_as_docker_calls() {
     let server = w.serve().await;
     let resizes = || server.metrics.docker_calls(berth::runtime::DockerOp::Resize, true);
     assert_eq!(resizes(), 0);
-    let mut c = connect(server.addr).await;
-    c.hello().await;
-    c.until_ready().await;
+    let mut c = ready(server.addr).await;
     c.send_json(json!({"type": "resize", "cols": 100, "rows": 30})).await;
     c.input("stty size\r").await;
     c.until_output("30 100").await;

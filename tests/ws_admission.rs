@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use berth::reconciler::policy::{JwtAlgorithm, JwtPolicy, SecretString, Sha256Digest, StaticToken};
 use berth::reconciler::{Policy, SessionKind};
 use common::World;
-use common::client::{Client, connect, connect_with};
+use common::client::{Client, connect, connect_with, ready, ready_with};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
@@ -25,14 +25,6 @@ fn hello_with(extra: Value) -> Value {
         h.extend(extra.clone());
     }
     h
-}
-
-/// A client that said hello and whose shell is attached.
-async fn ready_client(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> Client {
-    let mut c = connect_with(addr, "", headers).await.expect("websocket connect");
-    c.hello().await;
-    c.until_ready().await;
-    c
 }
 
 /// Says hello and expects the connection to be refused with `code` and close `close`; returns the error object.
@@ -88,7 +80,7 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     let mut p = w.policy.clone();
     p.limits.max_per_ip = 1;
     let server = w.serve_with(p.clone()).await;
-    let _a = ready_client(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
+    let _a = ready_with(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
     let mut b = connect_with(server.addr, "", &[("x-forwarded-for", "203.0.113.2")]).await.expect("connect");
     let err = refused(&mut b, hello_with(json!({})), 4029, "per_ip").await;
     retry_after(&err);
@@ -103,8 +95,8 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     p.limits.max_per_ip = 1;
     p.server.trusted_proxies = vec!["127.0.0.1/32".parse().expect("network")];
     let server = w.serve_with(p).await;
-    let _a = ready_client(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
-    let _b = ready_client(server.addr, &[("x-forwarded-for", "203.0.113.2")]).await;
+    let _a = ready_with(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
+    let _b = ready_with(server.addr, &[("x-forwarded-for", "203.0.113.2")]).await;
     let ips: BTreeSet<Option<IpAddr>> = server.handle.list().await.iter().map(|s| s.client_ip).collect();
     let want: BTreeSet<Option<IpAddr>> =
         ["203.0.113.1", "203.0.113.2"].iter().map(|s| Some(s.parse().expect("ip"))).collect();
@@ -150,8 +142,8 @@ async fn the_per_ip_session_cap_holds_and_frees_on_release() {
     let mut p = w.policy.clone();
     p.limits.max_per_ip = 2;
     let server = w.serve_with(p).await;
-    let mut a = ready_client(server.addr, &[]).await;
-    let _b = ready_client(server.addr, &[]).await;
+    let mut a = ready(server.addr).await;
+    let _b = ready(server.addr).await;
 
     let mut c = connect(server.addr).await;
     let err = refused(&mut c, hello_with(json!({})), 4029, "per_ip").await;
@@ -164,9 +156,7 @@ async fn the_per_ip_session_cap_holds_and_frees_on_release() {
     assert_eq!(a.until_closed(T).await.0, Some(4000));
 
     // The released session no longer counts, even before its container is gone.
-    let mut d = connect(server.addr).await;
-    d.hello().await;
-    d.until_ready().await;
+    let mut d = ready(server.addr).await;
     d.input("echo in$((2+3))\r").await;
     d.until_output("in5").await;
     server.stop().await;
@@ -180,7 +170,7 @@ async fn at_capacity_clients_queue_with_their_position_then_get_in() {
     p.limits.max_sessions = 1;
     p.limits.queue_wait = Duration::from_secs(20);
     let server = w.serve_with(p).await;
-    let mut a = ready_client(server.addr, &[]).await;
+    let mut a = ready(server.addr).await;
 
     let mut b = connect(server.addr).await;
     b.hello().await;
@@ -209,7 +199,7 @@ async fn at_capacity_clients_queue_with_their_position_then_get_in() {
     p.limits.max_sessions = 1;
     p.limits.queue_wait = Duration::ZERO;
     let server = w.serve_with(p).await;
-    let _a = ready_client(server.addr, &[]).await;
+    let _a = ready(server.addr).await;
     let mut b = connect(server.addr).await;
     let started = Instant::now();
     let err = refused(&mut b, hello_with(json!({})), 4029, "full").await;
@@ -227,7 +217,7 @@ async fn a_resume_at_capacity_is_accepted() {
     p.limits.max_sessions = 1;
     p.limits.queue_wait = Duration::ZERO;
     let server = w.serve_with(p).await;
-    let mut a = ready_client(server.addr, &[]).await;
+    let mut a = ready(server.addr).await;
     a.input("export MARK=kept$((5*5)); echo set$((1+1))\r").await;
     a.until_output("set2").await;
     let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
@@ -321,7 +311,7 @@ async fn a_text_frame_that_is_not_utf8_is_refused_with_4005() {
     common::docker().await;
     let w = World::new();
     let server = w.serve().await;
-    let mut good = ready_client(server.addr, &[]).await;
+    let mut good = ready(server.addr).await;
 
     // As the first message...
     let mut c = connect(server.addr).await;
@@ -330,7 +320,7 @@ async fn a_text_frame_that_is_not_utf8_is_refused_with_4005() {
     assert_eq!((code, err.as_deref()), (Some(4005), Some("not_utf8")), "{:?}", c.messages);
 
     // ...and on a live session, which stays resumable.
-    let mut d = ready_client(server.addr, &[]).await;
+    let mut d = ready(server.addr).await;
     let (session, secret) = (d.session.clone().expect("session"), d.secret.clone().expect("secret"));
     futures::SinkExt::send(&mut d.ws, not_utf8()).await.expect("send");
     let (code, err) = d.until_closed(T).await;
@@ -356,9 +346,7 @@ async fn an_origin_outside_the_allowlist_is_refused_with_403() {
     }
     // The page's own origin (the Host the client connects to) is allowed.
     let own = format!("http://127.0.0.1:{}", server.addr.port());
-    let mut c = connect_with(server.addr, "", &[("origin", &own)]).await.expect("same-host origin accepted");
-    c.hello().await;
-    c.until_ready().await;
+    let _c = ready_with(server.addr, &[("origin", &own)]).await;
     assert!(w.containers(None).len() == 1, "only the accepted client got a container");
     server.stop().await;
 }

@@ -11,7 +11,7 @@ use berth::reconciler::Policy;
 use berth::runtime::RuntimeError;
 use berth::runtime::fake::FakeRuntime;
 use common::World;
-use common::client::{Client, Event, connect, connect_with};
+use common::client::{Client, Event, connect, connect_with, ready};
 use futures::SinkExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -29,13 +29,6 @@ async fn serve(w: &World, fake: &FakeRuntime, tune: impl FnOnce(&mut Policy)) ->
     policy.limits.connection_burst = 10_000;
     tune(&mut policy);
     w.serve_on(fake.clone(), policy).await
-}
-
-async fn ready(server: &Server) -> Client {
-    let mut c = connect(server.addr).await;
-    c.hello().await;
-    c.until_ready().await;
-    c
 }
 
 /// Sends a close frame with `code`; returns the code of the close frame the server answers with, and how long
@@ -79,7 +72,7 @@ async fn a_close_frame_is_answered_at_once_in_every_state_and_counted_as_clean()
     assert!(took < Duration::from_secs(2), "answered at once, not after the 5 s linger: {took:?}");
 
     // After ready: the session stays resumable.
-    let mut a = ready(&server).await;
+    let mut a = ready(server.addr).await;
     let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
     let (code, took) = close_with(&mut a, 1000).await;
     assert_eq!(code, Some(1000));
@@ -126,7 +119,7 @@ async fn a_client_reset_is_counted_and_not_logged_as_a_warning() {
     let fake = FakeRuntime::default();
     let server = serve(&w, &fake, |_| {}).await;
     for _ in 0..3 {
-        let c = ready(&server).await;
+        let c = ready(server.addr).await;
         c.drop_abruptly();
     }
     eventually("three resets counted", || server.metrics.ws_client_resets.get() == 3).await;
@@ -208,7 +201,7 @@ async fn queued_is_sent_only_when_the_position_changes() {
     let w = World::new();
     let fake = FakeRuntime::default();
     let server = serve(&w, &fake, |p| p.limits.max_sessions = 1).await;
-    let mut a = ready(&server).await;
+    let mut a = ready(server.addr).await;
     let mut q = connect(server.addr).await;
     q.hello().await;
     q.until_json("queued", T).await;
@@ -229,7 +222,7 @@ async fn a_resume_from_zero_on_a_wrapped_ring_misses_nothing_and_an_offset_past_
     let w = World::new();
     let fake = FakeRuntime::default();
     let server = serve(&w, &fake, |p| p.server.replay_bytes = 1024).await;
-    let mut a = ready(&server).await;
+    let mut a = ready(server.addr).await;
     for i in 0..8 {
         a.input(&format!("{i}{}", "x".repeat(511))).await;
     }
@@ -266,7 +259,7 @@ async fn the_idle_warning_comes_when_the_warning_time_is_left_and_says_how_much(
         p.sessions.idle_warning = Duration::from_secs(2);
     })
     .await;
-    let mut c = ready(&server).await;
+    let mut c = ready(server.addr).await;
     // Activity well away from whole seconds after the attach, where a once-a-second check would land late.
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.input("poke").await;
@@ -313,7 +306,7 @@ async fn the_session_header_is_not_sent_for_a_session_being_removed() {
             resp.headers().get("berth-session").and_then(|v| v.to_str().ok()).map(str::to_owned)
         }
     };
-    let mut c = ready(&server).await;
+    let mut c = ready(server.addr).await;
     let id = c.session.clone().expect("session");
     assert_eq!(header(&id).await.as_deref(), Some(id.as_str()), "a live session is announced");
     // The container resists removal for a while: the session is ending but still here.
