@@ -1,15 +1,20 @@
 //! Who gets in, end to end: client addresses behind (un)trusted proxies, per-IP connection rates and session
 //! caps, the admission queue, resumes at capacity, tokens, malformed frames and origins. A real berth on
-//! 127.0.0.1, real Docker, a real client (tokio-tungstenite).
+//! 127.0.0.1 and a real client (tokio-tungstenite); none of this depends on Docker, so the berth runs on the
+//! in-memory engine (whose "shell" echoes its input) on a paused clock, except the resume at capacity, which
+//! checks that the resumed shell is the same one and runs on real Docker.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use berth::reconciler::policy::{JwtAlgorithm, JwtPolicy, SecretString, Sha256Digest, StaticToken};
 use berth::reconciler::{Policy, SessionKind};
+use berth::runtime::fake::FakeRuntime;
 use common::World;
 use common::client::{Client, connect, connect_with, ready, ready_with};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -18,6 +23,12 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::http::StatusCode;
 
 const T: Duration = Duration::from_secs(20);
+
+/// A berth over the in-memory engine.
+async fn serve_fake(w: &World, policy: Policy) -> (berth::app::Server, FakeRuntime) {
+    let fake = FakeRuntime::default();
+    (w.serve_on(fake.clone(), policy).await, fake)
+}
 
 fn hello_with(extra: Value) -> Value {
     let mut h = json!({"type": "hello", "cols": 80, "rows": 24});
@@ -69,9 +80,8 @@ async fn until_sessions(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
-    common::docker().await;
     let loopback: IpAddr = "127.0.0.1".parse().expect("ip");
 
     // The peer (127.0.0.1) is not a trusted proxy: the header is anyone's to write, so both connections are
@@ -79,7 +89,7 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     let w = World::new();
     let mut p = w.policy.clone();
     p.limits.max_per_ip = 1;
-    let server = w.serve_with(p.clone()).await;
+    let (server, _fake) = serve_fake(&w, p.clone()).await;
     let _a = ready_with(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
     let mut b = connect_with(server.addr, "", &[("x-forwarded-for", "203.0.113.2")]).await.expect("connect");
     let err = refused(&mut b, hello_with(json!({})), 4029, "per_ip").await;
@@ -94,7 +104,7 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     p = w.policy.clone();
     p.limits.max_per_ip = 1;
     p.server.trusted_proxies = vec!["127.0.0.1/32".parse().expect("network")];
-    let server = w.serve_with(p).await;
+    let (server, _fake) = serve_fake(&w, p).await;
     let _a = ready_with(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
     let _b = ready_with(server.addr, &[("x-forwarded-for", "203.0.113.2")]).await;
     let ips: BTreeSet<Option<IpAddr>> = server.handle.list().await.iter().map(|s| s.client_ip).collect();
@@ -104,16 +114,15 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn per_ip_connection_rate_is_limited_with_429_and_retry_after() {
-    common::docker().await;
     let w = World::new();
     let mut p = w.policy.clone();
     p.limits.connections_per_minute = 3;
     p.limits.connection_burst = 3;
     // The default exempts loopback (limits.rate_exempt); a public berth exempts nothing.
     p.limits.rate_exempt = vec![];
-    let server = w.serve_with(p).await;
+    let (server, fake) = serve_fake(&w, p).await;
     // Three upgrades use the burst (no hello needed: the limit applies before the upgrade)...
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -130,18 +139,17 @@ async fn per_ip_connection_rate_is_limited_with_429_and_retry_after() {
         .expect("a Retry-After header in whole seconds");
     // 3 per minute: the next token arrives 20 s after the burst.
     assert!((1..=20).contains(&secs), "Retry-After: {secs}");
-    assert!(w.containers(None).is_empty(), "a refused upgrade creates nothing");
+    assert!(fake.count(None) == 0, "a refused upgrade creates nothing");
     drop(held);
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_per_ip_session_cap_holds_and_frees_on_release() {
-    common::docker().await;
     let w = World::new();
     let mut p = w.policy.clone();
     p.limits.max_per_ip = 2;
-    let server = w.serve_with(p).await;
+    let (server, _fake) = serve_fake(&w, p).await;
     let mut a = ready(server.addr).await;
     let _b = ready(server.addr).await;
 
@@ -157,19 +165,18 @@ async fn the_per_ip_session_cap_holds_and_frees_on_release() {
 
     // The released session no longer counts, even before its container is gone.
     let mut d = ready(server.addr).await;
-    d.input("echo in$((2+3))\r").await;
-    d.until_output("in5").await;
+    d.input("in-5").await;
+    d.until_output("in-5").await;
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn at_capacity_clients_queue_with_their_position_then_get_in() {
-    common::docker().await;
     let w = World::new();
     let mut p = w.policy.clone();
     p.limits.max_sessions = 1;
     p.limits.queue_wait = Duration::from_secs(20);
-    let server = w.serve_with(p).await;
+    let (server, _fake) = serve_fake(&w, p).await;
     let mut a = ready(server.addr).await;
 
     let mut b = connect(server.addr).await;
@@ -187,8 +194,8 @@ async fn at_capacity_clients_queue_with_their_position_then_get_in() {
     b.until_ready().await;
     assert_eq!(c.until_json("queued", T).await["position"], 1);
     assert!(!c.messages.iter().any(|m| m["type"] == "session"), "c is still waiting: {:?}", c.messages);
-    b.input("echo got$((1+1))in\r").await;
-    b.until_output("got2in").await;
+    b.input("got-2-in").await;
+    b.until_output("got-2-in").await;
     drop(c);
     server.stop().await;
     drop(w);
@@ -198,7 +205,7 @@ async fn at_capacity_clients_queue_with_their_position_then_get_in() {
     let mut p = w.policy.clone();
     p.limits.max_sessions = 1;
     p.limits.queue_wait = Duration::ZERO;
-    let server = w.serve_with(p).await;
+    let (server, _fake) = serve_fake(&w, p).await;
     let _a = ready(server.addr).await;
     let mut b = connect(server.addr).await;
     let started = Instant::now();
@@ -266,11 +273,10 @@ fn token_policy(w: &World) -> Policy {
     p
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_jwt_with_a_bad_signature_is_refused() {
-    common::docker().await;
     let w = World::new();
-    let server = w.serve_with(token_policy(&w)).await;
+    let (server, _fake) = serve_fake(&w, token_policy(&w)).await;
 
     let refusals = [
         ("a jwt signed with another key", json!({"token": jwt("another-key-that-is-also-32-bytes-long", 600)})),
@@ -292,8 +298,8 @@ async fn a_jwt_with_a_bad_signature_is_refused() {
     let mut st = connect(server.addr).await;
     st.send_json(hello_with(json!({"token": "letmein"}))).await;
     st.until_ready().await;
-    st.input("echo static$((4+4))\r").await;
-    st.until_output("static8").await;
+    st.input("static-8").await;
+    st.until_output("static-8").await;
 
     let list = server.handle.list().await;
     assert_eq!(list.len(), 2);
@@ -301,16 +307,15 @@ async fn a_jwt_with_a_bad_signature_is_refused() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_text_frame_that_is_not_utf8_is_refused_with_4005() {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
     let not_utf8 =
         || tungstenite::Message::Frame(Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true));
 
-    common::docker().await;
     let w = World::new();
-    let server = w.serve().await;
+    let (server, _fake) = serve_fake(&w, w.policy.clone()).await;
     let mut good = ready(server.addr).await;
 
     // As the first message...
@@ -329,17 +334,16 @@ async fn a_text_frame_that_is_not_utf8_is_refused_with_4005() {
     e.send_json(hello_with(json!({"resume": {"session": session, "secret": secret}}))).await;
     e.until_ready().await;
 
-    good.input("echo fine$((2*4))\r").await;
-    good.until_output("fine8").await;
+    good.input("fine-8").await;
+    good.until_output("fine-8").await;
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_origin_outside_the_allowlist_is_refused_with_403() {
-    common::docker().await;
     let w = World::new();
     assert!(w.policy.server.allowed_origins.is_empty(), "the default is same-host only");
-    let server = w.serve().await;
+    let (server, fake) = serve_fake(&w, w.policy.clone()).await;
     for evil in ["http://evil.example", "http://127.0.0.1:1", "null"] {
         let resp = http_refusal(server.addr, &[("origin", evil)]).await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN, "Origin: {evil}");
@@ -347,6 +351,6 @@ async fn an_origin_outside_the_allowlist_is_refused_with_403() {
     // The page's own origin (the Host the client connects to) is allowed.
     let own = format!("http://127.0.0.1:{}", server.addr.port());
     let _c = ready_with(server.addr, &[("origin", &own)]).await;
-    assert!(w.containers(None).len() == 1, "only the accepted client got a container");
+    assert!(fake.count(None) == 1, "only the accepted client got a container");
     server.stop().await;
 }

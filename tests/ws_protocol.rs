@@ -59,7 +59,7 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_close_frame_is_answered_at_once_in_every_state_and_counted_as_clean() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -110,7 +110,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
 }
 
 // One thread, so that every task of the server logs to this test's subscriber.
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(start_paused = true)]
 async fn a_client_reset_is_counted_and_not_logged_as_a_warning() {
     use tracing_subscriber::layer::SubscriberExt;
     let warnings = Warnings::default();
@@ -128,7 +128,7 @@ async fn a_client_reset_is_counted_and_not_logged_as_a_warning() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn several_forwarded_for_lines_combine_and_the_proxy_appended_address_is_the_client() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -161,7 +161,7 @@ async fn several_forwarded_for_lines_combine_and_the_proxy_appended_address_is_t
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_create_failure_reaches_the_client_as_a_code_and_an_error_id_without_the_engine_text() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -181,7 +181,7 @@ async fn a_create_failure_reaches_the_client_as_a_code_and_an_error_id_without_t
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_session_message_comes_before_the_env_warning() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -196,7 +196,7 @@ async fn the_session_message_comes_before_the_env_warning() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn queued_is_sent_only_when_the_position_changes() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -217,7 +217,7 @@ async fn queued_is_sent_only_when_the_position_changes() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_resume_from_zero_on_a_wrapped_ring_misses_nothing_and_an_offset_past_the_end_is_said() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -250,7 +250,7 @@ async fn a_resume_from_zero_on_a_wrapped_ring_misses_nothing_and_an_offset_past_
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_idle_warning_comes_when_the_warning_time_is_left_and_says_how_much() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -275,7 +275,7 @@ async fn the_idle_warning_comes_when_the_warning_time_is_left_and_says_how_much(
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_hello_without_a_size_gets_one_and_a_malformed_resize_is_not_fatal() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -291,7 +291,7 @@ async fn a_hello_without_a_size_gets_one_and_a_malformed_resize_is_not_fatal() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_session_header_is_not_sent_for_a_session_being_removed() {
     let w = World::new();
     let fake = FakeRuntime::default();

@@ -47,7 +47,9 @@ pub async fn connect_with(
             v.parse().expect("header value"),
         );
     }
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+    // No Nagle delay, as berth's own sockets: a small write never waits for the peer's delayed ACK, which also
+    // keeps paused-clock tests from jumping ahead while bytes sit in the kernel.
+    let (ws, resp) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
     assert_eq!(
         resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
         Some("berth.v1"),
