@@ -320,3 +320,95 @@ async fn the_session_header_is_not_sent_for_a_session_being_removed() {
     assert_eq!(header(&id).await, None, "an ending session is not announced");
     server.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_connection_takes_the_session_over_and_the_first_gets_4001() {
+    let w = World::new();
+    let fake = FakeRuntime::default();
+    let server = serve(&w, &fake, |_| {}).await;
+    let mut a = ready(server.addr).await;
+    let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
+    let mut b = connect(server.addr).await;
+    b.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "resume": {"session": session, "secret": secret}}))
+        .await;
+    b.until_ready().await;
+    let (code, err) = a.until_closed(T).await;
+    assert_eq!(code, Some(4001));
+    assert_eq!(err.as_deref(), Some("taken_over"));
+    b.input("still-4").await;
+    b.until_output("still-4").await;
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_bad_input_gets_its_documented_code_and_other_sessions_keep_working() {
+    let w = World::new();
+    let fake = FakeRuntime::default();
+    let server = serve(&w, &fake, |_| {}).await;
+    let mut good = ready(server.addr).await;
+
+    async fn expect(
+        addr: std::net::SocketAddr,
+        send: Vec<tokio_tungstenite::tungstenite::Message>,
+        code: u16,
+        err: &str,
+    ) {
+        let mut c = connect(addr).await;
+        for m in send {
+            let _ = futures::SinkExt::send(&mut c.ws, m).await;
+        }
+        let (got, got_err) = c.until_closed(Duration::from_secs(15)).await;
+        assert_eq!((got, got_err.as_deref()), (Some(code), Some(err)), "for {err}");
+    }
+    use tokio_tungstenite::tungstenite::Message;
+    let hello = || Message::text(json!({"type": "hello", "cols": 80, "rows": 24}).to_string());
+    expect(server.addr, vec![Message::text("{not json")], 4005, "bad_json").await;
+    expect(server.addr, vec![Message::text(r#"{"type":"launch"}"#)], 4005, "unknown_type").await;
+    expect(server.addr, vec![Message::text(r#"{"type":"resize","cols":80,"rows":24}"#)], 4002, "missing_hello").await;
+    expect(
+        server.addr,
+        vec![Message::text(
+            json!({"type":"hello","cols":80,"rows":24,"resume":{"session":"../etc","secret":"x"}}).to_string(),
+        )],
+        4005,
+        "bad_session_id",
+    )
+    .await;
+    expect(
+        server.addr,
+        vec![Message::text(
+            json!({"type":"hello","cols":80,"rows":24,"resume":{"session":"0123456789abcdef0123456789abcdef","secret":"x"}})
+                .to_string(),
+        )],
+        4004,
+        "unknown_session",
+    )
+    .await;
+    expect(
+        server.addr,
+        vec![Message::text(json!({"type":"hello","cols":0,"rows":24}).to_string())],
+        4005,
+        "bad_resize",
+    )
+    .await;
+    expect(server.addr, vec![hello(), Message::binary(vec![b'x'; 100 * 1024])], 1009, "message_too_big").await;
+
+    // A resize out of range on a live session is refused without closing it.
+    good.send_json(json!({"type": "resize", "cols": 5000, "rows": 24})).await;
+    let e = good.until_json("error", T).await;
+    assert_eq!(e["code"], "bad_resize");
+    good.input("alive-9").await;
+    good.until_output("alive-9").await;
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_hello_times_out_with_4002() {
+    let w = World::new();
+    let fake = FakeRuntime::default();
+    let server = serve(&w, &fake, |p| p.server.hello_timeout = Duration::from_millis(500)).await;
+    let mut c = connect(server.addr).await;
+    let (code, err) = c.until_closed(Duration::from_secs(5)).await;
+    assert_eq!((code, err.as_deref()), (Some(4002), Some("hello_timeout")));
+    server.stop().await;
+}
