@@ -461,6 +461,19 @@ mod tests {
     }
 
     #[test]
+    fn every_frame_is_classified_in_one_place() {
+        use warp::filters::ws::Message;
+        assert!(matches!(Frame::classify(Message::binary(b"ls\r".to_vec())), Frame::Input(b) if &b[..] == b"ls\r"));
+        assert!(matches!(Frame::classify(Message::text(r#"{"type":"release"}"#)), Frame::Msg(ClientMsg::Release)));
+        assert!(
+            matches!(Frame::classify(Message::text(r#"{"type":"launch"}"#)), Frame::Msg(ClientMsg::Unknown(t)) if t == "launch")
+        );
+        assert!(matches!(Frame::classify(Message::text("{")), Frame::Invalid(e) if e.code == "bad_json"));
+        assert!(matches!(Frame::classify(Message::close_with(1001u16, "bye")), Frame::Close(Some(1001))));
+        assert!(matches!(Frame::classify(Message::ping(Vec::new())), Frame::Control));
+    }
+
+    #[test]
     fn resume_secrets_do_not_print() {
         let r = Resume { session: "s".into(), secret: "hunter2".into(), offset: 1 };
         assert!(!format!("{r:?}").contains("hunter2"));
