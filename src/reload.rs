@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::metrics::Metrics;
 
@@ -253,36 +253,39 @@ pub fn spawn(mut reloader: Reloader) -> tokio::task::JoinHandle<()> {
         }
     };
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    tokio::spawn(async move {
-        // Held for the life of the loop.
-        let _watcher = watcher;
-        loop {
-            let hup_fut = async {
-                match hup.as_mut() {
-                    Some(h) => {
-                        h.recv().await;
+    tokio::spawn(
+        async move {
+            // Held for the life of the loop.
+            let _watcher = watcher;
+            loop {
+                let hup_fut = async {
+                    match hup.as_mut() {
+                        Some(h) => {
+                            h.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
                     }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                () = wake.notified() => {
-                    // A swap or an editor's save comes as several events; take them as one.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let bits = seen.swap(0, Ordering::SeqCst);
-                    if bits & FileChange::Replaced as u8 != 0 {
+                };
+                tokio::select! {
+                    () = wake.notified() => {
+                        // A swap or an editor's save comes as several events; take them as one.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let bits = seen.swap(0, Ordering::SeqCst);
+                        if bits & FileChange::Replaced as u8 != 0 {
+                            reloader.reload_checked().await;
+                        } else if bits & FileChange::InPlace as u8 != 0 {
+                            reloader.changed_in_place();
+                        }
+                    }
+                    () = hup_fut => {
+                        info!("SIGHUP: reloading the policy");
                         reloader.reload_checked().await;
-                    } else if bits & FileChange::InPlace as u8 != 0 {
-                        reloader.changed_in_place();
                     }
-                }
-                () = hup_fut => {
-                    info!("SIGHUP: reloading the policy");
-                    reloader.reload_checked().await;
                 }
             }
         }
-    })
+        .in_current_span(),
+    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use berth::runtime::docker::DockerRuntime;
 use berth::runtime::faulty::{Faults, FaultyRuntime, Op};
 use common::World;
-use common::client::{Client, connect_with};
+use common::client::{Client, connect_with, ready_with};
 use common::load::{EchoError, Ended, Rng, cpu_time, echo, finish, median, quantile};
 use common::process::{http_get, sample};
 use serde_json::json;
@@ -92,10 +92,7 @@ async fn assert_sessions_match_containers(server: &berth::app::Server, w: &World
 /// A client whose shell is ready, connecting as `ip` through the trusted proxy 127.0.0.1 when given.
 async fn ready_client(addr: SocketAddr, ip: Option<&str>) -> Client {
     let headers: Vec<(&str, &str)> = ip.map(|ip| ("x-forwarded-for", ip)).into_iter().collect();
-    let mut c = connect_with(addr, "", &headers).await.expect("websocket connect");
-    c.hello().await;
-    c.until_ready().await;
-    c
+    ready_with(addr, &headers).await
 }
 
 /// What an echo loop saw.

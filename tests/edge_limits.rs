@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use berth::app::Server;
 use berth::reconciler::Policy;
 use berth::runtime::fake::FakeRuntime;
-use common::client::{Client, connect, connect_with};
+use common::client::{Client, connect_with, ready, ready_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -79,14 +79,6 @@ async fn until_pending(server: &Server, n: i64) {
     until(&format!("{n} pending connections"), move || m.connections_pending.get() == n).await;
 }
 
-/// A session past its hello, with its shell answering.
-async fn live_session(server: &Server) -> Client {
-    let mut c = connect(server.addr).await;
-    c.hello().await;
-    c.until_ready().await;
-    c
-}
-
 async fn still_works(c: &mut Client, tag: &str) {
     c.input(tag).await;
     c.until_output(tag).await;
@@ -132,7 +124,7 @@ async fn connections_past_the_pending_caps_are_refused_while_a_live_session_keep
     p.server.max_pending = 3;
     p.server.max_pending_per_ip = 2;
     let server = start(p).await;
-    let mut session = live_session(&server).await;
+    let mut session = ready(server.addr).await;
     until_pending(&server, 0).await;
 
     // Two idle sockets from one address fill its share; a third from it is refused.
@@ -163,7 +155,7 @@ async fn the_connection_cap_counts_upgraded_sessions_and_follows_a_reload() {
     p.server.max_connections = 2;
     p.server.max_pending = 2;
     let server = start(p.clone()).await;
-    let mut session = live_session(&server).await;
+    let mut session = ready(server.addr).await;
     let _idle = tcp_from(&server, "127.0.0.1").await;
     until_pending(&server, 1).await;
     let m = server.metrics.clone();
@@ -186,18 +178,14 @@ async fn two_addresses_of_one_ipv6_64_behind_a_trusted_proxy_share_max_per_ip() 
     p.server.trusted_proxies = vec!["127.0.0.1/32".parse().expect("network")];
     p.limits.max_per_ip = 1;
     let server = start(p).await;
-    let mut first = connect_with(server.addr, "", &[("x-forwarded-for", "2001:db8:aa:bb::1")]).await.expect("upgrade");
-    first.hello().await;
-    first.until_ready().await;
+    let mut first = ready_with(server.addr, &[("x-forwarded-for", "2001:db8:aa:bb::1")]).await;
 
     let mut second = connect_with(server.addr, "", &[("x-forwarded-for", "2001:db8:aa:bb::2")]).await.expect("upgrade");
     second.hello().await;
     let (close, code) = second.until_closed(Duration::from_secs(5)).await;
     assert_eq!((close, code.as_deref()), (Some(4029), Some("per_ip")), "messages: {:?}", second.messages);
 
-    let mut other = connect_with(server.addr, "", &[("x-forwarded-for", "2001:db8:aa:cc::1")]).await.expect("upgrade");
-    other.hello().await;
-    other.until_ready().await;
+    let _other = ready_with(server.addr, &[("x-forwarded-for", "2001:db8:aa:cc::1")]).await;
     still_works(&mut first, "first-still-here").await;
     server.stop().await;
 }

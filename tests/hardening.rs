@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use berth::reconciler::{PeerLabels, PeerRole};
 use common::World;
-use common::client::{connect, open_marked};
+use common::client::{connect, open_marked, ready};
 use common::process::{Berth, TempDir, sample, write_policy};
 use serde_json::json;
 
@@ -58,9 +58,7 @@ async fn a_session_container_has_ulimits_and_a_private_cgroup_namespace_and_its_
     common::docker().await;
     let w = World::with_prefix("u");
     let server = w.serve().await;
-    let mut c = connect(server.addr).await;
-    c.hello().await;
-    c.until_ready().await;
+    let mut c = ready(server.addr).await;
     let ids = w.containers(Some("running"));
     assert_eq!(ids.len(), 1, "{ids:?}");
     let host = w.cli(&["inspect", "-f", "{{json .HostConfig.Ulimits}} {{.HostConfig.CgroupnsMode}}", &ids[0]]);

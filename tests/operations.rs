@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::World;
-use common::client::{Client, connect};
+use common::client::{self, Client, connect};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -38,13 +38,6 @@ fn temp_dir() -> PathBuf {
     d
 }
 
-async fn open(addr: std::net::SocketAddr) -> Client {
-    let mut c = connect(addr).await;
-    c.hello().await;
-    c.until_ready().await;
-    c
-}
-
 async fn run(c: &mut Client, cmd: &str, expect: &str) {
     let from = c.output.len();
     c.input(&format!("{cmd}\r")).await;
@@ -66,7 +59,7 @@ async fn hot_reload_under_load_keeps_running_sessions_and_applies_valid_edits() 
 
     let mut clients = Vec::new();
     for _ in 0..20 {
-        clients.push(open(server.addr).await);
+        clients.push(client::ready(server.addr).await);
     }
     for (i, c) in clients.iter_mut().enumerate() {
         run(c, &format!("export N={i}; echo got$((N+100))"), &format!("got{}", i + 100)).await;
@@ -103,7 +96,7 @@ async fn hot_reload_under_load_keeps_running_sessions_and_applies_valid_edits() 
     save(&path, &policy_yaml(&w, "berth-session:v2", 30, ""));
     let mut p = server.policy.subscribe();
     tokio::time::timeout(T, p.wait_for(|p| p.limits.max_sessions == 30)).await.expect("reloaded").expect("alive");
-    let mut fresh = open(server.addr).await;
+    let mut fresh = client::ready(server.addr).await;
     run(&mut fresh, "cat /etc/berth-image", "v2").await;
     for c in clients.iter_mut() {
         run(c, "cat /etc/berth-image", "latest").await;
@@ -168,7 +161,7 @@ async fn the_admin_api_is_closed_by_default_and_refuses_requests_without_its_tok
     assert_eq!(json_body(&body), Value::Array(vec![]));
 
     // The "why" view shows a session's recent decisions.
-    let mut c = open(server.addr).await;
+    let mut c = client::ready(server.addr).await;
     let id = c.session.clone().expect("session");
     run(&mut c, "echo hi", "hi").await;
     let (status, body) = http(server.addr, "GET", &format!("/admin/sessions/{id}"), Some("s3cret")).await;

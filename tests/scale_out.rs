@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::World;
-use common::client::{connect, connect_with, resume_until_ready};
+use common::client::{connect, connect_with, ready, resume_until_ready};
 use common::engine::PrivateEngine;
 use common::lb::{Haproxy, free_port};
 use common::process::{Berth, TempDir, write_policy};
@@ -44,9 +44,7 @@ async fn two_engines_behind_haproxy_route_every_reconnect_to_the_host_holding_th
     // New sessions through the balancer, each marking its shell.
     let mut ids = Vec::new();
     for i in 0..N {
-        let mut c = connect(lb.addr).await;
-        c.hello().await;
-        c.until_ready().await;
+        let mut c = ready(lb.addr).await;
         c.input(&format!("export MARK=m{i}\r")).await;
         c.input("echo \"set:$MARK\"\r").await;
         c.until_output_from(0, &format!("set:m{i}"), T).await;

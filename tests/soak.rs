@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::World;
-use common::client::connect;
+use common::client::ready;
 use common::load::{echo, rss_bytes};
 use serde_json::json;
 
@@ -22,9 +22,7 @@ const FLAT: f64 = 0.10;
 
 /// One session's life: open, echo a few times, release, see the exit and the close.
 async fn cycle(addr: SocketAddr, worker: usize, n: u64) {
-    let mut c = connect(addr).await;
-    c.hello().await;
-    c.until_ready().await;
+    let mut c = ready(addr).await;
     for i in 0..3 {
         echo(&mut c, &format!("w{worker}x"), n * 10 + i, Duration::from_secs(20))
             .await

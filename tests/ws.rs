@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::World;
-use common::client::{Event, connect, connect_with};
+use common::client::{Event, connect, connect_with, ready};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
@@ -46,9 +46,7 @@ async fn a_resume_replays_only_what_the_client_missed() {
     common::docker().await;
     let w = World::new();
     let server = w.serve().await;
-    let mut a = connect(server.addr).await;
-    a.hello().await;
-    a.until_ready().await;
+    let mut a = ready(server.addr).await;
     a.input("echo first$((0+1))\r").await;
     a.until_output("first1").await;
     // Ask for output that arrives after the drop, then drop without a close frame.
@@ -73,103 +71,6 @@ async fn a_resume_replays_only_what_the_client_missed() {
     b.until_output("second2").await;
     let replay = String::from_utf8_lossy(&b.output).to_string();
     assert!(!replay.contains("first1"), "nothing the client already had is sent again: {replay:?}");
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_connection_takes_the_session_over_and_the_first_gets_4001() {
-    common::docker().await;
-    let w = World::new();
-    let server = w.serve().await;
-    let mut a = connect(server.addr).await;
-    a.hello().await;
-    a.until_ready().await;
-    let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
-    let mut b = connect(server.addr).await;
-    b.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "resume": {"session": session, "secret": secret}}))
-        .await;
-    b.until_ready().await;
-    let (code, err) = a.until_closed(T).await;
-    assert_eq!(code, Some(4001));
-    assert_eq!(err.as_deref(), Some("taken_over"));
-    b.input("echo still$((2+2))\r").await;
-    b.until_output("still4").await;
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_bad_input_gets_its_documented_code_and_other_sessions_keep_working() {
-    common::docker().await;
-    let w = World::new();
-    let server = w.serve().await;
-    let mut good = connect(server.addr).await;
-    good.hello().await;
-    good.until_ready().await;
-
-    async fn expect(
-        addr: std::net::SocketAddr,
-        send: Vec<tokio_tungstenite::tungstenite::Message>,
-        code: u16,
-        err: &str,
-    ) {
-        let mut c = connect(addr).await;
-        for m in send {
-            let _ = futures::SinkExt::send(&mut c.ws, m).await;
-        }
-        let (got, got_err) = c.until_closed(Duration::from_secs(15)).await;
-        assert_eq!((got, got_err.as_deref()), (Some(code), Some(err)), "for {err}");
-    }
-    use tokio_tungstenite::tungstenite::Message;
-    let hello = || Message::text(json!({"type": "hello", "cols": 80, "rows": 24}).to_string());
-    expect(server.addr, vec![Message::text("{not json")], 4005, "bad_json").await;
-    expect(server.addr, vec![Message::text(r#"{"type":"launch"}"#)], 4005, "unknown_type").await;
-    expect(server.addr, vec![Message::text(r#"{"type":"resize","cols":80,"rows":24}"#)], 4002, "missing_hello").await;
-    expect(
-        server.addr,
-        vec![Message::text(
-            json!({"type":"hello","cols":80,"rows":24,"resume":{"session":"../etc","secret":"x"}}).to_string(),
-        )],
-        4005,
-        "bad_session_id",
-    )
-    .await;
-    expect(
-        server.addr,
-        vec![Message::text(
-            json!({"type":"hello","cols":80,"rows":24,"resume":{"session":"0123456789abcdef0123456789abcdef","secret":"x"}})
-                .to_string(),
-        )],
-        4004,
-        "unknown_session",
-    )
-    .await;
-    expect(
-        server.addr,
-        vec![Message::text(json!({"type":"hello","cols":0,"rows":24}).to_string())],
-        4005,
-        "bad_resize",
-    )
-    .await;
-    expect(server.addr, vec![hello(), Message::binary(vec![b'x'; 100 * 1024])], 1009, "message_too_big").await;
-
-    // A resize out of range on a live session is refused without closing it.
-    good.send_json(json!({"type": "resize", "cols": 5000, "rows": 24})).await;
-    let e = good.until_json("error", T).await;
-    assert_eq!(e["code"], "bad_resize");
-    good.input("echo alive$((3*3))\r").await;
-    good.until_output("alive9").await;
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_hello_times_out_with_4002() {
-    common::docker().await;
-    let mut w = World::new();
-    w.policy.server.hello_timeout = Duration::from_millis(500);
-    let server = w.serve().await;
-    let mut c = connect(server.addr).await;
-    let (code, err) = c.until_closed(Duration::from_secs(5)).await;
-    assert_eq!((code, err.as_deref()), (Some(4002), Some("hello_timeout")));
     server.stop().await;
 }
 
@@ -200,9 +101,7 @@ async fn a_shell_exit_reports_the_exit_code_and_closes_with_4000() {
     common::docker().await;
     let w = World::new();
     let server = w.serve().await;
-    let mut c = connect(server.addr).await;
-    c.hello().await;
-    c.until_ready().await;
+    let mut c = ready(server.addr).await;
     c.input("exit 3\r").await;
     let exit = c.until_json("exit", T).await;
     assert_eq!(exit["reason"], "exited");
@@ -220,9 +119,7 @@ async fn resizes_are_counted_as_docker_calls() {
     let server = w.serve().await;
     let resizes = || server.metrics.docker_calls(berth::runtime::DockerOp::Resize, true);
     assert_eq!(resizes(), 0);
-    let mut c = connect(server.addr).await;
-    c.hello().await;
-    c.until_ready().await;
+    let mut c = ready(server.addr).await;
     c.send_json(json!({"type": "resize", "cols": 100, "rows": 30})).await;
     // Docker applies a resize before its call returns; Podman hands it to conmon, which applies it a moment
     // later. So the shell waits for the size itself (bounded by `until_output`'s deadline) before it says so.

@@ -1,17 +1,22 @@
 //! Who gets in, end to end: client addresses behind (un)trusted proxies, per-IP connection rates and session
 //! caps, the admission queue, resumes at capacity, tokens, malformed frames and origins. A real berth on
-//! 127.0.0.1, real Docker, a real client (tokio-tungstenite).
+//! 127.0.0.1 and a real client (tokio-tungstenite); none of this depends on Docker, so the berth runs on the
+//! in-memory engine (whose "shell" echoes its input) on a paused clock, except the resume at capacity, which
+//! checks that the resumed shell is the same one and runs on real Docker.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use berth::reconciler::policy::{JwtAlgorithm, JwtPolicy, SecretString, Sha256Digest, StaticToken};
 use berth::reconciler::{Policy, SessionKind};
+use berth::runtime::fake::FakeRuntime;
 use common::World;
-use common::client::{Client, connect, connect_with};
+use common::client::{Client, connect, connect_with, ready, ready_with};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
@@ -19,20 +24,18 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 
 const T: Duration = Duration::from_secs(20);
 
+/// A berth over the in-memory engine.
+async fn serve_fake(w: &World, policy: Policy) -> (berth::app::Server, FakeRuntime) {
+    let fake = FakeRuntime::default();
+    (w.serve_on(fake.clone(), policy).await, fake)
+}
+
 fn hello_with(extra: Value) -> Value {
     let mut h = json!({"type": "hello", "cols": 80, "rows": 24});
     if let (Some(h), Some(extra)) = (h.as_object_mut(), extra.as_object()) {
         h.extend(extra.clone());
     }
     h
-}
-
-/// A client that said hello and whose shell is attached.
-async fn ready_client(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> Client {
-    let mut c = connect_with(addr, "", headers).await.expect("websocket connect");
-    c.hello().await;
-    c.until_ready().await;
-    c
 }
 
 /// Says hello and expects the connection to be refused with `code` and close `close`; returns the error object.
@@ -77,9 +80,8 @@ async fn until_sessions(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
-    common::docker().await;
     let loopback: IpAddr = "127.0.0.1".parse().expect("ip");
 
     // The peer (127.0.0.1) is not a trusted proxy: the header is anyone's to write, so both connections are
@@ -87,8 +89,8 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     let w = World::new();
     let mut p = w.policy.clone();
     p.limits.max_per_ip = 1;
-    let server = w.serve_with(p.clone()).await;
-    let _a = ready_client(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
+    let (server, _fake) = serve_fake(&w, p.clone()).await;
+    let _a = ready_with(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
     let mut b = connect_with(server.addr, "", &[("x-forwarded-for", "203.0.113.2")]).await.expect("connect");
     let err = refused(&mut b, hello_with(json!({})), 4029, "per_ip").await;
     retry_after(&err);
@@ -102,9 +104,9 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     p = w.policy.clone();
     p.limits.max_per_ip = 1;
     p.server.trusted_proxies = vec!["127.0.0.1/32".parse().expect("network")];
-    let server = w.serve_with(p).await;
-    let _a = ready_client(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
-    let _b = ready_client(server.addr, &[("x-forwarded-for", "203.0.113.2")]).await;
+    let (server, _fake) = serve_fake(&w, p).await;
+    let _a = ready_with(server.addr, &[("x-forwarded-for", "203.0.113.1")]).await;
+    let _b = ready_with(server.addr, &[("x-forwarded-for", "203.0.113.2")]).await;
     let ips: BTreeSet<Option<IpAddr>> = server.handle.list().await.iter().map(|s| s.client_ip).collect();
     let want: BTreeSet<Option<IpAddr>> =
         ["203.0.113.1", "203.0.113.2"].iter().map(|s| Some(s.parse().expect("ip"))).collect();
@@ -112,16 +114,15 @@ async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn per_ip_connection_rate_is_limited_with_429_and_retry_after() {
-    common::docker().await;
     let w = World::new();
     let mut p = w.policy.clone();
     p.limits.connections_per_minute = 3;
     p.limits.connection_burst = 3;
     // The default exempts loopback (limits.rate_exempt); a public berth exempts nothing.
     p.limits.rate_exempt = vec![];
-    let server = w.serve_with(p).await;
+    let (server, fake) = serve_fake(&w, p).await;
     // Three upgrades use the burst (no hello needed: the limit applies before the upgrade)...
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -138,20 +139,19 @@ async fn per_ip_connection_rate_is_limited_with_429_and_retry_after() {
         .expect("a Retry-After header in whole seconds");
     // 3 per minute: the next token arrives 20 s after the burst.
     assert!((1..=20).contains(&secs), "Retry-After: {secs}");
-    assert!(w.containers(None).is_empty(), "a refused upgrade creates nothing");
+    assert!(fake.count(None) == 0, "a refused upgrade creates nothing");
     drop(held);
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_per_ip_session_cap_holds_and_frees_on_release() {
-    common::docker().await;
     let w = World::new();
     let mut p = w.policy.clone();
     p.limits.max_per_ip = 2;
-    let server = w.serve_with(p).await;
-    let mut a = ready_client(server.addr, &[]).await;
-    let _b = ready_client(server.addr, &[]).await;
+    let (server, _fake) = serve_fake(&w, p).await;
+    let mut a = ready(server.addr).await;
+    let _b = ready(server.addr).await;
 
     let mut c = connect(server.addr).await;
     let err = refused(&mut c, hello_with(json!({})), 4029, "per_ip").await;
@@ -164,23 +164,20 @@ async fn the_per_ip_session_cap_holds_and_frees_on_release() {
     assert_eq!(a.until_closed(T).await.0, Some(4000));
 
     // The released session no longer counts, even before its container is gone.
-    let mut d = connect(server.addr).await;
-    d.hello().await;
-    d.until_ready().await;
-    d.input("echo in$((2+3))\r").await;
-    d.until_output("in5").await;
+    let mut d = ready(server.addr).await;
+    d.input("in-5").await;
+    d.until_output("in-5").await;
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn at_capacity_clients_queue_with_their_position_then_get_in() {
-    common::docker().await;
     let w = World::new();
     let mut p = w.policy.clone();
     p.limits.max_sessions = 1;
     p.limits.queue_wait = Duration::from_secs(20);
-    let server = w.serve_with(p).await;
-    let mut a = ready_client(server.addr, &[]).await;
+    let (server, _fake) = serve_fake(&w, p).await;
+    let mut a = ready(server.addr).await;
 
     let mut b = connect(server.addr).await;
     b.hello().await;
@@ -197,8 +194,8 @@ async fn at_capacity_clients_queue_with_their_position_then_get_in() {
     b.until_ready().await;
     assert_eq!(c.until_json("queued", T).await["position"], 1);
     assert!(!c.messages.iter().any(|m| m["type"] == "session"), "c is still waiting: {:?}", c.messages);
-    b.input("echo got$((1+1))in\r").await;
-    b.until_output("got2in").await;
+    b.input("got-2-in").await;
+    b.until_output("got-2-in").await;
     drop(c);
     server.stop().await;
     drop(w);
@@ -208,8 +205,8 @@ async fn at_capacity_clients_queue_with_their_position_then_get_in() {
     let mut p = w.policy.clone();
     p.limits.max_sessions = 1;
     p.limits.queue_wait = Duration::ZERO;
-    let server = w.serve_with(p).await;
-    let _a = ready_client(server.addr, &[]).await;
+    let (server, _fake) = serve_fake(&w, p).await;
+    let _a = ready(server.addr).await;
     let mut b = connect(server.addr).await;
     let started = Instant::now();
     let err = refused(&mut b, hello_with(json!({})), 4029, "full").await;
@@ -227,7 +224,7 @@ async fn a_resume_at_capacity_is_accepted() {
     p.limits.max_sessions = 1;
     p.limits.queue_wait = Duration::ZERO;
     let server = w.serve_with(p).await;
-    let mut a = ready_client(server.addr, &[]).await;
+    let mut a = ready(server.addr).await;
     a.input("export MARK=kept$((5*5)); echo set$((1+1))\r").await;
     a.until_output("set2").await;
     let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
@@ -276,11 +273,10 @@ fn token_policy(w: &World) -> Policy {
     p
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_jwt_with_a_bad_signature_is_refused() {
-    common::docker().await;
     let w = World::new();
-    let server = w.serve_with(token_policy(&w)).await;
+    let (server, _fake) = serve_fake(&w, token_policy(&w)).await;
 
     let refusals = [
         ("a jwt signed with another key", json!({"token": jwt("another-key-that-is-also-32-bytes-long", 600)})),
@@ -302,8 +298,8 @@ async fn a_jwt_with_a_bad_signature_is_refused() {
     let mut st = connect(server.addr).await;
     st.send_json(hello_with(json!({"token": "letmein"}))).await;
     st.until_ready().await;
-    st.input("echo static$((4+4))\r").await;
-    st.until_output("static8").await;
+    st.input("static-8").await;
+    st.until_output("static-8").await;
 
     let list = server.handle.list().await;
     assert_eq!(list.len(), 2);
@@ -311,17 +307,16 @@ async fn a_jwt_with_a_bad_signature_is_refused() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_text_frame_that_is_not_utf8_is_refused_with_4005() {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
     let not_utf8 =
         || tungstenite::Message::Frame(Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true));
 
-    common::docker().await;
     let w = World::new();
-    let server = w.serve().await;
-    let mut good = ready_client(server.addr, &[]).await;
+    let (server, _fake) = serve_fake(&w, w.policy.clone()).await;
+    let mut good = ready(server.addr).await;
 
     // As the first message...
     let mut c = connect(server.addr).await;
@@ -330,7 +325,7 @@ async fn a_text_frame_that_is_not_utf8_is_refused_with_4005() {
     assert_eq!((code, err.as_deref()), (Some(4005), Some("not_utf8")), "{:?}", c.messages);
 
     // ...and on a live session, which stays resumable.
-    let mut d = ready_client(server.addr, &[]).await;
+    let mut d = ready(server.addr).await;
     let (session, secret) = (d.session.clone().expect("session"), d.secret.clone().expect("secret"));
     futures::SinkExt::send(&mut d.ws, not_utf8()).await.expect("send");
     let (code, err) = d.until_closed(T).await;
@@ -339,26 +334,23 @@ async fn a_text_frame_that_is_not_utf8_is_refused_with_4005() {
     e.send_json(hello_with(json!({"resume": {"session": session, "secret": secret}}))).await;
     e.until_ready().await;
 
-    good.input("echo fine$((2*4))\r").await;
-    good.until_output("fine8").await;
+    good.input("fine-8").await;
+    good.until_output("fine-8").await;
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_origin_outside_the_allowlist_is_refused_with_403() {
-    common::docker().await;
     let w = World::new();
     assert!(w.policy.server.allowed_origins.is_empty(), "the default is same-host only");
-    let server = w.serve().await;
+    let (server, fake) = serve_fake(&w, w.policy.clone()).await;
     for evil in ["http://evil.example", "http://127.0.0.1:1", "null"] {
         let resp = http_refusal(server.addr, &[("origin", evil)]).await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN, "Origin: {evil}");
     }
     // The page's own origin (the Host the client connects to) is allowed.
     let own = format!("http://127.0.0.1:{}", server.addr.port());
-    let mut c = connect_with(server.addr, "", &[("origin", &own)]).await.expect("same-host origin accepted");
-    c.hello().await;
-    c.until_ready().await;
-    assert!(w.containers(None).len() == 1, "only the accepted client got a container");
+    let _c = ready_with(server.addr, &[("origin", &own)]).await;
+    assert!(fake.count(None) == 1, "only the accepted client got a container");
     server.stop().await;
 }

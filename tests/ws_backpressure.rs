@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use berth::reconciler::SessionId;
 use common::World;
-use common::client::{Client, Event, connect, connect_with};
+use common::client::{Client, Event, at_prompt, connect_with};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(20);
@@ -178,10 +178,7 @@ async fn output_of_a_detached_session_keeps_only_the_newest_bytes() {
     let mut p = w.policy.clone();
     p.server.replay_bytes = REPLAY;
     let server = w.serve_with(p).await;
-    let mut a = connect(server.addr).await;
-    a.hello().await;
-    a.until_ready().await;
-    a.until_output("$ ").await;
+    let mut a = at_prompt(server.addr).await;
     let id: SessionId = a.session.as_deref().expect("session").parse().expect("session id");
     let term = server.terminals.get(&id).expect("the session's terminal");
 

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::World;
-use common::client::{Client, connect};
+use common::client::ready;
 use futures::future::join_all;
 
 const SESSIONS: usize = 100;
@@ -30,13 +30,6 @@ async fn berth_sessions(server: &berth::app::Server) -> BTreeSet<String> {
     server.handle.list().await.iter().map(|s| s.id.to_string()).collect()
 }
 
-async fn ready_client(addr: std::net::SocketAddr) -> Client {
-    let mut c = connect(addr).await;
-    c.hello().await;
-    c.until_ready().await;
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_sessions_half_closed_half_dropped_leave_nothing_after_the_grace() {
     common::docker().await;
@@ -54,7 +47,7 @@ async fn a_hundred_sessions_half_closed_half_dropped_leave_nothing_after_the_gra
     let started = Instant::now();
     let mut clients = Vec::with_capacity(SESSIONS);
     for _ in 0..SESSIONS / BATCH {
-        clients.extend(join_all((0..BATCH).map(|_| ready_client(server.addr))).await);
+        clients.extend(join_all((0..BATCH).map(|_| ready(server.addr))).await);
     }
     let opened = started.elapsed();
     eprintln!("{SESSIONS} sessions ready in {opened:?}");

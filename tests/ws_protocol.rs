@@ -11,7 +11,7 @@ use berth::reconciler::Policy;
 use berth::runtime::RuntimeError;
 use berth::runtime::fake::FakeRuntime;
 use common::World;
-use common::client::{Client, Event, connect, connect_with};
+use common::client::{Client, Event, connect, connect_with, ready};
 use futures::SinkExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -29,13 +29,6 @@ async fn serve(w: &World, fake: &FakeRuntime, tune: impl FnOnce(&mut Policy)) ->
     policy.limits.connection_burst = 10_000;
     tune(&mut policy);
     w.serve_on(fake.clone(), policy).await
-}
-
-async fn ready(server: &Server) -> Client {
-    let mut c = connect(server.addr).await;
-    c.hello().await;
-    c.until_ready().await;
-    c
 }
 
 /// Sends a close frame with `code`; returns the code of the close frame the server answers with, and how long
@@ -66,7 +59,7 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_close_frame_is_answered_at_once_in_every_state_and_counted_as_clean() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -79,7 +72,7 @@ async fn a_close_frame_is_answered_at_once_in_every_state_and_counted_as_clean()
     assert!(took < Duration::from_secs(2), "answered at once, not after the 5 s linger: {took:?}");
 
     // After ready: the session stays resumable.
-    let mut a = ready(&server).await;
+    let mut a = ready(server.addr).await;
     let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
     let (code, took) = close_with(&mut a, 1000).await;
     assert_eq!(code, Some(1000));
@@ -117,7 +110,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
 }
 
 // One thread, so that every task of the server logs to this test's subscriber.
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(start_paused = true)]
 async fn a_client_reset_is_counted_and_not_logged_as_a_warning() {
     use tracing_subscriber::layer::SubscriberExt;
     let warnings = Warnings::default();
@@ -126,7 +119,7 @@ async fn a_client_reset_is_counted_and_not_logged_as_a_warning() {
     let fake = FakeRuntime::default();
     let server = serve(&w, &fake, |_| {}).await;
     for _ in 0..3 {
-        let c = ready(&server).await;
+        let c = ready(server.addr).await;
         c.drop_abruptly();
     }
     eventually("three resets counted", || server.metrics.ws_client_resets.get() == 3).await;
@@ -135,7 +128,7 @@ async fn a_client_reset_is_counted_and_not_logged_as_a_warning() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn several_forwarded_for_lines_combine_and_the_proxy_appended_address_is_the_client() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -168,7 +161,7 @@ async fn several_forwarded_for_lines_combine_and_the_proxy_appended_address_is_t
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_create_failure_reaches_the_client_as_a_code_and_an_error_id_without_the_engine_text() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -188,7 +181,7 @@ async fn a_create_failure_reaches_the_client_as_a_code_and_an_error_id_without_t
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_session_message_comes_before_the_env_warning() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -203,12 +196,12 @@ async fn the_session_message_comes_before_the_env_warning() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn queued_is_sent_only_when_the_position_changes() {
     let w = World::new();
     let fake = FakeRuntime::default();
     let server = serve(&w, &fake, |p| p.limits.max_sessions = 1).await;
-    let mut a = ready(&server).await;
+    let mut a = ready(server.addr).await;
     let mut q = connect(server.addr).await;
     q.hello().await;
     q.until_json("queued", T).await;
@@ -224,12 +217,12 @@ async fn queued_is_sent_only_when_the_position_changes() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_resume_from_zero_on_a_wrapped_ring_misses_nothing_and_an_offset_past_the_end_is_said() {
     let w = World::new();
     let fake = FakeRuntime::default();
     let server = serve(&w, &fake, |p| p.server.replay_bytes = 1024).await;
-    let mut a = ready(&server).await;
+    let mut a = ready(server.addr).await;
     for i in 0..8 {
         a.input(&format!("{i}{}", "x".repeat(511))).await;
     }
@@ -257,7 +250,7 @@ async fn a_resume_from_zero_on_a_wrapped_ring_misses_nothing_and_an_offset_past_
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_idle_warning_comes_when_the_warning_time_is_left_and_says_how_much() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -266,7 +259,7 @@ async fn the_idle_warning_comes_when_the_warning_time_is_left_and_says_how_much(
         p.sessions.idle_warning = Duration::from_secs(2);
     })
     .await;
-    let mut c = ready(&server).await;
+    let mut c = ready(server.addr).await;
     // Activity well away from whole seconds after the attach, where a once-a-second check would land late.
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.input("poke").await;
@@ -282,7 +275,7 @@ async fn the_idle_warning_comes_when_the_warning_time_is_left_and_says_how_much(
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_hello_without_a_size_gets_one_and_a_malformed_resize_is_not_fatal() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -298,7 +291,7 @@ async fn a_hello_without_a_size_gets_one_and_a_malformed_resize_is_not_fatal() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_session_header_is_not_sent_for_a_session_being_removed() {
     let w = World::new();
     let fake = FakeRuntime::default();
@@ -313,7 +306,7 @@ async fn the_session_header_is_not_sent_for_a_session_being_removed() {
             resp.headers().get("berth-session").and_then(|v| v.to_str().ok()).map(str::to_owned)
         }
     };
-    let mut c = ready(&server).await;
+    let mut c = ready(server.addr).await;
     let id = c.session.clone().expect("session");
     assert_eq!(header(&id).await.as_deref(), Some(id.as_str()), "a live session is announced");
     // The container resists removal for a while: the session is ending but still here.
@@ -325,5 +318,97 @@ async fn the_session_header_is_not_sent_for_a_session_being_removed() {
     c.until_json("exit", T).await;
     assert!(server.terminals.get(&id.parse().expect("id")).is_some(), "the session is still being removed");
     assert_eq!(header(&id).await, None, "an ending session is not announced");
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_connection_takes_the_session_over_and_the_first_gets_4001() {
+    let w = World::new();
+    let fake = FakeRuntime::default();
+    let server = serve(&w, &fake, |_| {}).await;
+    let mut a = ready(server.addr).await;
+    let (session, secret) = (a.session.clone().expect("session"), a.secret.clone().expect("secret"));
+    let mut b = connect(server.addr).await;
+    b.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "resume": {"session": session, "secret": secret}}))
+        .await;
+    b.until_ready().await;
+    let (code, err) = a.until_closed(T).await;
+    assert_eq!(code, Some(4001));
+    assert_eq!(err.as_deref(), Some("taken_over"));
+    b.input("still-4").await;
+    b.until_output("still-4").await;
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_bad_input_gets_its_documented_code_and_other_sessions_keep_working() {
+    let w = World::new();
+    let fake = FakeRuntime::default();
+    let server = serve(&w, &fake, |_| {}).await;
+    let mut good = ready(server.addr).await;
+
+    async fn expect(
+        addr: std::net::SocketAddr,
+        send: Vec<tokio_tungstenite::tungstenite::Message>,
+        code: u16,
+        err: &str,
+    ) {
+        let mut c = connect(addr).await;
+        for m in send {
+            let _ = futures::SinkExt::send(&mut c.ws, m).await;
+        }
+        let (got, got_err) = c.until_closed(Duration::from_secs(15)).await;
+        assert_eq!((got, got_err.as_deref()), (Some(code), Some(err)), "for {err}");
+    }
+    use tokio_tungstenite::tungstenite::Message;
+    let hello = || Message::text(json!({"type": "hello", "cols": 80, "rows": 24}).to_string());
+    expect(server.addr, vec![Message::text("{not json")], 4005, "bad_json").await;
+    expect(server.addr, vec![Message::text(r#"{"type":"launch"}"#)], 4005, "unknown_type").await;
+    expect(server.addr, vec![Message::text(r#"{"type":"resize","cols":80,"rows":24}"#)], 4002, "missing_hello").await;
+    expect(
+        server.addr,
+        vec![Message::text(
+            json!({"type":"hello","cols":80,"rows":24,"resume":{"session":"../etc","secret":"x"}}).to_string(),
+        )],
+        4005,
+        "bad_session_id",
+    )
+    .await;
+    expect(
+        server.addr,
+        vec![Message::text(
+            json!({"type":"hello","cols":80,"rows":24,"resume":{"session":"0123456789abcdef0123456789abcdef","secret":"x"}})
+                .to_string(),
+        )],
+        4004,
+        "unknown_session",
+    )
+    .await;
+    expect(
+        server.addr,
+        vec![Message::text(json!({"type":"hello","cols":0,"rows":24}).to_string())],
+        4005,
+        "bad_resize",
+    )
+    .await;
+    expect(server.addr, vec![hello(), Message::binary(vec![b'x'; 100 * 1024])], 1009, "message_too_big").await;
+
+    // A resize out of range on a live session is refused without closing it.
+    good.send_json(json!({"type": "resize", "cols": 5000, "rows": 24})).await;
+    let e = good.until_json("error", T).await;
+    assert_eq!(e["code"], "bad_resize");
+    good.input("alive-9").await;
+    good.until_output("alive-9").await;
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_hello_times_out_with_4002() {
+    let w = World::new();
+    let fake = FakeRuntime::default();
+    let server = serve(&w, &fake, |p| p.server.hello_timeout = Duration::from_millis(500)).await;
+    let mut c = connect(server.addr).await;
+    let (code, err) = c.until_closed(Duration::from_secs(5)).await;
+    assert_eq!((code, err.as_deref()), (Some(4002), Some("hello_timeout")));
     server.stop().await;
 }

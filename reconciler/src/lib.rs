@@ -5,6 +5,7 @@
 #![warn(clippy::disallowed_methods)]
 
 pub mod admission;
+pub mod deadline;
 pub mod desired;
 pub mod ids;
 pub mod isolation;

@@ -291,21 +291,12 @@ pub struct Plan {
     pub ends: Vec<(SessionId, EndReason)>,
 }
 
-/// Why a live session must end now because of a timer, if it must.
+/// Why a live session must end now because of a timer, if it must (the rules are [`crate::deadline`]'s).
 pub fn timer_reason(session: &DesiredSession, policy: &Policy, now: Timestamp) -> Option<EndReason> {
-    let t = &policy.sessions;
-    if now >= session.created_at.add(t.max_lifetime) {
-        return Some(EndReason::LifetimeReached);
+    match crate::deadline::deadline(&crate::deadline::Timed::session(session), policy, now) {
+        crate::deadline::Deadline::Due(rule) => rule.end_reason(),
+        crate::deadline::Deadline::At(_) => None,
     }
-    if let Attachment::Detached { since } = session.attachment
-        && now >= since.add(t.resume_grace)
-    {
-        return Some(EndReason::ResumeGraceExpired);
-    }
-    if now >= session.last_activity.add(t.idle_timeout) {
-        return Some(EndReason::Idle);
-    }
-    None
 }
 
 fn is_live(c: &ObservedContainer) -> bool {

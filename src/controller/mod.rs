@@ -259,12 +259,9 @@ impl<R: Runtime> Controller<R> {
         let now_i = Instant::now();
         let mut wake = now_i + Duration::from_secs(3600);
         let now = self.now();
-        let t = &self.policy.sessions;
         for s in self.desired.sessions.values().filter(|s| s.ending.is_none()) {
-            let mut due = s.created_at.add(t.max_lifetime).min(s.last_activity.add(t.idle_timeout));
-            if let Attachment::Detached { since } = s.attachment {
-                due = due.min(since.add(t.resume_grace));
-            }
+            let timed = berth_reconciler::deadline::Timed::session(s);
+            let mut due = berth_reconciler::deadline::deadline(&timed, &self.policy, now).wake(now);
             if s.container.is_some() && !self.observed.view().attached.contains(&s.id) {
                 due = due.min(now.add(Duration::from_secs(1)));
             }

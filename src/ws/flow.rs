@@ -7,7 +7,8 @@ use berth_reconciler::{EndReason, Phase, Status};
 use tokio::time::Instant;
 use warp::filters::ws::Message;
 
-use super::{Conn, End};
+use super::End;
+use super::conn::Conn;
 use crate::metrics::Metrics;
 use crate::runtime::{DockerOp, RuntimeError};
 use crate::terminal::{Read, Terminal};

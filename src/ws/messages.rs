@@ -109,6 +109,57 @@ pub enum ClientMsg {
     Resize(Resize),
     /// `release`.
     Release,
+    /// A `type` this protocol version does not know (its first 40 characters). Its one answer is
+    /// [`ClientMsg::unknown_type`]: fatal, in every state.
+    Unknown(String),
+}
+
+impl ClientMsg {
+    /// The answer to an unknown message type: `unknown_type`, close 4005, naming the known types.
+    pub fn unknown_type(ty: &str) -> ProtoError {
+        ProtoError::fatal(
+            "unknown_type",
+            close::BAD_MESSAGE,
+            format!("unknown message type {ty:?}; known: {}", KNOWN.join(", ")),
+        )
+    }
+}
+
+/// One frame from the client, classified. This (with [`parse`]) is the one place where what a client sends
+/// becomes a value; the connection's states only ever see these cases.
+#[derive(Debug)]
+pub enum Frame {
+    /// A binary frame: terminal input.
+    Input(bytes::Bytes),
+    /// A text frame holding a control message (possibly of an unknown type).
+    Msg(ClientMsg),
+    /// A text frame that is not a valid message: answered with this error, which ends the connection when fatal.
+    Invalid(ProtoError),
+    /// A close frame, with the client's code if it gave one.
+    Close(Option<u16>),
+    /// A ping or pong: nothing to do (the WebSocket library answers pings) beyond knowing the client is there.
+    Control,
+}
+
+impl Frame {
+    /// Classifies one frame the WebSocket library delivered.
+    pub fn classify(frame: warp::filters::ws::Message) -> Self {
+        if frame.is_binary() {
+            return Self::Input(frame.into_bytes());
+        }
+        if frame.is_text() {
+            return match frame.to_str() {
+                Err(()) => {
+                    Self::Invalid(ProtoError::fatal("not_utf8", close::BAD_MESSAGE, "text frames must be UTF-8 JSON"))
+                }
+                Ok(text) => parse(text).map_or_else(Self::Invalid, Self::Msg),
+            };
+        }
+        if frame.is_close() {
+            return Self::Close(frame.close_frame().map(|(code, _)| code));
+        }
+        Self::Control
+    }
 }
 
 /// A protocol error: stable code, close code (when fatal) and a human message.
@@ -217,24 +268,16 @@ pub mod close {
 
 const KNOWN: [&str; 3] = ["hello", "resize", "release"];
 
-/// Parses one text frame.
+/// Parses one text frame. An unknown `type` is not an error here: it is [`ClientMsg::Unknown`].
 ///
 /// # Errors
-/// `bad_json` for anything that is not a JSON object of a known shape, `unknown_type` for an unknown `type`,
-/// `bad_resize` for sizes out of range (fatal in hello, where missing sizes default to 80x24), and for a `resize`
+/// `bad_json` for anything that is not a JSON object of a known shape, `bad_resize` for sizes out of range (fatal in hello, where missing sizes default to 80x24), and for a `resize`
 /// without two integer sizes (not fatal).
 pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
     let bad = |m: String| ProtoError::fatal("bad_json", close::BAD_MESSAGE, m);
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
     let ty =
         v.get("type").and_then(serde_json::Value::as_str).ok_or_else(|| bad("missing string field \"type\"".into()))?;
-    if !KNOWN.contains(&ty) {
-        return Err(ProtoError::fatal(
-            "unknown_type",
-            close::BAD_MESSAGE,
-            format!("unknown message type {:?}; known: {}", ty.chars().take(40).collect::<String>(), KNOWN.join(", ")),
-        ));
-    }
     match ty {
         "hello" => {
             let h: Hello = serde_json::from_value(v).map_err(|e| bad(format!("malformed hello: {e}")))?;
@@ -256,7 +299,8 @@ pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
             check_size(cols, rows)?;
             Ok(ClientMsg::Resize(Resize { cols, rows }))
         }
-        _ => Ok(ClientMsg::Release),
+        "release" => Ok(ClientMsg::Release),
+        _ => Ok(ClientMsg::Unknown(ty.chars().take(40).collect())),
     }
 }
 
@@ -357,7 +401,9 @@ mod tests {
     fn each_bad_input_gets_its_code() {
         assert_eq!(parse("{").map(|_| ()).expect_err("refused").code, "bad_json");
         assert_eq!(parse("[]").map(|_| ()).expect_err("refused").code, "bad_json");
-        assert_eq!(parse(r#"{"type":"nope"}"#).map(|_| ()).expect_err("refused").code, "unknown_type");
+        let Ok(ClientMsg::Unknown(ty)) = parse(r#"{"type":"nope"}"#) else { panic!("an unknown type is its own case") };
+        assert_eq!(ClientMsg::unknown_type(&ty).code, "unknown_type");
+        assert_eq!(ClientMsg::unknown_type(&ty).close, Some(close::BAD_MESSAGE));
         assert_eq!(parse(r#"{"type":"hello","cols":"x","rows":1}"#).map(|_| ()).expect_err("refused").code, "bad_json");
         let e = parse(r#"{"type":"hello","cols":0,"rows":24}"#).map(|_| ()).expect_err("refused");
         assert_eq!((e.code, e.close), ("bad_resize", Some(close::BAD_MESSAGE)));
@@ -412,6 +458,19 @@ mod tests {
         ours.sort();
         assert_eq!(documented, ours);
         assert!(section.contains(&format!("| — | {} | — |", close::SESSION_ENDED)), "the close after exit");
+    }
+
+    #[test]
+    fn every_frame_is_classified_in_one_place() {
+        use warp::filters::ws::Message;
+        assert!(matches!(Frame::classify(Message::binary(b"ls\r".to_vec())), Frame::Input(b) if &b[..] == b"ls\r"));
+        assert!(matches!(Frame::classify(Message::text(r#"{"type":"release"}"#)), Frame::Msg(ClientMsg::Release)));
+        assert!(
+            matches!(Frame::classify(Message::text(r#"{"type":"launch"}"#)), Frame::Msg(ClientMsg::Unknown(t)) if t == "launch")
+        );
+        assert!(matches!(Frame::classify(Message::text("{")), Frame::Invalid(e) if e.code == "bad_json"));
+        assert!(matches!(Frame::classify(Message::close_with(1001u16, "bye")), Frame::Close(Some(1001))));
+        assert!(matches!(Frame::classify(Message::ping(Vec::new())), Frame::Control));
     }
 
     #[test]

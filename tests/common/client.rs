@@ -47,7 +47,9 @@ pub async fn connect_with(
             v.parse().expect("header value"),
         );
     }
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+    // No Nagle delay, as berth's own sockets: a small write never waits for the peer's delayed ACK, which also
+    // keeps paused-clock tests from jumping ahead while bytes sit in the kernel.
+    let (ws, resp) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
     assert_eq!(
         resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
         Some("berth.v1"),
@@ -58,6 +60,26 @@ pub async fn connect_with(
 
 pub async fn connect(addr: SocketAddr) -> Client {
     connect_with(addr, "", &[]).await.expect("websocket connect")
+}
+
+/// The preamble of most tests: connects to `/ws`, says hello (80x24) and waits for `ready`.
+pub async fn ready(addr: SocketAddr) -> Client {
+    ready_with(addr, &[]).await
+}
+
+/// [`ready`], with extra request headers (`X-Forwarded-For`, `Origin`, ...).
+pub async fn ready_with(addr: SocketAddr, headers: &[(&str, &str)]) -> Client {
+    let mut c = connect_with(addr, "", headers).await.expect("websocket connect");
+    c.hello().await;
+    c.until_ready().await;
+    c
+}
+
+/// [`ready`], then waits for the shell's first prompt (`$ `), which arrives without a key press.
+pub async fn at_prompt(addr: SocketAddr) -> Client {
+    let mut c = ready(addr).await;
+    c.until_output("$ ").await;
+    c
 }
 
 impl Client {
@@ -251,9 +273,7 @@ pub async fn resume_until_ready(addr: SocketAddr, session: &str, secret: &str, l
 /// Opens a session, waits for its shell, and sets `MARK=42` in it (seen through the shell's own answer, so the
 /// input surely reached the shell before anything is killed or restarted).
 pub async fn open_marked(addr: SocketAddr, limit: Duration) -> Client {
-    let mut c = connect(addr).await;
-    c.hello().await;
-    c.until_ready().await;
+    let mut c = ready(addr).await;
     c.input("export MARK=$((40+2))\r").await;
     c.input("echo \"set:$MARK\"\r").await;
     c.until_output_from(0, "set:42", limit).await;

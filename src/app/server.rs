@@ -1,17 +1,16 @@
-//! Wiring: turns a parsed command line into a running service or a one-shot command. `main.rs` calls
-//! [`run`] and nothing else.
+//! The running service: the controller, the WebSocket layer, the page, health, metrics and admin API on their
+//! listeners, the policy reloader and the rate limiter's upkeep, each task under its own span.
 
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use berth_reconciler::policy_file::parse_policy_with;
 use berth_reconciler::{InstanceId, Policy};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::warn;
 use warp::Filter;
 
-use crate::cli::{Cli, Command, PolicyCommand, ServeArgs, SessionsCommand};
+use super::commands::load_policy;
+use super::telemetry::{spawn, task_span};
 use crate::controller::{self, ControllerConfig};
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
@@ -39,205 +38,6 @@ pub enum ServeError {
     /// A profile names an OCI runtime the engine has not registered.
     #[error("invalid policy:\n{0}")]
     UnknownRuntime(String),
-}
-
-/// EX_USAGE: invalid configuration.
-const EXIT_CONFIG: u8 = 64;
-
-/// Runs the command and returns the process exit code.
-pub fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        Command::Policy(PolicyCommand::Check { file }) => match load_policy(&file) {
-            Ok(policy) => {
-                for note in policy.unsafe_notes() {
-                    println!("note: {note}");
-                }
-                // Settings a profile's runtime cannot apply are stated, never dropped silently.
-                for note in berth_reconciler::isolation::notes(&policy) {
-                    println!("{note}");
-                }
-                println!("ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Policy(PolicyCommand::Diff { old, new }) => match (load_policy(&old), load_policy(&new)) {
-            (Ok(a), Ok(b)) => {
-                let changes = berth_reconciler::policy_diff::diff(&a, &b);
-                if changes.is_empty() {
-                    println!("no changes");
-                }
-                for c in changes {
-                    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
-                    println!("{}: {} -> {}\n    applies to: {}", c.key, show(&c.old), show(&c.new), c.reach.describe());
-                }
-                ExitCode::SUCCESS
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Sessions { admin, command } => {
-            let (method, path) = match &command {
-                SessionsCommand::Ls => ("GET", "/admin/sessions".to_owned()),
-                SessionsCommand::Show { id } => ("GET", format!("/admin/sessions/{}", url_safe(id))),
-                SessionsCommand::Rm { id } => ("DELETE", format!("/admin/sessions/{}", url_safe(id))),
-            };
-            admin_call(&admin, method, &path, matches!(command, SessionsCommand::Ls))
-        }
-        Command::Gc { admin, dry_run } => {
-            let (method, path) = if dry_run { ("GET", "/admin/plan") } else { ("POST", "/admin/reconcile") };
-            admin_call(&admin, method, path, false)
-        }
-        Command::Serve(args) => serve(args),
-    }
-}
-
-/// Keeps only characters a session id can have, so nothing else reaches the request line.
-fn url_safe(id: &str) -> String {
-    id.chars().filter(char::is_ascii_alphanumeric).take(64).collect()
-}
-
-fn admin_call(admin: &crate::cli::AdminArgs, method: &str, path: &str, table: bool) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(crate::admin_client::request(&admin.admin_url, admin.token_file.as_deref(), method, path)) {
-        Ok(body) => {
-            if table {
-                print!("{}", crate::admin_client::sessions_table(&body));
-            } else {
-                let pretty = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                    .unwrap_or(body);
-                println!("{pretty}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("berth: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Reads and validates a policy file.
-///
-/// # Errors
-/// Every problem in the file, one per line, each located as `file:line:column: message`.
-pub fn load_policy(path: &Path) -> Result<Policy, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    // The parser resolves a relative auth.jwt.key_file against the policy file's directory.
-    parse_policy_with(&text, &path.display().to_string(), &|p| std::fs::read_to_string(p)).map_err(|e| e.to_string())
-}
-
-fn serve(args: ServeArgs) -> ExitCode {
-    // Configuration is validated before any port is bound or Docker is contacted.
-    let mut policy = match &args.policy {
-        Some(p) => match load_policy(p) {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("berth: invalid policy:\n{e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-        None => Policy::default(),
-    };
-    if let Some(l) = args.listen {
-        policy.server.listen = l;
-    }
-    let instance = match instance_id(args.instance.as_deref(), &args.state_dir) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("berth: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    crate::logging::init(args.log_format);
-    for note in policy.unsafe_notes() {
-        warn!(note = %note, "the policy weakens session confinement");
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("berth: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = match rt.block_on(serve_async(args, policy, instance)) {
-        Ok(Stopped::Drained) => ExitCode::SUCCESS,
-        Ok(Stopped::Forced) => ExitCode::from(130),
-        Err(e @ ServeError::UnknownRuntime(_)) => {
-            eprintln!("berth: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
-        Err(e) => {
-            error!(error = %e, "berth stopped");
-            ExitCode::FAILURE
-        }
-    };
-    // Whatever is still running (a forced exit) gets no more than a moment.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    code
-}
-
-/// The instance id: the flag, else the one stored in the state directory (created on first start).
-fn instance_id(flag: Option<&str>, state_dir: &Path) -> Result<InstanceId, ServeError> {
-    let bad = |what: String| move |e: berth_reconciler::IdError| ServeError::Instance(format!("{what}: {e}"));
-    if let Some(s) = flag {
-        return s.parse().map_err(bad("--instance".into()));
-    }
-    let file: PathBuf = state_dir.join("instance-id");
-    if let Ok(s) = std::fs::read_to_string(&file) {
-        return s.trim().parse().map_err(bad(file.display().to_string()));
-    }
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).map_err(|e| ServeError::Instance(format!("random source: {e}")))?;
-    let id = format!("berth-{}", hex::encode(b));
-    let io = |what: String| move |e: std::io::Error| ServeError::Instance(format!("{what}: {e}"));
-    std::fs::create_dir_all(state_dir).map_err(io(format!("creating {}", state_dir.display())))?;
-    std::fs::write(&file, format!("{id}\n")).map_err(io(format!("writing {}", file.display())))?;
-    id.parse().map_err(bad("generated instance id".into()))
-}
-
-/// How `serve` ended.
-enum Stopped {
-    /// Drained after a signal.
-    Drained,
-    /// A second signal cut the drain short.
-    Forced,
-}
-
-async fn serve_async(args: ServeArgs, policy: Policy, instance: InstanceId) -> Result<Stopped, ServeError> {
-    let server = Server::start_with(policy, instance.clone(), args.docker_host.as_deref(), args.policy.clone()).await?;
-    let local = server.addr;
-    if let Some(admin) = server.admin_addr {
-        info!(address = %admin, "admin API listening on http://{admin}/admin/");
-    }
-    info!(address = %local, instance = %instance, "berth listening on http://{local}/");
-    println!("berth listening on http://{local}/");
-
-    wait_for_signal().await;
-    info!("signal received: draining (a second signal forces exit)");
-    tokio::select! {
-        () = server.stop() => {
-            info!("stopped");
-            Ok(Stopped::Drained)
-        }
-        () = wait_for_signal() => {
-            warn!("second signal: exiting now");
-            Ok(Stopped::Forced)
-        }
-    }
 }
 
 /// A running berth: controller, WebSocket layer, page, health and metrics on one listener.
@@ -342,21 +142,21 @@ impl Server {
             policy: policy_rx.clone(),
             reload: reload_rx.clone(),
         });
-        tokio::spawn(evict_rate_limits(limiter, policy_rx.clone()));
+        spawn("rate_limit_upkeep", evict_rate_limits(limiter, policy_rx.clone()));
         if let Some(path) = policy_file {
             let load: crate::reload::Loader = Arc::new(load_policy);
             let reloader =
                 crate::reload::Reloader::new(path, load, policy_tx.clone(), Arc::new(reload_tx), metrics.clone())
                     .with_check(check);
-            crate::reload::spawn(reloader);
+            task_span("policy_reload").in_scope(|| crate::reload::spawn(reloader));
         }
         let routes = crate::http::routes(edge).or(crate::admin::routes(admin.clone(), crate::admin::Listener::Main));
         let http = crate::listener::serve(listener, routes, policy_rx.clone(), metrics.clone(), shutdown_rx.clone());
-        let http = tokio::spawn(http);
+        let http = spawn("http", http);
         if let (Some(l), Some(bound)) = (admin_listener, admin_addr) {
             let routes = crate::admin::routes(admin, crate::admin::Listener::Dedicated(bound))
                 .or(crate::http::health_routes(handle.clone(), metrics.clone()));
-            tokio::spawn(crate::listener::serve(l, routes, policy_rx, metrics.clone(), shutdown_rx));
+            spawn("admin_http", crate::listener::serve(l, routes, policy_rx, metrics.clone(), shutdown_rx));
         }
         Ok(Self {
             addr,
@@ -427,14 +227,59 @@ async fn evict_rate_limits(limiter: Arc<crate::limits::ConnectionLimiter>, mut p
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    /// The `task` field of every span created.
+    #[derive(Clone, Default)]
+    struct Tasks(Arc<Mutex<BTreeSet<String>>>);
+
+    impl Visit for Tasks {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "task" {
+                self.0.lock().expect("lock").insert(value.to_owned());
+            }
+        }
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "task" {
+                self.0.lock().expect("lock").insert(format!("{value:?}").trim_matches('"').to_owned());
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Tasks {
+        fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, _: &tracing::span::Id, _: Context<'_, S>) {
+            attrs.record(&mut self.clone());
+        }
+    }
+
+    // One thread, so that the server's spans reach this test's subscriber.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_task_the_server_spawns_runs_under_a_named_span() {
+        let tasks = Tasks::default();
+        let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(tasks.clone()));
+        let dir = std::env::temp_dir().join(format!("berth-app-spans-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("policy.toml");
+        std::fs::write(&file, "").expect("policy file");
+        let mut policy = Policy::default();
+        policy.server.listen = "127.0.0.1:0".parse().expect("address");
+        policy.server.admin_listen = Some("127.0.0.1:0".parse().expect("address"));
+        let instance: InstanceId = "spans".parse().expect("instance");
+        let server = Server::start_on(FakeRuntime::default(), policy, instance, Some(file)).await.expect("starts");
+        server.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let seen = tasks.0.lock().expect("lock").clone();
+        for task in ["http", "admin_http", "rate_limit_upkeep", "policy_reload"] {
+            assert!(seen.contains(task), "no span for the {task} task; spans: {seen:?}");
+        }
     }
 }
