@@ -6,11 +6,13 @@ mod dispatch;
 mod handle;
 mod inputs;
 mod peers;
+mod queue;
 mod sessions;
 mod store;
+mod table;
 mod version;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,14 +57,6 @@ type ListResult =
 /// One full list: its generation, when it began, and what it found.
 type Listed = (u64, Timestamp, ListResult);
 
-struct Waiter {
-    req: handle::SessionRequest,
-    reply: oneshot::Sender<Result<Ticket, OpenError>>,
-    position: watch::Sender<usize>,
-    deadline: Instant,
-}
-
-const DECISIONS_KEPT: usize = 20;
 const COMMAND_QUEUE: usize = 1024;
 
 /// The controller task's state.
@@ -73,12 +67,9 @@ pub struct Controller<R: Runtime> {
     policy: version::PolicyVersion,
     desired: Desired,
     observed: ObservedStore,
-    statuses: HashMap<SessionId, watch::Sender<Status>>,
-    leases: HashMap<SessionId, u64>,
-    next_lease: u64,
+    table: table::SessionTable,
     gate: dispatch::Gate,
-    queue: VecDeque<Waiter>,
-    decisions: HashMap<SessionId, VecDeque<Decision>>,
+    queue: queue::AdmissionQueue,
     terminals: Terminals,
     metrics: Arc<Metrics>,
     cmd_rx: mpsc::Receiver<Command>,
@@ -163,12 +154,9 @@ pub fn spawn<R: Runtime>(
         policy: version::PolicyVersion::new(policy),
         desired,
         observed: ObservedStore::default(),
-        statuses: HashMap::new(),
-        leases: HashMap::new(),
-        next_lease: 0,
+        table: table::SessionTable::default(),
         gate: dispatch::Gate::default(),
-        queue: VecDeque::new(),
-        decisions: HashMap::new(),
+        queue: queue::AdmissionQueue::default(),
         terminals: terminals.clone(),
         metrics,
         cmd_rx,
@@ -267,8 +255,8 @@ impl<R: Runtime> Controller<R> {
             }
             wake = wake.min(now_i + due.since(now));
         }
-        for w in &self.queue {
-            wake = wake.min(w.deadline);
+        if let Some(t) = self.queue.next_deadline() {
+            wake = wake.min(t);
         }
         if let Some(t) = self.gate.next_wake(now_i) {
             wake = wake.min(t);
@@ -288,11 +276,7 @@ impl<R: Runtime> Controller<R> {
 
     fn record(&mut self, session: SessionId, kind: &'static str, detail: String) {
         let at = self.now().as_millis();
-        let log = self.decisions.entry(session).or_default();
-        if log.len() >= DECISIONS_KEPT {
-            log.pop_front();
-        }
-        log.push_back(Decision { at, kind, detail });
+        self.table.record(session, Decision { at, kind, detail });
     }
 
     fn publish_readiness(&self) {
@@ -335,7 +319,7 @@ impl<R: Runtime> Controller<R> {
         }
         info!(mode = ?self.policy.reconcile.shutdown, "draining");
         self.desired.draining = true;
-        for w in self.queue.drain(..) {
+        for w in self.queue.drain() {
             let _ = w.reply.send(Err(OpenError::Draining));
         }
         if self.policy.reconcile.shutdown == berth_reconciler::policy::ShutdownMode::Remove {
@@ -422,7 +406,7 @@ impl<R: Runtime> Controller<R> {
         for session in s.adopted {
             let id = session.id;
             self.desired.sessions.insert(id, session);
-            self.statuses.insert(id, watch::channel(Status::pending()).0);
+            self.table.track(id);
             self.record(id, "observed", "adopted from an earlier run; detached".into());
         }
         if !s.remove.is_empty() {
@@ -496,23 +480,12 @@ impl<R: Runtime> Controller<R> {
             if st.phase == Phase::Gone && !self.gate.busy(&Key::Session(s.id)) {
                 gone.push(s.id);
             }
-            if let Some(tx) = self.statuses.get(&s.id) {
-                tx.send_if_modified(|cur| {
-                    if *cur == st {
-                        false
-                    } else {
-                        *cur = st;
-                        true
-                    }
-                });
-            }
+            self.table.publish(&s.id, st);
         }
         drop(by);
         for id in gone {
             self.desired.sessions.remove(&id);
-            self.statuses.remove(&id);
-            self.leases.remove(&id);
-            self.decisions.remove(&id);
+            self.table.forget(&id);
             self.gate.succeeded(&Key::Session(id));
             self.terminals.forget(&id);
             debug!(session = %id, "session gone");

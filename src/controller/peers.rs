@@ -242,9 +242,7 @@ impl<R: Runtime> Controller<R> {
         for id in lost {
             info!(session = %id, "session taken over by another replica");
             self.desired.sessions.remove(&id);
-            self.statuses.remove(&id);
-            self.leases.remove(&id);
-            self.decisions.remove(&id);
+            self.table.forget(&id);
             self.terminals.forget(&id);
         }
     }
@@ -279,7 +277,7 @@ impl<R: Runtime> Controller<R> {
             let id = session.id;
             info!(session = %id, "adopted from a dead peer; detached");
             self.desired.sessions.insert(id, session);
-            self.statuses.insert(id, watch::channel(Status::pending()).0);
+            self.table.track(id);
             self.record(id, "observed", "adopted from a dead peer; detached".into());
         }
         if !remove.is_empty() {

@@ -16,7 +16,7 @@ impl<R: Runtime> Controller<R> {
             }
             Command::Detach { id, lease } => {
                 let now = self.now();
-                if self.leases.get(&id) == Some(&lease)
+                if self.table.holds(&id, lease)
                     && let Some(s) = self.desired.sessions.get_mut(&id)
                     && s.ending.is_none()
                 {
@@ -37,10 +37,8 @@ impl<R: Runtime> Controller<R> {
                 let _ = reply.send(self.list_sessions());
             }
             Command::Show { id, reply } => {
-                let detail = self.info(&id).map(|session| SessionDetail {
-                    session,
-                    decisions: self.decisions.get(&id).map(|d| d.iter().cloned().collect()).unwrap_or_default(),
-                });
+                let detail =
+                    self.info(&id).map(|session| SessionDetail { session, decisions: self.table.decisions(&id) });
                 let _ = reply.send(detail);
             }
             Command::DryRun { reply } => {
@@ -62,8 +60,11 @@ impl<R: Runtime> Controller<R> {
         match admit(&self.desired, &self.policy.limits, req.kind, req.client_ip) {
             Ok(()) => self.admit_now(req).map(Admission::Admitted),
             Err(reject) => {
-                let queue_room =
-                    berth_reconciler::admission::may_queue(&self.policy.limits, &self.candidates(), req.client_ip);
+                let queue_room = berth_reconciler::admission::may_queue(
+                    &self.policy.limits,
+                    &self.queue.candidates(),
+                    req.client_ip,
+                );
                 if reject.queueable() && !queue_room {
                     self.metrics.rejected.with_label_values(&[Reject::PerIp.as_str()]).inc();
                     let retry_after = self.retry_after(Reject::PerIp);
@@ -71,11 +72,9 @@ impl<R: Runtime> Controller<R> {
                 }
                 let limits = &self.policy.limits;
                 if reject.queueable() && !limits.queue_wait.is_zero() && self.queue.len() < limits.queue_len {
-                    let (position, position_rx) = watch::channel(self.queue.len() + 1);
-                    let (reply, result) = oneshot::channel();
-                    self.queue.push_back(Waiter { req, reply, position, deadline: Instant::now() + limits.queue_wait });
+                    let (position, result) = self.queue.enqueue(req, Instant::now() + limits.queue_wait);
                     self.metrics.queue_len.set(self.queue.len() as i64);
-                    Ok(Admission::Queued { position: position_rx, result })
+                    Ok(Admission::Queued { position, result })
                 } else {
                     self.metrics.rejected.with_label_values(&[reject.as_str()]).inc();
                     Err(OpenError::Full { reason: reject.as_str(), retry_after: self.retry_after(reject) })
@@ -102,17 +101,10 @@ impl<R: Runtime> Controller<R> {
         s.resume_hash = req.resume_hash;
         s.client_ip = req.client_ip;
         self.desired.sessions.insert(id, s);
-        let (tx, rx) = watch::channel(Status::pending());
-        self.statuses.insert(id, tx);
+        let rx = self.table.track(id);
         self.record(id, "observed", "session requested".into());
         debug!(session = %id, "session admitted");
-        Ok(Ticket { id, status: rx, lease: self.new_lease(id) })
-    }
-
-    pub(super) fn new_lease(&mut self, id: SessionId) -> u64 {
-        self.next_lease += 1;
-        self.leases.insert(id, self.next_lease);
-        self.next_lease
+        Ok(Ticket { id, status: rx, lease: self.table.new_lease(id) })
     }
 
     pub(super) fn resume(&mut self, id: SessionId, secret: &str) -> Result<Ticket, ResumeError> {
@@ -140,49 +132,25 @@ impl<R: Runtime> Controller<R> {
         s.attachment = Attachment::Attached;
         s.last_activity = s.last_activity.max(now);
         self.metrics.resumes.with_label_values(&["ok"]).inc();
-        let status = self.statuses.get(&id).map(watch::Sender::subscribe).ok_or(ResumeError::Refused)?;
+        let status = self.table.subscribe(&id).ok_or(ResumeError::Refused)?;
         self.record(id, "observed", "client resumed".into());
-        Ok(Ticket { id, status, lease: self.new_lease(id) })
-    }
-
-    /// The queue as admission sees it.
-    fn candidates(&self) -> Vec<berth_reconciler::admission::Candidate> {
-        self.queue
-            .iter()
-            .map(|w| berth_reconciler::admission::Candidate { kind: w.req.kind, ip: w.req.client_ip })
-            .collect()
+        Ok(Ticket { id, status, lease: self.table.new_lease(id) })
     }
 
     /// Drops waiters that left or ran out of time, then admits every waiter that fits, the first admissible one
     /// first: a waiter held back by its own per-IP cap does not block those behind it.
     pub(super) fn admit_waiters(&mut self) {
-        let now = Instant::now();
-        let mut kept = VecDeque::new();
-        while let Some(w) = self.queue.pop_front() {
-            if w.reply.is_closed() {
-                continue;
-            }
-            if now >= w.deadline {
-                self.metrics.rejected.with_label_values(&["queue_timeout"]).inc();
-                let _ = w.reply.send(Err(OpenError::QueueTimeout(self.policy.limits.queue_wait)));
-                continue;
-            }
-            kept.push_back(w);
+        for w in self.queue.expire(Instant::now()) {
+            self.metrics.rejected.with_label_values(&["queue_timeout"]).inc();
+            let _ = w.reply.send(Err(OpenError::QueueTimeout(self.policy.limits.queue_wait)));
         }
-        self.queue = kept;
         while let Some(i) =
-            berth_reconciler::admission::first_admissible(&self.desired, &self.policy.limits, &self.candidates())
+            berth_reconciler::admission::first_admissible(&self.desired, &self.policy.limits, &self.queue.candidates())
         {
-            let Some(w) = self.queue.remove(i) else { break };
+            let Some(w) = self.queue.take(i) else { break };
             let _ = w.reply.send(self.admit_now(w.req));
         }
-        for (i, w) in self.queue.iter().enumerate() {
-            w.position.send_if_modified(|p| {
-                let changed = *p != i + 1;
-                *p = i + 1;
-                changed
-            });
-        }
+        self.queue.renumber();
         self.metrics.queue_len.set(self.queue.len() as i64);
     }
 
