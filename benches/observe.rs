@@ -329,10 +329,10 @@ async fn controller_idle_pass(rt: DockerRuntime, policy: &Policy, tag: &str) -> 
         seen = now;
     }
     calls.reset();
-    let passes = metrics.reconcile_passes.get();
+    let passes = metrics.reconcile_passes();
     handle.resync().await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Calls::get(&calls.list_done) == 0 || metrics.reconcile_passes.get() <= passes {
+    while Calls::get(&calls.list_done) == 0 || metrics.reconcile_passes() <= passes {
         assert!(Instant::now() < deadline, "no pass after a resync within 60 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -209,7 +209,7 @@ impl<R: Runtime> Executor<R> {
             }
         };
         let ok = result.is_ok() && failed.is_empty();
-        self.metrics.actions.with_label_values(&[kind.as_str(), if ok { "ok" } else { "error" }]).inc();
+        self.metrics.action(kind, ok);
         if let Err(e) = &result {
             warn!(action = kind.as_str(), session = ?action.session(), error = %e, "action failed");
         }

@@ -112,8 +112,7 @@ impl Gate {
 
     fn publish(&self, c: &Counts) {
         self.open.send_replace(c.open);
-        self.metrics.connections.set(c.open as i64);
-        self.metrics.connections_pending.set(c.pending as i64);
+        self.metrics.set_connections(c.open, c.pending);
     }
 
     fn release_pending(&self, key: Option<IpAddr>) {
@@ -137,7 +136,7 @@ impl Gate {
     }
 
     fn refuse(&self, why: Dropped) {
-        self.metrics.connections_dropped.with_label_values(&[why.as_str()]).inc();
+        self.metrics.connection_dropped(why);
     }
 }
 

@@ -57,7 +57,7 @@ pub async fn run<R: Runtime>(
         if !up {
             if was_up != Some(false) {
                 warn!("docker engine unreachable; retrying with backoff");
-                metrics.docker_up.set(0);
+                metrics.set_docker_up(false);
                 if tx.send(ObserverMsg::Disconnected).await.is_err() {
                     return;
                 }
@@ -73,7 +73,7 @@ pub async fn run<R: Runtime>(
         // Subscribe first, then ask for a list: nothing between the two is missed.
         let mut events = runtime.events(&cfg.ns);
         info!("docker engine reachable; following events");
-        metrics.docker_up.set(1);
+        metrics.set_docker_up(true);
         backoff = Duration::from_millis(100);
         if tx.send(ObserverMsg::Connected).await.is_err() {
             return;
@@ -94,16 +94,7 @@ pub async fn run<R: Runtime>(
                     break;
                 }
             };
-            let kind = match ev.kind {
-                EventKind::Create => "create",
-                EventKind::Start => "start",
-                EventKind::Die => "die",
-                EventKind::Oom => "oom",
-                EventKind::Destroy => "destroy",
-                EventKind::Health => "health",
-                EventKind::Other => "other",
-            };
-            metrics.events.with_label_values(&[kind]).inc();
+            metrics.docker_event(&ev.kind);
             let msg = match ev.kind {
                 EventKind::Other => continue,
                 EventKind::Destroy => ObserverMsg::Gone(ev.container),
@@ -127,7 +118,7 @@ pub async fn run<R: Runtime>(
                 return;
             }
         }
-        metrics.docker_up.set(0);
+        metrics.set_docker_up(false);
         if tx.send(ObserverMsg::Disconnected).await.is_err() {
             return;
         }

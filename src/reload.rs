@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadResult};
 
 /// Reads and validates a policy file.
 pub type Loader = Arc<dyn Fn(&Path) -> Result<Policy, String> + Send + Sync>;
@@ -169,14 +169,14 @@ impl Reloader {
                         "policy changes that take effect only on restart; the running values are kept until then"
                     );
                 }
-                self.metrics.restart_pending.set(i64::try_from(pending.len()).unwrap_or(i64::MAX));
+                self.metrics.set_restart_pending(pending.len());
                 let changed = *running != p;
                 if changed {
                     info!(policy = %p.hash(), "policy reloaded");
                     self.tx.send_replace(Arc::new(p));
                 }
-                self.metrics.reloads.with_label_values(&["ok"]).inc();
-                self.metrics.policy_loaded.set(at as f64 / 1000.0);
+                self.metrics.reload(ReloadResult::Ok);
+                self.metrics.set_policy_loaded(at);
                 let policy_hash = self.tx.borrow().hash();
                 self.status.send_replace(ReloadStatus {
                     policy_hash,
@@ -189,7 +189,7 @@ impl Reloader {
             }
             Err(e) => {
                 warn!(errors = %e, "policy reload refused; the old policy stays in force");
-                self.metrics.reloads.with_label_values(&["error"]).inc();
+                self.metrics.reload(ReloadResult::Error);
                 let restart_pending = self.status.borrow().restart_pending.clone();
                 let policy_hash = self.tx.borrow().hash();
                 self.status.send_replace(ReloadStatus {
@@ -213,7 +213,7 @@ impl Reloader {
         }
         self.seen = now;
         warn!(file = %self.path.display(), "{IN_PLACE}");
-        self.metrics.reloads.with_label_values(&["in_place"]).inc();
+        self.metrics.reload(ReloadResult::InPlace);
         let at = crate::clock::now().as_millis();
         self.status.send_modify(|s| {
             s.not_applied = Some(IN_PLACE.to_owned());

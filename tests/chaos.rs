@@ -440,7 +440,7 @@ async fn slow_and_failing_docker_backs_off_without_a_hot_loop() {
     assert_sessions_match_containers(&server, &w).await;
 
     // Down for 5 s: every call fails at once as unreachable, the event stream ends.
-    let passes = |m: &berth::metrics::Metrics| m.reconcile_passes.get() as f64;
+    let passes = |m: &berth::metrics::Metrics| m.reconcile_passes() as f64;
     let calls = |f: &Faults| Op::ALL.iter().map(|op| f.calls(*op)).sum::<u64>();
     let (pings0, lists0) = (faults.calls(Op::Ping), faults.calls(Op::List));
     let (cpu0, passes0, calls0) = (cpu_time(), passes(&server.metrics), calls(&faults));

@@ -10,8 +10,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use berth::controller::{self, ControllerConfig, Handle, SessionRequest, Ticket};
-use berth::metrics::Metrics;
+use berth::metrics::{Metrics, TakeoverResult};
 use berth::reconciler::peers::PeerContainer;
+use berth::reconciler::plan::RemoveReason;
 use berth::reconciler::{ContainerState, LabelNamespace, PeerLabels, PeerRole, Phase, Policy, SessionKind};
 use berth::runtime::Runtime;
 use berth::runtime::fake::FakeRuntime;
@@ -72,8 +73,8 @@ async fn peers(fake: &FakeRuntime) -> Vec<PeerContainer> {
     fake.list_peers(&LabelNamespace::default()).await.expect("list")
 }
 
-fn takeovers(r: &Replica, result: &str) -> u64 {
-    r.metrics.takeovers.with_label_values(&[result]).get()
+fn takeovers(r: &Replica, result: TakeoverResult) -> u64 {
+    r.metrics.takeovers(result)
 }
 
 async fn eventually<F: std::future::Future<Output = bool>>(limit: Duration, what: &str, mut f: impl FnMut() -> F) {
@@ -102,7 +103,11 @@ async fn a_dead_replica_is_taken_over_by_exactly_one_survivor_after_the_lease() 
 
     // Not before the lease: nobody has claimed a yet.
     tokio::time::sleep(LEASE / 2).await;
-    assert_eq!(takeovers(&b, "won") + takeovers(&c, "won"), 0, "claimed before the lease ran out");
+    assert_eq!(
+        takeovers(&b, TakeoverResult::Won) + takeovers(&c, TakeoverResult::Won),
+        0,
+        "claimed before the lease ran out"
+    );
 
     eventually(Duration::from_secs(5), "one survivor holds a's three sessions", || async {
         let (nb, nc) = (b.handle.list().await.len(), c.handle.list().await.len());
@@ -111,8 +116,12 @@ async fn a_dead_replica_is_taken_over_by_exactly_one_survivor_after_the_lease() 
     .await;
     let took = died.elapsed();
     assert!(took >= LEASE, "taken over after {took:?}, before the lease of {LEASE:?}");
-    assert_eq!(takeovers(&b, "won") + takeovers(&c, "won"), 1, "exactly one claim succeeded");
-    let (winner, loser) = if takeovers(&b, "won") == 1 { (&b, &c) } else { (&c, &b) };
+    assert_eq!(
+        takeovers(&b, TakeoverResult::Won) + takeovers(&c, TakeoverResult::Won),
+        1,
+        "exactly one claim succeeded"
+    );
+    let (winner, loser) = if takeovers(&b, TakeoverResult::Won) == 1 { (&b, &c) } else { (&c, &b) };
     for s in winner.handle.list().await {
         assert_eq!(s.status.phase, Phase::Running, "{s:?}");
     }
@@ -155,7 +164,7 @@ async fn with_on_dead_remove_the_survivor_removes_a_dead_replicas_containers_and
     }
     crash(&fake, a, "a").await;
     eventually(Duration::from_secs(5), "a's containers removed", || async { fake.count(None) == 0 }).await;
-    assert_eq!(b.metrics.removed.with_label_values(&["dead_peer"]).get(), 3);
+    assert_eq!(b.metrics.removed(RemoveReason::DeadPeer), 3);
     assert!(b.handle.list().await.is_empty(), "nothing adopted");
     // Nothing of a is left to cover: b removes its claim, and a's sentinel is gone too; only b's own remains.
     eventually(Duration::from_secs(5), "only b's sentinel left", || async {
@@ -190,8 +199,8 @@ async fn a_replica_that_finds_a_claim_on_itself_lets_go_and_moves_its_epoch_abov
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(fake.ids().contains(&container), "a did not remove the container it no longer holds");
-    assert_eq!(a.metrics.epoch.get(), i64::try_from(epoch + 1).expect("small"));
-    assert_eq!(a.metrics.claims_refused.get(), 0, "a claim below the running sentinel's epoch is honoured");
+    assert_eq!(a.metrics.epoch(), i64::try_from(epoch + 1).expect("small"));
+    assert_eq!(a.metrics.claims_refused(), 0, "a claim below the running sentinel's epoch is honoured");
 
     // What a creates now is outside the claim.
     let second = open(&a.handle).await;
@@ -214,7 +223,7 @@ async fn lose_sentinel(fake: &FakeRuntime, r: &Replica, instance: &str) {
         running(fake.clone()).await.is_some_and(|s| s.labels.epoch > old.labels.epoch)
     })
     .await;
-    let epoch = r.metrics.epoch.get();
+    let epoch = r.metrics.epoch();
     assert!(epoch > i64::try_from(old.labels.epoch).expect("small"), "epoch {epoch}");
 }
 
@@ -241,7 +250,7 @@ async fn a_live_replica_refuses_a_claim_at_its_running_epoch_keeps_its_sessions_
     let a = start_with(&fake, "a", removing_policy()).await;
     let b = start(&fake, "b").await;
     let sessions = [open(&a.handle).await, open(&a.handle).await];
-    let epoch = u64::try_from(a.metrics.epoch.get()).expect("positive");
+    let epoch = u64::try_from(a.metrics.epoch()).expect("positive");
 
     // "x" never ran; its claim names a's running epoch.
     let forged = forge_claim(&fake, "x", "a", epoch);
@@ -249,16 +258,16 @@ async fn a_live_replica_refuses_a_claim_at_its_running_epoch_keeps_its_sessions_
         !peers(&fake).await.iter().any(|p| p.id == forged)
     })
     .await;
-    assert_eq!(a.metrics.claims_refused.get(), 1, "refused once, and counted");
+    assert_eq!(a.metrics.claims_refused(), 1, "refused once, and counted");
     tokio::time::sleep(LEASE * 2).await;
     assert_eq!(a.handle.list().await.len(), 2, "a kept its sessions");
     for t in &sessions {
         assert_eq!(t.status.borrow().phase, Phase::Running);
     }
-    assert_eq!(a.metrics.epoch.get(), i64::try_from(epoch).expect("small"), "no fencing");
+    assert_eq!(a.metrics.epoch(), i64::try_from(epoch).expect("small"), "no fencing");
     assert!(b.handle.list().await.is_empty(), "b took nothing over");
-    assert_eq!(b.metrics.peers_down.get(), 0, "nor did it count the forger down");
-    assert_eq!(takeovers(&b, "won") + takeovers(&a, "won"), 0);
+    assert_eq!(b.metrics.peers_down(), 0, "nor did it count the forger down");
+    assert_eq!(takeovers(&b, TakeoverResult::Won) + takeovers(&a, TakeoverResult::Won), 0);
 
     // shutdown: remove leaves nothing of a.
     a.handle.shutdown().await;
@@ -322,7 +331,7 @@ async fn a_lost_sentinel_is_replaced_at_a_new_epoch_and_only_one_that_stays_away
         peers(&fake).await.into_iter().find(|p| p.labels.role == PeerRole::Sentinel && p.running())
     };
     let first = sentinel(fake.clone()).await.expect("a running sentinel");
-    let epoch = a.metrics.epoch.get();
+    let epoch = a.metrics.epoch();
 
     // Killed (say, by a careless cleanup): replaced at a higher epoch, and the replica stays ready meanwhile.
     fake.kill(&first.id, 137);
@@ -336,7 +345,7 @@ async fn a_lost_sentinel_is_replaced_at_a_new_epoch_and_only_one_that_stays_away
         assert!(Instant::now() < until, "no new sentinel");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(a.metrics.epoch.get() > epoch);
+    assert!(a.metrics.epoch() > epoch);
 
     // One that cannot come back at once (its next three starts fail): unready after half the lease, and ready
     // again as soon as one runs.
@@ -385,14 +394,14 @@ async fn while_a_sentinel_is_slow_to_start_its_replica_creates_nothing_and_peers
     assert_eq!(t.status.borrow().phase, Phase::Pending, "{:?}", t.status.borrow());
     assert_eq!(fake.count(None), 0, "a created a container before its sentinel ran");
     // b sees a down, but leaves its starting sentinel alone (removing it would fail a's start).
-    assert_eq!(b.metrics.peers_down.get(), 1);
+    assert_eq!(b.metrics.peers_down(), 1);
     assert!(a_sentinel(fake.clone()).await.iter().any(PeerContainer::starting), "b removed a's starting sentinel");
     fake.hold_sentinels(false);
     tokio::time::timeout(Duration::from_secs(5), t.status.wait_for(|s| s.phase == Phase::Running))
         .await
         .expect("running once the sentinel runs")
         .expect("alive");
-    eventually(Duration::from_secs(5), "b sees a up", || async { b.metrics.peers_down.get() == 0 }).await;
+    eventually(Duration::from_secs(5), "b sees a up", || async { b.metrics.peers_down() == 0 }).await;
 
     // a's sentinel is lost, and its replacement is slow to start: a is down, with a session, for longer than a
     // lease; b waits for the replacement rather than take a's session over.
@@ -404,10 +413,14 @@ async fn while_a_sentinel_is_slow_to_start_its_replica_creates_nothing_and_peers
     })
     .await;
     tokio::time::sleep(HOLD - Duration::from_secs(1)).await;
-    assert_eq!(b.metrics.peers_down.get(), 1, "b sees a down");
+    assert_eq!(b.metrics.peers_down(), 1, "b sees a down");
     fake.hold_sentinels(false);
-    eventually(Duration::from_secs(5), "b sees a up again", || async { b.metrics.peers_down.get() == 0 }).await;
-    assert_eq!(takeovers(&b, "won") + takeovers(&b, "error"), 0, "b claimed a live replica");
+    eventually(Duration::from_secs(5), "b sees a up again", || async { b.metrics.peers_down() == 0 }).await;
+    assert_eq!(
+        takeovers(&b, TakeoverResult::Won) + takeovers(&b, TakeoverResult::Error),
+        0,
+        "b claimed a live replica"
+    );
     assert_eq!(a.handle.list().await.len(), 1, "a still serves its session");
     assert!(b.handle.list().await.is_empty(), "b adopted nothing");
     assert_eq!(t.status.borrow().phase, Phase::Running);

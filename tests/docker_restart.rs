@@ -47,7 +47,7 @@ async fn a_killed_and_restarted_engine_ends_the_dead_sessions_and_serves_new_one
     let mut readiness = c.handle.readiness();
     let ping_errors = || c.metrics.docker_calls(DockerOp::Ping, false);
     let pings_failed_before = ping_errors();
-    let passes_at_kill = c.metrics.reconcile_passes.get();
+    let passes_at_kill = c.metrics.reconcile_passes();
     engine.kill();
     let down_at = Instant::now();
     tokio::time::timeout(Duration::from_secs(10), readiness.wait_for(|r| !r.docker_up))
@@ -76,7 +76,7 @@ async fn a_killed_and_restarted_engine_ends_the_dead_sessions_and_serves_new_one
         .expect("controller alive");
     eprintln!("ready again {:?} after the restart (engine was down {:?})", up_at.elapsed(), down_at.elapsed());
     assert!(!c.task.is_finished(), "the controller task survived the engine's restart");
-    let rate = pass_rate(passes_at_kill, c.metrics.reconcile_passes.get(), down_at);
+    let rate = pass_rate(passes_at_kill, c.metrics.reconcile_passes(), down_at);
     eprintln!("{rate:.1} reconcile passes/s from the kill until ready again");
     assert!(rate < CALM_PASSES_PER_SEC, "hot loop while the engine was down or hanging: {rate:.0} passes/s");
 
@@ -94,7 +94,7 @@ async fn a_killed_and_restarted_engine_ends_the_dead_sessions_and_serves_new_one
     assert!(c.handle.list().await.is_empty(), "no sessions left");
 
     // Converged and calm: no hot loop once the engine is back, either.
-    let passes_up = c.metrics.reconcile_passes.get();
+    let passes_up = c.metrics.reconcile_passes();
     let calm_from = Instant::now();
     let lists_ok = || c.metrics.docker_calls(DockerOp::List, true);
     let lists_then = lists_ok();
@@ -104,7 +104,7 @@ async fn a_killed_and_restarted_engine_ends_the_dead_sessions_and_serves_new_one
     // still read as a high rate.
     let window = Duration::from_secs(2);
     tokio::time::sleep(window.saturating_sub(calm_from.elapsed())).await;
-    let rate = pass_rate(passes_up, c.metrics.reconcile_passes.get(), calm_from);
+    let rate = pass_rate(passes_up, c.metrics.reconcile_passes(), calm_from);
     eprintln!("{rate:.1} reconcile passes/s after convergence");
     assert!(rate < CALM_PASSES_PER_SEC, "hot loop after the restart: {rate:.0} passes/s");
 

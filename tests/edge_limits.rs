@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth::app::Server;
+use berth::listener::Dropped;
 use berth::reconciler::Policy;
 use berth::runtime::fake::FakeRuntime;
 use common::client::{Client, connect_with, ready, ready_with};
@@ -76,7 +77,7 @@ async fn until(what: &str, f: impl Fn() -> bool) {
 
 async fn until_pending(server: &Server, n: i64) {
     let m = server.metrics.clone();
-    until(&format!("{n} pending connections"), move || m.connections_pending.get() == n).await;
+    until(&format!("{n} pending connections"), move || m.connections_pending() == n).await;
 }
 
 async fn still_works(c: &mut Client, tag: &str) {
@@ -92,8 +93,8 @@ async fn healthz(server: &Server, from: &str) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
-fn dropped(server: &Server, reason: &str) -> u64 {
-    server.metrics.connections_dropped.with_label_values(&[reason]).get()
+fn dropped(server: &Server, reason: Dropped) -> u64 {
+    server.metrics.connections_dropped(reason)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,10 +110,7 @@ async fn a_half_sent_request_head_or_silence_is_cut_off_by_the_header_read_timeo
     assert!(closed_within(&mut silent, OPEN).await.is_some(), "a silent socket is still open after {OPEN:?}");
     assert!(began.elapsed() >= Duration::from_millis(400), "closed before the timeout: {:?}", began.elapsed());
     let m = server.metrics.clone();
-    until("two header timeouts counted", move || {
-        m.connections_dropped.with_label_values(&["header_timeout"]).get() == 2
-    })
-    .await;
+    until("two header timeouts counted", move || m.connections_dropped(Dropped::HeaderTimeout) == 2).await;
     until_pending(&server, 0).await;
     assert!(healthz(&server, "127.0.0.1").await.starts_with("HTTP/1.1 200"), "berth still serves");
     server.stop().await;
@@ -133,14 +131,14 @@ async fn connections_past_the_pending_caps_are_refused_while_a_live_session_keep
     until_pending(&server, 2).await;
     let mut a3 = tcp_from(&server, "127.0.0.1").await;
     refused(&mut a3, "a third pending connection from one address").await;
-    assert_eq!(dropped(&server, "max_pending_per_ip"), 1);
+    assert_eq!(dropped(&server, Dropped::MaxPendingPerIp), 1);
 
     // Another address still gets in, up to the cap for all.
     let _b1 = tcp_from(&server, "127.0.0.2").await;
     until_pending(&server, 3).await;
     let mut c1 = tcp_from(&server, "127.0.0.3").await;
     refused(&mut c1, "a fourth pending connection in all").await;
-    assert_eq!(dropped(&server, "max_pending"), 1);
+    assert_eq!(dropped(&server, Dropped::MaxPending), 1);
 
     still_works(&mut session, "still-here").await;
     drop(_a1);
@@ -159,10 +157,10 @@ async fn the_connection_cap_counts_upgraded_sessions_and_follows_a_reload() {
     let _idle = tcp_from(&server, "127.0.0.1").await;
     until_pending(&server, 1).await;
     let m = server.metrics.clone();
-    until("two open connections", move || m.connections.get() == 2).await;
+    until("two open connections", move || m.connections() == 2).await;
     let mut third = tcp_from(&server, "127.0.0.1").await;
     refused(&mut third, "a third connection with max_connections: 2").await;
-    assert_eq!(dropped(&server, "max_connections"), 1);
+    assert_eq!(dropped(&server, Dropped::MaxConnections), 1);
     still_works(&mut session, "after-refusal").await;
 
     p.server.max_connections = 3;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth::app::{ServeError, Server};
+use berth::metrics::ReloadResult;
 use berth::runtime::fake::FakeRuntime;
 use berth_reconciler::{Policy, ProfileName};
 use common::World;
@@ -104,7 +105,7 @@ async fn a_reload_naming_an_unknown_runtime_is_refused_and_the_old_policy_stays(
     assert!(error.starts_with(&path.display().to_string()), "the error names the file: {error}");
     let in_force: Arc<Policy> = server.policy.borrow().clone();
     assert_eq!(in_force.profiles[&ProfileName::default_name()].runtime.as_deref(), Some("runsc"), "old policy stays");
-    assert_eq!(server.metrics.reloads.with_label_values(&["error"]).get(), 1);
+    assert_eq!(server.metrics.reloads(ReloadResult::Error), 1);
 
     // A registered one is accepted.
     rewrite_until(&path, &policy_file(&w, "runc"), &mut status, |s| s.last_error.is_none()).await;

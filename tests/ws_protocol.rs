@@ -48,7 +48,7 @@ async fn close_with(c: &mut Client, code: u16) -> (Option<u16>, Duration) {
 }
 
 fn closes(server: &Server, code: &str) -> u64 {
-    server.metrics.ws_closed.with_label_values(&[code]).get()
+    server.metrics.ws_closes(code)
 }
 
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
@@ -122,7 +122,7 @@ async fn a_client_reset_is_counted_and_not_logged_as_a_warning() {
         let c = ready(server.addr).await;
         c.drop_abruptly();
     }
-    eventually("three resets counted", || server.metrics.ws_client_resets.get() == 3).await;
+    eventually("three resets counted", || server.metrics.ws_client_resets() == 3).await;
     eventually("three abnormal closes", || closes(&server, "1006") == 3).await;
     assert!(warnings.0.lock().expect("lock").is_empty(), "{:?}", warnings.0.lock().expect("lock"));
     server.stop().await;

@@ -109,7 +109,7 @@ impl Server {
         let bind_err = |addr| move |source| ServeError::Bind { addr, source };
         let listener = bind(listen).map_err(bind_err(listen))?;
         let addr = listener.local_addr().map_err(bind_err(listen))?;
-        metrics.policy_loaded.set(crate::clock::now().as_millis() as f64 / 1000.0);
+        metrics.set_policy_loaded(crate::clock::now().as_millis());
         let limiter = Arc::new(crate::limits::ConnectionLimiter::new(&policy.limits));
         let admin_listener = match policy.server.admin_listen {
             Some(a) => Some(bind(a).map_err(bind_err(a))?),

@@ -46,7 +46,7 @@ impl<R: Runtime> Controller<R> {
                 for id in &containers {
                     self.observed.remove(id);
                     self.gate.succeeded(&Key::Container(id.clone()));
-                    self.metrics.removed.with_label_values(&[reason.as_str()]).inc();
+                    self.metrics.container_removed(reason);
                 }
                 if let Some(s) = action.session() {
                     self.gate.succeeded(&Key::Session(s));
@@ -78,7 +78,7 @@ impl<R: Runtime> Controller<R> {
                 let give_up = gives_up(e.failure(), s.create_attempts, max);
                 if give_up && s.ending.is_none() {
                     let reason = EndReason::CreateFailed { error: e.to_string() };
-                    self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                    self.metrics.session_ended(&reason);
                     s.ending = Some(reason);
                 }
             }

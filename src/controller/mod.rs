@@ -116,7 +116,7 @@ pub fn spawn<R: Runtime>(
     metrics: Arc<Metrics>,
 ) -> (Handle, Terminals, tokio::task::JoinHandle<()>) {
     let policy = policy_rx.borrow().clone();
-    metrics.capacity.set(i64::try_from(policy.limits.max_sessions).unwrap_or(i64::MAX));
+    metrics.set_capacity(policy.limits.max_sessions);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (done_tx, done_rx) = mpsc::channel(COMMAND_QUEUE);
     let (obs_tx, obs_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -280,7 +280,7 @@ impl<R: Runtime> Controller<R> {
     }
 
     fn publish_readiness(&self) {
-        let up = self.metrics.docker_up.get() == 1;
+        let up = self.metrics.docker_up();
         self.ready_tx.send_if_modified(|r| {
             let next = Readiness {
                 docker_up: up,
@@ -304,7 +304,7 @@ impl<R: Runtime> Controller<R> {
         let p = self.policy_rx.borrow_and_update().clone();
         self.executor.reconfigure(p.reconcile.docker_timeout, p.reconcile.concurrency);
         self.terminals.set_ring_bytes(p.server.replay_bytes);
-        self.metrics.capacity.set(i64::try_from(p.limits.max_sessions).unwrap_or(i64::MAX));
+        self.metrics.set_capacity(p.limits.max_sessions);
         self.policy = version::PolicyVersion::new(p);
         info!(policy = %self.policy.hash(), "policy applied");
         self.publish_readiness();
@@ -375,7 +375,7 @@ impl<R: Runtime> Controller<R> {
                 && s.ending.is_none()
             {
                 info!(session = %id, reason = %reason, "session ending");
-                self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                self.metrics.session_ended(&reason);
                 s.ending = Some(reason.clone());
                 self.record(id, "ended", reason.to_string());
             }
@@ -387,8 +387,7 @@ impl<R: Runtime> Controller<R> {
         self.publish_readiness();
         self.admit_waiters();
         self.update_gauges();
-        self.metrics.reconcile_passes.inc();
-        self.metrics.reconcile_duration.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
+        self.metrics.reconcile_pass(started.elapsed());
     }
 
     fn apply_startup(&mut self, now: Timestamp) {
@@ -424,7 +423,7 @@ impl<R: Runtime> Controller<R> {
         }
         let keys = Key::of(&action);
         if let Err(why) = self.gate.check(&keys, now) {
-            self.metrics.actions_deferred.with_label_values(&[why.as_str()]).inc();
+            self.metrics.deferred(why);
             return;
         }
         if matches!(action, Action::Remove { .. } | Action::BulkRemove { .. }) {
@@ -500,7 +499,7 @@ impl<R: Runtime> Controller<R> {
             *phases.entry(self.status(s, &by).phase).or_default() += 1;
         }
         for (p, n) in phases {
-            self.metrics.sessions.with_label_values(&[p.as_str()]).set(n);
+            self.metrics.set_sessions(p, n);
         }
         let mut states: HashMap<ContainerState, i64> = ContainerState::ALL.iter().map(|s| (*s, 0)).collect();
         let mut drift = 0;
@@ -514,8 +513,8 @@ impl<R: Runtime> Controller<R> {
             }
         }
         for (s, n) in states {
-            self.metrics.containers.with_label_values(&[s.as_str()]).set(n);
+            self.metrics.set_containers(s, n);
         }
-        self.metrics.drifted.set(drift);
+        self.metrics.set_drifted(drift);
     }
 }

@@ -9,6 +9,7 @@ use berth_reconciler::policy::OnDeadPeer;
 use berth_reconciler::startup::adopted_session;
 
 use super::*;
+use crate::metrics::TakeoverResult;
 
 /// How soon a lost sentinel is replaced.
 const SENTINEL_RETRY: Duration = Duration::from_secs(1);
@@ -121,7 +122,7 @@ impl<R: Runtime> Controller<R> {
         if matches!(self.peers.sentinel, SentinelState::None) {
             self.desired.epoch =
                 pure::next_epoch(&self.desired.owner, self.desired.epoch, self.observed.view(), &self.peers.records);
-            self.metrics.epoch.set(i64::try_from(self.desired.epoch).unwrap_or(i64::MAX));
+            self.metrics.set_epoch(self.desired.epoch);
             info!(epoch = self.desired.epoch, "epoch chosen");
             self.start_sentinel();
         }
@@ -145,7 +146,7 @@ impl<R: Runtime> Controller<R> {
                 now
             });
         }
-        self.metrics.peers_down.set(i64::try_from(p.down.len()).unwrap_or(i64::MAX));
+        self.metrics.set_peers_down(p.down.len());
         for (dead, through) in p.claim {
             self.claim(dead, through);
         }
@@ -173,7 +174,7 @@ impl<R: Runtime> Controller<R> {
                     "refused a claim on this replica: its sentinel runs at the claimed epoch, so no takeover made it; \
                      removing it"
                 );
-                self.metrics.claims_refused.inc();
+                self.metrics.claim_refused();
             }
             self.remove_marker(claim.id);
         }
@@ -217,7 +218,7 @@ impl<R: Runtime> Controller<R> {
                 warn!(through = e, "another replica has taken over this one's containers up to this epoch");
                 if self.desired.epoch <= e {
                     self.desired.epoch = e + 1;
-                    self.metrics.epoch.set(i64::try_from(self.desired.epoch).unwrap_or(i64::MAX));
+                    self.metrics.set_epoch(self.desired.epoch);
                 }
                 self.drop_disowned();
             }
@@ -404,7 +405,7 @@ impl<R: Runtime> Controller<R> {
                 match result {
                     Ok(claim) => {
                         info!(peer = %dead, through, "took over a dead peer");
-                        self.metrics.takeovers.with_label_values(&["won"]).inc();
+                        self.metrics.takeover(TakeoverResult::Won);
                         self.peers.held.insert(claim.id.clone(), claim.clone());
                         self.peers.records.push(claim);
                         self.peers.down_since.remove(&dead);
@@ -412,12 +413,12 @@ impl<R: Runtime> Controller<R> {
                     }
                     Err(RuntimeError::Conflict(_)) => {
                         info!(peer = %dead, "another replica took the dead peer over first");
-                        self.metrics.takeovers.with_label_values(&["lost"]).inc();
+                        self.metrics.takeover(TakeoverResult::Lost);
                         self.request_list();
                     }
                     Err(e) => {
                         warn!(peer = %dead, error = %e, "claim failed; retrying at the next list");
-                        self.metrics.takeovers.with_label_values(&["error"]).inc();
+                        self.metrics.takeover(TakeoverResult::Error);
                     }
                 }
             }
@@ -439,7 +440,7 @@ impl<R: Runtime> Controller<R> {
             }
         }
         self.desired.sentinel_up = self.peers.sentinel_up();
-        self.metrics.sentinel_up.set(i64::from(self.desired.sentinel_up));
+        self.metrics.set_sentinel_up(self.desired.sentinel_up);
         self.publish_readiness();
     }
 
@@ -450,7 +451,7 @@ impl<R: Runtime> Controller<R> {
         }
         self.desired.epoch =
             pure::next_epoch(&self.desired.owner, self.desired.epoch, self.observed.view(), &self.peers.records);
-        self.metrics.epoch.set(i64::try_from(self.desired.epoch).unwrap_or(i64::MAX));
+        self.metrics.set_epoch(self.desired.epoch);
         self.start_sentinel();
     }
 
@@ -483,6 +484,6 @@ impl<R: Runtime> Controller<R> {
             }
             drop(stop);
         }
-        self.metrics.sentinel_up.set(0);
+        self.metrics.set_sentinel_up(false);
     }
 }

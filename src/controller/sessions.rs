@@ -2,6 +2,7 @@
 //! admission queue, and the session listings the admin API shows.
 
 use super::*;
+use crate::metrics::{Rejection, ResumeOutcome};
 
 impl<R: Runtime> Controller<R> {
     pub(super) fn on_command(&mut self, cmd: Command) {
@@ -28,7 +29,7 @@ impl<R: Runtime> Controller<R> {
                 if let Some(s) = self.desired.sessions.get_mut(&id)
                     && s.ending.is_none()
                 {
-                    self.metrics.ended.with_label_values(&[reason.code()]).inc();
+                    self.metrics.session_ended(&reason);
                     s.ending = Some(reason.clone());
                     self.record(id, "ended", reason.to_string());
                 }
@@ -66,17 +67,17 @@ impl<R: Runtime> Controller<R> {
                     req.client_ip,
                 );
                 if reject.queueable() && !queue_room {
-                    self.metrics.rejected.with_label_values(&[Reject::PerIp.as_str()]).inc();
+                    self.metrics.rejected(Reject::PerIp);
                     let retry_after = self.retry_after(Reject::PerIp);
                     return Err(OpenError::Full { reason: Reject::PerIp.as_str(), retry_after });
                 }
                 let limits = &self.policy.limits;
                 if reject.queueable() && !limits.queue_wait.is_zero() && self.queue.len() < limits.queue_len {
                     let (position, result) = self.queue.enqueue(req, Instant::now() + limits.queue_wait);
-                    self.metrics.queue_len.set(self.queue.len() as i64);
+                    self.metrics.set_queue_len(self.queue.len());
                     Ok(Admission::Queued { position, result })
                 } else {
-                    self.metrics.rejected.with_label_values(&[reject.as_str()]).inc();
+                    self.metrics.rejected(reject);
                     Err(OpenError::Full { reason: reject.as_str(), retry_after: self.retry_after(reject) })
                 }
             }
@@ -118,20 +119,20 @@ impl<R: Runtime> Controller<R> {
                     && c.labels.resume_hash.as_deref().is_some_and(|h| resume_hash_matches(h, secret))
             });
             if elsewhere {
-                self.metrics.resumes.with_label_values(&["elsewhere"]).inc();
+                self.metrics.resume(ResumeOutcome::Elsewhere);
                 return Err(ResumeError::Elsewhere);
             }
-            self.metrics.resumes.with_label_values(&["unknown"]).inc();
+            self.metrics.resume(ResumeOutcome::Unknown);
             return Err(ResumeError::Refused);
         };
         let ok = s.ending.is_none() && s.resume_hash.as_deref().is_some_and(|h| resume_hash_matches(h, secret));
         if !ok {
-            self.metrics.resumes.with_label_values(&["bad_secret"]).inc();
+            self.metrics.resume(ResumeOutcome::BadSecret);
             return Err(ResumeError::Refused);
         }
         s.attachment = Attachment::Attached;
         s.last_activity = s.last_activity.max(now);
-        self.metrics.resumes.with_label_values(&["ok"]).inc();
+        self.metrics.resume(ResumeOutcome::Ok);
         let status = self.table.subscribe(&id).ok_or(ResumeError::Refused)?;
         self.record(id, "observed", "client resumed".into());
         Ok(Ticket { id, status, lease: self.table.new_lease(id) })
@@ -141,7 +142,7 @@ impl<R: Runtime> Controller<R> {
     /// first: a waiter held back by its own per-IP cap does not block those behind it.
     pub(super) fn admit_waiters(&mut self) {
         for w in self.queue.expire(Instant::now()) {
-            self.metrics.rejected.with_label_values(&["queue_timeout"]).inc();
+            self.metrics.rejected(Rejection::QueueTimeout);
             let _ = w.reply.send(Err(OpenError::QueueTimeout(self.policy.limits.queue_wait)));
         }
         while let Some(i) =
@@ -151,7 +152,7 @@ impl<R: Runtime> Controller<R> {
             let _ = w.reply.send(self.admit_now(w.req));
         }
         self.queue.renumber();
-        self.metrics.queue_len.set(self.queue.len() as i64);
+        self.metrics.set_queue_len(self.queue.len());
     }
 
     pub(super) fn info(&self, id: &SessionId) -> Option<SessionInfo> {

@@ -160,6 +160,25 @@ pub enum EventKind {
     Other,
 }
 
+impl EventKind {
+    /// Every kind, for pre-creating metric series.
+    pub const ALL: [Self; 7] =
+        [Self::Create, Self::Start, Self::Die, Self::Oom, Self::Destroy, Self::Health, Self::Other];
+
+    /// The `kind` label of `berth_docker_events_total`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Start => "start",
+            Self::Die => "die",
+            Self::Oom => "oom",
+            Self::Destroy => "destroy",
+            Self::Health => "health",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// One container event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeEvent {

@@ -17,6 +17,7 @@ use super::errors::{self, read_error};
 use super::messages::{ClientMsg, Frame, ProtoError, ServerMsg, close};
 use super::{Edge, End, LAST_WORDS_GRACE, OUT_QUEUE};
 use crate::listener::Pending;
+use crate::metrics::Direction;
 
 /// What one connection holds whatever its state.
 pub(super) struct Conn {
@@ -57,8 +58,7 @@ impl Conn {
         announced: SessionId,
         pending: Option<Pending>,
     ) {
-        edge.metrics.ws_total.inc();
-        edge.metrics.ws_open.inc();
+        edge.metrics.ws_opened();
         let (mut sink, incoming) = socket.split();
         let (out, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE + 2);
         // Room for the last two messages (the error or exit, then the close frame) is set aside now: they queue
@@ -130,7 +130,7 @@ impl Conn {
                 errors::peer_close_label(*code).to_owned()
             }
             End::PeerReset => {
-                edge.metrics.ws_client_resets.inc();
+                edge.metrics.ws_client_reset();
                 "1006".to_owned()
             }
         };
@@ -157,8 +157,7 @@ impl Conn {
             writer.abort();
         }
         drop(incoming);
-        edge.metrics.ws_open.dec();
-        edge.metrics.ws_closed.with_label_values(&[&label]).inc();
+        edge.metrics.ws_closed(&label);
     }
 
     /// Sends, waiting at most the stall timeout for room.
@@ -193,7 +192,7 @@ impl Conn {
         self.last_heard = Instant::now();
         match Frame::classify(frame) {
             Frame::Input(data) => {
-                self.edge.metrics.bytes.with_label_values(&["in"]).inc_by(data.len() as u64);
+                self.edge.metrics.bytes(Direction::In, data.len() as u64);
                 Ok(Incoming::Input(data))
             }
             Frame::Msg(ClientMsg::Unknown(ty)) => Err(End::Error(ClientMsg::unknown_type(&ty))),

@@ -29,6 +29,7 @@ use super::idle;
 use super::messages::{self, ClientMsg, Hello, ProtoError, ServerMsg, close};
 use crate::auth;
 use crate::controller::{Admission, OpenError, SessionRequest, Ticket};
+use crate::metrics::Direction;
 use crate::terminal::{Read, Reader, Terminal};
 
 /// Where a connection is in its life.
@@ -458,14 +459,10 @@ impl Conn {
                 let n = bytes.len() as u64;
                 self.send(Message::binary(bytes)).await?;
                 a.term.ack(&a.reader);
-                self.edge.metrics.bytes.with_label_values(&["out"]).inc_by(n);
+                self.edge.metrics.bytes(Direction::Out, n);
                 if !a.first_output {
                     a.first_output = true;
-                    self.edge
-                        .metrics
-                        .first_output
-                        .with_label_values::<&str>(&[])
-                        .observe(self.connected.elapsed().as_secs_f64());
+                    self.edge.metrics.first_output(self.connected.elapsed());
                 }
                 Ok(None)
             }

@@ -18,6 +18,7 @@ use super::messages::SUBPROTOCOL;
 use super::{Conn, Edge, SESSION_HEADER, ending};
 use crate::limits::{client_ip_from_lines, origin_allowed};
 use crate::listener::Pending;
+use crate::metrics::Rejection;
 
 /// `GET /ws`.
 pub fn routes(edge: Arc<Edge>) -> impl Filter<Extract = (Box<dyn Reply>,), Error = warp::Rejection> + Clone {
@@ -55,7 +56,7 @@ async fn upgrade(
     let policy = edge.policy.borrow().clone();
     let offered = protocols.as_deref().unwrap_or("").split(',').any(|p| p.trim() == SUBPROTOCOL);
     if !offered {
-        edge.metrics.rejected.with_label_values(&["bad_request"]).inc();
+        edge.metrics.rejected(Rejection::BadRequest);
         return refuse(StatusCode::BAD_REQUEST, "berth: offer the WebSocket subprotocol berth.v1");
     }
     let asked = match query.split('&').find_map(|kv| kv.strip_prefix("session=")) {
@@ -63,7 +64,7 @@ async fn upgrade(
         Some(s) => match s.parse::<SessionId>() {
             Ok(id) => Some(id),
             Err(_) => {
-                edge.metrics.rejected.with_label_values(&["bad_request"]).inc();
+                edge.metrics.rejected(Rejection::BadRequest);
                 return refuse(StatusCode::BAD_REQUEST, "berth: malformed session id in the query");
             }
         },
@@ -75,11 +76,11 @@ async fn upgrade(
     let xff: Vec<&str> = headers.get_all("x-forwarded-for").iter().map(|v| v.to_str().unwrap_or("")).collect();
     let ip = client_ip_from_lines(peer, &xff, &policy.server.trusted_proxies);
     if !origin_allowed(origin.as_deref(), host.as_deref(), &policy.server.allowed_origins) {
-        edge.metrics.rejected.with_label_values(&["unauthorized"]).inc();
+        edge.metrics.rejected(Rejection::Unauthorized);
         return refuse(StatusCode::FORBIDDEN, "berth: origin not allowed");
     }
     if let Err(retry) = edge.limiter.check(ip) {
-        edge.metrics.rejected.with_label_values(&["rate_limited"]).inc();
+        edge.metrics.rejected(Rejection::RateLimited);
         let secs = retry.as_secs().max(1).to_string();
         return Box::new(warp::reply::with_header(
             warp::reply::with_status("berth: too many connections from this address\n", StatusCode::TOO_MANY_REQUESTS),
