@@ -72,6 +72,10 @@ kill -TERM "$pid"
 for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
 left="$( (docker ps -aq --filter "label=$ns.managed=true"; docker ps -aq --filter "label=$ns.peer") | wc -l)"
 log "leak run${BERTH_LEAK_RUNTIME:+ on ${BERTH_LEAK_RUNTIME}}: loadgen exit $rc, $left container(s) left (sessions, sentinel, claims) after berth stopped"
+if [ "$rc" -ne 0 ] || [ "$left" -ne 0 ]; then
+  keep="${TMPDIR:-/tmp}/berth-leak-$tag.log"
+  cp "$work/berth.log" "$keep" 2>/dev/null && log "berth's log kept at $keep"
+fi
 if [ "$left" -ne 0 ]; then
   # What was left, and what berth said about sentinels, claims and removals: enough to tell the cause from CI's log.
   (docker ps -a --filter "label=$ns.managed=true" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}'

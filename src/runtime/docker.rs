@@ -3,6 +3,7 @@
 //! Containers are found by label filters only; no Docker name filter ever carries client text.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -108,7 +109,11 @@ impl DockerRuntime {
             return Ok(());
         }
         let info = self.docker.inspect_container(id.as_str(), None).await.map_err(map_err)?;
-        match info.state.and_then(|s| s.status) {
+        let st = info.state.unwrap_or_default();
+        match st.status {
+            Some(ContainerStateStatusEnum::CREATED) if has_run(st.started_at.as_deref()) => Err(
+                RuntimeError::Conflict("container was re-initialised after its shell ended; not attaching".to_owned()),
+            ),
             Some(ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::RUNNING) => Ok(()),
             other => Err(RuntimeError::Conflict(format!(
                 "container is {}, not created or running; not attaching (podman would re-initialise it)",
@@ -142,6 +147,7 @@ fn event_kind(action: &str) -> EventKind {
         "oom" => EventKind::Oom,
         // Podman says `remove` where Docker says `destroy`.
         "destroy" | "remove" => EventKind::Destroy,
+        "cleanup" | "init" => EventKind::Settled,
         a if a.starts_with("health_status") => EventKind::Health,
         _ => EventKind::Other,
     }
@@ -149,6 +155,13 @@ fn event_kind(action: &str) -> EventKind {
 
 fn label_filter(ns: &LabelNamespace) -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_owned(), vec![format!("{}=true", ns.marker())])])
+}
+
+/// Whether a container's `State.StartedAt` says it has ever run. Docker and Podman give the zero time
+/// (`0001-01-01T00:00:00Z`) for a container that never started; a `created` container that has a start time was
+/// re-initialised by Podman's compat attach after its process ended (see [`EngineFlavour::attach_needs_live_container`]).
+fn has_run(started_at: Option<&str>) -> bool {
+    started_at.is_some_and(|t| !t.is_empty() && !t.starts_with("0001-01-01"))
 }
 
 /// `Exited (137) 3 seconds ago` → 137.
@@ -248,7 +261,11 @@ impl Runtime for DockerRuntime {
             return Ok(None);
         };
         let st = info.state.unwrap_or_default();
+        let reinitialised = st.status == Some(ContainerStateStatusEnum::CREATED) && has_run(st.started_at.as_deref());
         let state = match st.status {
+            // Only Podman does this: an attach that raced the shell's exit re-initialised the container. Its shell
+            // has ended; starting it again would give the session a fresh one.
+            Some(ContainerStateStatusEnum::CREATED) if reinitialised => ContainerState::Exited,
             Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
             Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
             Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
@@ -268,6 +285,7 @@ impl Runtime for DockerRuntime {
             id,
             labels,
             state,
+            // After a re-initialisation Podman reports exit code 0, whatever the shell's was (documented in 0018).
             exit_code: if exited { st.exit_code } else { None },
             oom_killed: st.oom_killed.unwrap_or(false),
             health,
@@ -318,12 +336,26 @@ impl Runtime for DockerRuntime {
         let output = res.output.map_ok(|chunk| chunk.into_bytes()).map_err(map_err).boxed();
         let docker = self.docker.clone();
         let cid = id.clone();
+        let resend_after = self.flavour.get().and_then(|f| f.resize_resend_after());
+        // Counts resizes, so that a repeat goes out only after the last of a burst.
+        let latest = Arc::new(AtomicU64::new(0));
         let resize = Box::new(move |cols: u16, rows: u16| {
             let docker = docker.clone();
             let cid = cid.clone();
+            let latest = latest.clone();
             Box::pin(async move {
+                let this = latest.fetch_add(1, Ordering::Relaxed) + 1;
                 let opts = ResizeContainerTTYOptionsBuilder::default().w(i32::from(cols)).h(i32::from(rows)).build();
-                docker.resize_container_tty(cid.as_str(), opts).await.map_err(map_err)
+                docker.resize_container_tty(cid.as_str(), opts.clone()).await.map_err(map_err)?;
+                if let Some(after) = resend_after {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        if latest.load(Ordering::Relaxed) == this {
+                            let _ = docker.resize_container_tty(cid.as_str(), opts).await;
+                        }
+                    });
+                }
+                Ok(())
             }) as futures::future::BoxFuture<'static, Result<(), RuntimeError>>
         });
         Ok(AttachIo { output, input: res.input, resize })
@@ -533,7 +565,12 @@ mod tests {
         assert_eq!(event_kind("remove"), EventKind::Destroy);
         assert_eq!(event_kind("destroy"), EventKind::Destroy);
         assert_eq!(event_kind("die"), EventKind::Die);
-        assert_eq!(event_kind("cleanup"), EventKind::Other);
+        assert_eq!(event_kind("cleanup"), EventKind::Settled);
+        assert!(!has_run(None));
+        assert!(!has_run(Some("0001-01-01T00:00:00Z")));
+        assert!(has_run(Some("2026-12-06T23:24:18.759248476Z")));
+        assert_eq!(event_kind("init"), EventKind::Settled);
+        assert_eq!(event_kind("attach"), EventKind::Other);
         assert_eq!(event_kind("health_status: healthy"), EventKind::Health);
     }
 

@@ -35,6 +35,14 @@ impl EngineFlavour {
     pub fn attach_needs_live_container(self) -> bool {
         self == Self::Podman
     }
+
+    /// How long after a resize to send the same size once more, if at all. Podman hands a resize to conmon
+    /// through a control FIFO, and conmon applies only the first message of each read: a resize written while
+    /// conmon has not yet read the one before is lost. Sent again after a quiet spell, the last size arrives in
+    /// a read of its own. A repeated size changes nothing (the kernel signals only a change).
+    pub fn resize_resend_after(self) -> Option<std::time::Duration> {
+        (self == Self::Podman).then_some(std::time::Duration::from_millis(250))
+    }
 }
 
 #[cfg(test)]

@@ -156,14 +156,17 @@ pub enum EventKind {
     Destroy,
     /// Its health status changed.
     Health,
+    /// Podman's state settled after an exit (`cleanup`: the state now says `exited`, where the inspect after
+    /// `die` may still have found the transitional `stopped`) or a re-initialisation (`init`).
+    Settled,
     /// Something else (attach, resize, kill, ...): ignored.
     Other,
 }
 
 impl EventKind {
     /// Every kind, for pre-creating metric series.
-    pub const ALL: [Self; 7] =
-        [Self::Create, Self::Start, Self::Die, Self::Oom, Self::Destroy, Self::Health, Self::Other];
+    pub const ALL: [Self; 8] =
+        [Self::Create, Self::Start, Self::Die, Self::Oom, Self::Destroy, Self::Health, Self::Settled, Self::Other];
 
     /// The `kind` label of `berth_docker_events_total`.
     pub fn as_str(&self) -> &'static str {
@@ -174,6 +177,7 @@ impl EventKind {
             Self::Oom => "oom",
             Self::Destroy => "destroy",
             Self::Health => "health",
+            Self::Settled => "settled",
             Self::Other => "other",
         }
     }
