@@ -16,7 +16,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(dir: &std::path::Path, mode: RecordingMode, input: bool, max_bytes: u64, queue: usize) -> RecorderConfig {
-    RecorderConfig { dir: dir.to_path_buf(), mode, input, max_bytes, queue }
+    RecorderConfig { dir: dir.to_path_buf(), mode, input, max_bytes, queue, metrics: None }
 }
 
 #[test]
