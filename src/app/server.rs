@@ -153,6 +153,7 @@ impl Server {
             handle: handle.clone(),
             policy: policy_rx.clone(),
             reload: reload_rx.clone(),
+            terminals: terminals.clone(),
         });
         spawn("rate_limit_upkeep", evict_rate_limits(limiter, policy_rx.clone()));
         spawn(
