@@ -151,10 +151,7 @@ pub fn recordings_table(json: &str) -> String {
 }
 
 /// When each output event of a recording is printed, from the start, at `speed` (`None`: all at once).
-pub fn schedule(
-    events: &[crate::recording::asciicast::Event],
-    speed: Option<f64>,
-) -> Vec<(Duration, &str)> {
+pub fn schedule(events: &[crate::recording::asciicast::Event], speed: Option<f64>) -> Vec<(Duration, &str)> {
     use crate::recording::asciicast::Code;
     events
         .iter()

@@ -11,7 +11,9 @@ use berth_reconciler::plan::{ActionKind, RemoveReason};
 use berth_reconciler::{ContainerState, EndReason, Phase};
 use prometheus::{Encoder, Registry, TextEncoder};
 
-pub use labels::{Direction, REJECT_REASONS, RecordingFailureKind, Rejection, ReloadResult, ResumeOutcome, TakeoverResult};
+pub use labels::{
+    Direction, REJECT_REASONS, RecordingFailureKind, Rejection, ReloadResult, ResumeOutcome, TakeoverResult,
+};
 
 use crate::controller::Deferred;
 use crate::listener::Dropped;

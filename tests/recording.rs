@@ -35,9 +35,8 @@ fn recorded(w: &World, dir: &Path, mode: RecordingMode, input: bool) -> Policy {
 
 /// The recordings in `dir` (names of a recording's shape only).
 fn casts(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut out: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
     out.retain(|p| p.extension().is_some_and(|e| e == "cast"));
     out.sort();
     out

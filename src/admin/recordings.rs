@@ -100,11 +100,7 @@ pub(super) async fn download(admin: &Admin, name: &str) -> Box<dyn Reply> {
         }
     });
     let reply = warp::reply::with_header(warp::reply::stream(body), "content-type", CONTENT_TYPE);
-    Box::new(warp::reply::with_header(
-        reply,
-        "content-disposition",
-        format!("attachment; filename=\"{name}\""),
-    ))
+    Box::new(warp::reply::with_header(reply, "content-disposition", format!("attachment; filename=\"{name}\"")))
 }
 
 /// `DELETE /admin/recordings/{name}`.

@@ -486,7 +486,8 @@ impl<R: Runtime> Controller<R> {
             queue: RECORDING_QUEUE,
             metrics: Some(self.metrics.clone()),
         };
-        self.terminals.plan_recording(session, crate::terminal::RecordingPlan { config, title: Some(s.profile.to_string()) });
+        self.terminals
+            .plan_recording(session, crate::terminal::RecordingPlan { config, title: Some(s.profile.to_string()) });
     }
 
     /// Each session's containers (those this instance manages), indexed once per pass.

@@ -97,7 +97,8 @@ fn recordings(cx: &mut Ctx<'_>, raw: &RawRecordings) -> RecordingsPolicy {
     let (mut max_age, mut max_total_bytes) = (None, None);
     if let Some(r) = &raw.retention {
         if r.max_age.is_some() {
-            max_age = Some(cx.duration(&r.max_age, "recordings.retention.max_age", Duration::ZERO, Duration::from_secs(60)));
+            max_age =
+                Some(cx.duration(&r.max_age, "recordings.retention.max_age", Duration::ZERO, Duration::from_secs(60)));
         }
         if r.max_total_size.is_some() {
             max_total_bytes =

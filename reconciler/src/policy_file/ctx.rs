@@ -45,7 +45,11 @@ impl<'a> Ctx<'a> {
 
     /// A path the policy names, resolved as [`Ctx::read_relative`] resolves one.
     pub(crate) fn resolve(&self, file: &Path) -> PathBuf {
-        if file.is_absolute() { file.to_path_buf() } else { Path::new(self.origin).parent().unwrap_or(Path::new("")).join(file) }
+        if file.is_absolute() {
+            file.to_path_buf()
+        } else {
+            Path::new(self.origin).parent().unwrap_or(Path::new("")).join(file)
+        }
     }
 
     /// Records an error about `path`, at `at` when known.
