@@ -597,6 +597,7 @@ impl Terminals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recording::asciicast::Code;
     use std::time::Duration;
 
     #[test]
@@ -668,5 +669,77 @@ mod tests {
         }
         assert_eq!(got, b"0123456789abcdef");
         pusher.await.expect("pusher");
+    }
+
+    /// An attach stream that yields `chunks` and then stays open until `close` is dropped.
+    fn attach(chunks: Vec<&'static [u8]>, close: tokio::sync::oneshot::Receiver<()>) -> AttachIo {
+        let first = futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c))));
+        let rest = futures::stream::once(async move {
+            let _ = close.await;
+            Err(RuntimeError::Other("closed".into()))
+        });
+        AttachIo {
+            output: Box::pin(first.chain(rest)),
+            input: Box::pin(tokio::io::sink()),
+            resize: Box::new(|_, _| Box::pin(async { Ok(()) })),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_output_pump_records_each_chunk_once_with_resizes_and_input_when_asked() {
+        let dir = std::env::temp_dir().join(format!("berth-term-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (tx, mut events) = mpsc::channel(4);
+        let terms = Terminals::new(tx, 1024);
+        let id: SessionId = "0123456789abcdef0123456789abcdef".parse().expect("session id");
+        let config = RecorderConfig {
+            dir: dir.clone(),
+            mode: RecordingMode::BestEffort,
+            input: true,
+            max_bytes: 1 << 20,
+            queue: 64,
+            metrics: None,
+        };
+        terms.plan_recording(id, RecordingPlan { config, title: Some("default".into()) });
+        let (close, closed) = tokio::sync::oneshot::channel();
+        terms.connect(id, attach(vec![b"$ ", b"hello\r\n"], closed));
+        let t = terms.get(&id).expect("terminal");
+        // Two readers, one after the other: the output is still recorded once.
+        let mut a = t.subscribe(None);
+        let mut b = t.subscribe(None);
+        assert_eq!(t.read(&mut a).await, Read::Superseded);
+        while t.end() < 9 {
+            let _ = t.read(&mut b).await;
+            t.ack(&b);
+        }
+        t.resize(80, 24).await.expect("same size: no event");
+        t.resize(100, 30).await.expect("resize");
+        t.write(Bytes::from_static(b"ls\r")).await.expect("input");
+        let name = terms.active_recordings().into_iter().next().expect("an active recording");
+        assert!(name.starts_with("0123456789abcdef0123456789abcdef-"), "{name}");
+        terms.forget(&id);
+        drop(close);
+        assert_eq!(events.recv().await, Some(TerminalEvent::Lost(id)));
+        // The writer writes what is queued and closes the file once the pump has let its handle go.
+        let text = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let text = std::fs::read_to_string(dir.join(&name)).expect("the recording");
+                if text.contains("\"i\"") {
+                    return text;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the input event is written within 10 s");
+        let (header, events) = crate::recording::asciicast::parse(&text).expect("parses");
+        assert_eq!((header.width, header.height, header.title.as_deref()), (80, 24, Some("default")));
+        let out: String = events.iter().filter(|e| e.code == Code::Output).map(|e| e.data.as_str()).collect();
+        assert_eq!(out, "$ hello\r\n", "each chunk once");
+        let resizes: Vec<_> = events.iter().filter(|e| e.code == Code::Resize).map(|e| e.size()).collect();
+        assert_eq!(resizes, [Some((100, 30))]);
+        assert!(events.iter().any(|e| e.code == Code::Input && e.data == "ls\r"));
+        assert_eq!(t.bytes_in(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

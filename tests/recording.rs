@@ -268,6 +268,27 @@ async fn the_admin_api_lists_downloads_and_deletes_recordings_behind_its_token()
         let (status, _, _) = http(server.addr, "DELETE", &format!("/admin/recordings/{escape}"), tok).await;
         assert_eq!(status, 400, "{escape} is refused");
     }
+    // The CLI, through the same API.
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "s3cret\n").expect("token file");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("recordings")
+            .args(["--admin-url", &format!("http://{}", server.addr)])
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(args)
+            .output()
+            .expect("the berth binary");
+        assert!(out.status.success(), "berth recordings {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ls = tokio::task::block_in_place(|| cli(&["ls"]));
+    assert!(ls.contains(name) && ls.contains("20231114T221320Z"), "{ls}");
+    let played = tokio::task::block_in_place(|| cli(&["play", name, "--no-wait"]));
+    assert_eq!(played, "hello");
+    let fast = tokio::task::block_in_place(|| cli(&["play", name, "--speed", "100"]));
+    assert_eq!(fast, "hello");
     assert_eq!(http(server.addr, "DELETE", &format!("/admin/recordings/{name}"), None).await.0, 401);
     assert!(dir.path().join(name).exists());
     assert_eq!(http(server.addr, "DELETE", &format!("/admin/recordings/{name}"), tok).await.0, 200);
