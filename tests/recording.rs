@@ -126,12 +126,12 @@ async fn input_is_recorded_when_the_profile_asks() {
     let mut c = at_prompt(server.addr).await;
     c.input("echo typed-$((2+3))\r").await;
     c.until_output("typed-5").await;
-    let (_, _, events) = until_recorded(dir.path(), "the typed line as input", |e| {
+    // The file is written behind the session: wait for the output too, not only the input before it.
+    until_recorded(dir.path(), "the typed line as input and its output", |e| {
         let typed: String = e.iter().filter(|e| e.code == Code::Input).map(|e| e.data.as_str()).collect();
-        typed.contains("echo typed-$((2+3))\r")
+        typed.contains("echo typed-$((2+3))\r") && output_of(e).contains("typed-5")
     })
     .await;
-    assert!(output_of(&events).contains("typed-5"));
     release_and_clean(&w, &mut c).await;
     server.stop().await;
 }
@@ -211,9 +211,9 @@ async fn at_start_torn_recordings_are_repaired_and_retention_removes_old_ones_on
     policy.recordings.dir = Some(dir.path().to_path_buf());
     policy.recordings.retention.max_age = Some(7 * day);
     let server = w.serve_with(policy).await;
-    common::eventually(T, "the old recording removed", || !old.exists()).await;
+    common::eventually(T, "the old recording removed and counted", || server.metrics.recordings_removed() == 1).await;
+    assert!(!old.exists(), "the old recording is gone");
     assert!(fresh.exists() && foreign.exists(), "newer recordings and files not named like one stay");
-    assert_eq!(server.metrics.recordings_removed(), 1);
     let repaired = std::fs::read_to_string(&torn).expect("the torn recording");
     assert!(repaired.ends_with("[0.1, \"o\", \"whole\"]\n"), "trimmed to its last whole line: {repaired:?}");
     server.stop().await;
@@ -312,16 +312,22 @@ async fn a_kill_9_of_berth_mid_recording_leaves_a_file_that_parses() {
     berth::app::load_policy(&path).expect("the edited policy is valid");
     let instance = w.instance.to_string();
     let mut berth = Berth::spawn(&path, &instance, state.path());
+    berth.wait_ready(T).await;
     let mut c = at_prompt(berth.addr).await;
     // Output keeps coming while berth dies.
     c.input("i=0; while :; do i=$((i+1)); echo \"line-$i\"; done\r").await;
     c.until_output("line-2000").await;
+    // The file is written behind the session (a kill loses what is still queued): wait until it holds some lines.
+    common::eventually(T, "recorded lines", || {
+        casts(&casts_dir).first().and_then(|f| std::fs::read_to_string(f).ok()).is_some_and(|t| t.contains("line-"))
+    })
+    .await;
     let status = berth.kill9();
     assert_eq!(status.signal(), Some(9), "berth died of SIGKILL: {status}");
     let [file] = casts(&casts_dir).try_into().expect("one recording");
     let text = String::from_utf8_lossy(&std::fs::read(&file).expect("read")).into_owned();
     let (_, events) = asciicast::parse(&text).expect("the file parses after kill -9");
-    assert!(output_of(&events).contains("line-1"), "it holds what the shell printed");
+    assert!(output_of(&events).contains("line-"), "it holds what the shell printed");
     // A restart repairs any torn last line, and (remove_all) removes the container.
     let mut again = Berth::spawn(&path, &instance, state.path());
     common::eventually(T, "no container left", || w.containers(None).is_empty()).await;

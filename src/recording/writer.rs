@@ -76,16 +76,17 @@ impl RecordingFailure {
 
 /// Marks a recording failed (the first failure only) and counts it.
 fn fail(failed: &watch::Sender<Option<RecordingFailure>>, metrics: Option<&Metrics>, why: RecordingFailure) {
-    let first = failed.send_if_modified(|f| {
+    failed.send_if_modified(|f| {
         if f.is_some() {
             return false;
+        }
+        // Counted before anyone watching hears of it.
+        if let Some(m) = metrics {
+            m.recording_failed(why.kind());
         }
         *f = Some(why.clone());
         true
     });
-    if first && let Some(m) = metrics {
-        m.recording_failed(why.kind());
-    }
 }
 
 /// Counters of one recording, read by metrics and the audit log.
