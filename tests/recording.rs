@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use berth::metrics::RecordingFailureKind;
 use berth::reconciler::Policy;
-use berth::reconciler::policy::{RecordingMode, Sha256Digest};
+use berth::reconciler::policy::{RecordingMode, Sha256Digest, StaticToken};
 use berth::recording::asciicast::{self, Code, Event, Header};
 use common::World;
 use common::client::{Client, at_prompt};
@@ -78,8 +78,13 @@ async fn a_session_is_recorded_as_asciicast_v2_with_its_output_and_resizes_but_n
     let audit = dir.path().join("audit.jsonl");
     let mut policy = recorded(&w, &dir.path().join("casts"), RecordingMode::BestEffort, false);
     policy.audit.log = Some(audit.clone());
+    policy.auth.static_tokens =
+        vec![StaticToken { name: "ci".into(), sha256: Sha256Digest::of(b"letmein"), profiles: vec![] }];
     let server = w.serve_with(policy).await;
-    let mut c = at_prompt(server.addr).await;
+    let mut c = common::client::connect(server.addr).await;
+    c.send_json(json!({"type": "hello", "token": "letmein", "cols": 80, "rows": 24})).await;
+    c.until_ready().await;
+    c.until_output("$ ").await;
     c.input("echo rec-$((40+2))\r").await;
     c.until_output("rec-42").await;
     c.send_json(json!({"type": "resize", "cols": 100, "rows": 30})).await;
@@ -112,6 +117,7 @@ async fn a_session_is_recorded_as_asciicast_v2_with_its_output_and_resizes_but_n
     assert_eq!((lines[0]["event"].as_str(), lines[0]["client_ip"].as_str()), (Some("start"), Some("127.0.0.1")));
     assert_eq!((lines[1]["event"].as_str(), lines[1]["reason"].as_str()), (Some("end"), Some("released")));
     assert_eq!(lines[1]["profile"], "default");
+    assert_eq!((lines[0]["identity"].as_str(), lines[1]["identity"].as_str()), (Some("ci"), Some("ci")));
     assert_eq!(lines[1]["recording"], name.as_str());
     assert!(lines[1]["bytes_out"].as_u64() > Some(0) && lines[1]["bytes_in"].as_u64() > Some(0), "{lines:?}");
     server.stop().await;
