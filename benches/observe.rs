@@ -312,7 +312,7 @@ async fn controller_idle_pass(rt: DockerRuntime, policy: &Policy, tag: &str) -> 
     let metrics = Arc::new(Metrics::new());
     let instance: InstanceId = format!("observe-peer-{tag}").parse().expect("instance id");
     let (handle, _terminals, task) =
-        controller::spawn(counting, ControllerConfig { instance, epoch: 1 }, policy_rx, metrics.clone());
+        controller::spawn(counting, ControllerConfig { instance, epoch: 1, audit: None }, policy_rx, metrics.clone());
     let mut ready = handle.readiness();
     tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| r.is_ready()))
         .await

@@ -19,6 +19,8 @@ use warp::reply::Reply;
 use crate::controller::Handle;
 use crate::reload::ReloadStatus;
 
+mod recordings;
+
 /// What the admin routes need.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -28,6 +30,8 @@ pub struct Admin {
     pub policy: watch::Receiver<Arc<Policy>>,
     /// The last reload's outcome.
     pub reload: watch::Receiver<ReloadStatus>,
+    /// Every session's terminal: which recordings are still being written.
+    pub terminals: crate::terminal::Terminals,
 }
 
 /// The listener the admin routes are served on.
@@ -225,6 +229,9 @@ async fn handle(admin: &Admin, method: &Method, path: &str) -> Box<dyn Reply> {
                 StatusCode::OK,
             )
         }
+        (&Method::GET, ["recordings"]) => recordings::list(admin).await,
+        (&Method::GET, ["recordings", name]) => recordings::download(admin, name).await,
+        (&Method::DELETE, ["recordings", name]) => recordings::delete(admin, name).await,
         _ => error(StatusCode::NOT_FOUND, "unknown admin endpoint; see docs/operations.md"),
     }
 }

@@ -130,6 +130,48 @@ pub fn sessions_table(json: &str) -> String {
     out
 }
 
+/// Renders the recording list as a table.
+pub fn recordings_table(json: &str) -> String {
+    let Ok(serde_json::Value::Array(rows)) = serde_json::from_str::<serde_json::Value>(json) else {
+        return json.to_owned();
+    };
+    let mut out = format!("{:<56}  {:<32}  {:<16}  {:>10}  {}\n", "NAME", "SESSION", "STARTED", "SIZE", "ACTIVE");
+    for r in rows {
+        let started = r["started"].as_u64().map_or_else(|| "-".to_owned(), crate::recording::utc_compact);
+        out.push_str(&format!(
+            "{:<56}  {:<32}  {:<16}  {:>10}  {}\n",
+            r["name"].as_str().unwrap_or("-"),
+            r["session"].as_str().unwrap_or("-"),
+            started,
+            r["size"].as_u64().unwrap_or(0),
+            if r["active"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+        ));
+    }
+    out
+}
+
+/// When each output event of a recording is printed, from the start, at `speed` (`None`: all at once).
+pub fn schedule(events: &[crate::recording::asciicast::Event], speed: Option<f64>) -> Vec<(Duration, &str)> {
+    use crate::recording::asciicast::Code;
+    events
+        .iter()
+        .filter(|e| e.code == Code::Output)
+        .map(|e| (speed.map_or(Duration::ZERO, |s| e.at.div_f64(s)), e.data.as_str()))
+        .collect()
+}
+
+/// Prints a recording's output to stdout as [`schedule`] says.
+pub async fn play(events: &[crate::recording::asciicast::Event], speed: Option<f64>) {
+    use std::io::Write;
+    let start = tokio::time::Instant::now();
+    let mut out = std::io::stdout().lock();
+    for (at, data) in schedule(events, speed) {
+        tokio::time::sleep_until(start + at).await;
+        let _ = out.write_all(data.as_bytes());
+        let _ = out.flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +237,28 @@ mod tests {
         assert!(matches!(err, ClientError::Connect(..)) && err.to_string().contains("refused"), "{err}");
         let err = request("ftp://x", None, "GET", "/").await.expect_err("bad url");
         assert!(matches!(err, ClientError::Url(_)), "{err:?}");
+    }
+
+    #[test]
+    fn play_prints_output_events_only_at_their_time_divided_by_the_speed() {
+        use crate::recording::asciicast::{Code, Event};
+        let events = [
+            Event { at: Duration::from_millis(0), code: Code::Output, data: "$ ".into() },
+            Event { at: Duration::from_millis(500), code: Code::Input, data: "l".into() },
+            Event::resize(Duration::from_millis(700), 100, 30),
+            Event { at: Duration::from_secs(2), code: Code::Output, data: "ls\r\n".into() },
+        ];
+        let real = schedule(&events, Some(1.0));
+        assert_eq!(real, [(Duration::ZERO, "$ "), (Duration::from_secs(2), "ls\r\n")]);
+        assert_eq!(schedule(&events, Some(4.0))[1].0, Duration::from_millis(500));
+        assert!(schedule(&events, None).iter().all(|(at, _)| at.is_zero()));
+    }
+
+    #[test]
+    fn the_recording_table_shows_start_size_and_activity() {
+        let json = r#"[{"name":"a-20240101T000000Z.cast","session":"a","started":1700000000,"size":12,"active":true}]"#;
+        let t = recordings_table(json);
+        assert!(t.contains("20231114T221320Z") && t.contains("yes") && t.contains(" 12 "), "{t}");
     }
 
     #[test]

@@ -31,6 +31,15 @@ pub enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// List, replay or remove session recordings of a running berth (through its admin API).
+    Recordings {
+        /// Where the admin API is.
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: RecordingsCommand,
+    },
     /// Reconcile now; with --dry-run, print the plan a pass would make without doing it.
     Gc {
         /// Where the admin API is.
@@ -68,6 +77,36 @@ pub enum SessionsCommand {
         /// The session id.
         id: String,
     },
+}
+
+/// `berth recordings ...`.
+#[derive(Debug, Subcommand)]
+pub enum RecordingsCommand {
+    /// One line per recording: name, session, start (UTC), size, and whether it is still being written.
+    Ls,
+    /// Print a recording's output to this terminal, at the speed it was recorded.
+    Play {
+        /// The recording's file name (as `ls` shows it).
+        name: String,
+        /// Play this many times faster (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0, value_parser = positive_speed)]
+        speed: f64,
+        /// Print everything at once, without waiting between events.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Remove a recording (one still being written is refused).
+    Rm {
+        /// The recording's file name.
+        name: String,
+    },
+}
+
+fn positive_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a speed: use a number above 0, such as 2 or 0.5")),
+    }
 }
 
 /// Log output format.

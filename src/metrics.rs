@@ -11,7 +11,9 @@ use berth_reconciler::plan::{ActionKind, RemoveReason};
 use berth_reconciler::{ContainerState, EndReason, Phase};
 use prometheus::{Encoder, Registry, TextEncoder};
 
-pub use labels::{Direction, REJECT_REASONS, Rejection, ReloadResult, ResumeOutcome, TakeoverResult};
+pub use labels::{
+    Direction, REJECT_REASONS, RecordingFailureKind, Rejection, ReloadResult, ResumeOutcome, TakeoverResult,
+};
 
 use crate::controller::Deferred;
 use crate::listener::Dropped;
@@ -28,6 +30,7 @@ pub struct Metrics {
     edge: families::Edge,
     policy: families::Policy,
     peers: families::Peers,
+    recordings: families::Recordings,
 }
 
 /// A count as a gauge value, saturating.
@@ -48,6 +51,7 @@ impl Metrics {
             edge: families::Edge::new(&registry),
             policy: families::Policy::new(&registry),
             peers: families::Peers::new(&registry),
+            recordings: families::Recordings::new(&registry),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -128,6 +132,58 @@ impl Metrics {
     /// Sets the number of sessions this instance admits at most.
     pub fn set_capacity(&self, max_sessions: usize) {
         self.admission.capacity.set(gauge_value(max_sessions));
+    }
+
+    // Recordings and the audit log.
+
+    /// Counts a recording begun.
+    pub fn recording_started(&self) {
+        self.recordings.active.inc();
+    }
+
+    /// Counts a recording ended (its file closed).
+    pub fn recording_ended(&self) {
+        self.recordings.active.dec();
+    }
+
+    /// Counts `n` bytes written to a recording.
+    pub fn recording_written(&self, n: u64) {
+        self.recordings.bytes.inc_by(n);
+    }
+
+    /// Counts one event a recording could not queue.
+    pub fn recording_event_dropped(&self) {
+        self.recordings.dropped.inc();
+    }
+
+    /// Counts one recording failed.
+    pub fn recording_failed(&self, why: RecordingFailureKind) {
+        self.recordings.failures.with_label_values(&[why.as_str()]).inc();
+    }
+
+    /// Counts `n` recordings removed by retention.
+    pub fn recordings_expired(&self, n: usize) {
+        self.recordings.retention_removed.inc_by(n as u64);
+    }
+
+    /// Counts one audit log line dropped.
+    pub fn audit_line_dropped(&self) {
+        self.recordings.audit_dropped.inc();
+    }
+
+    /// Recordings being written (for tests).
+    pub fn recordings_active(&self) -> i64 {
+        self.recordings.active.get()
+    }
+
+    /// Recordings failed for `why` so far (for tests).
+    pub fn recording_failures(&self, why: RecordingFailureKind) -> u64 {
+        self.recordings.failures.with_label_values(&[why.as_str()]).get()
+    }
+
+    /// Recordings removed by retention so far (for tests).
+    pub fn recordings_removed(&self) -> u64 {
+        self.recordings.retention_removed.get()
     }
 
     // The Docker engine.

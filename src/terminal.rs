@@ -13,8 +13,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
+use crate::recording::asciicast::Header;
+use crate::recording::{Recorder, RecorderConfig, RecordingFailure, RecordingMode};
 use crate::runtime::{AttachIo, ResizeFn, RuntimeError};
 
 /// Something the data path tells the controller.
@@ -22,6 +24,32 @@ use crate::runtime::{AttachIo, ResizeFn, RuntimeError};
 pub enum TerminalEvent {
     /// The attach stream of a session ended (container exited, or the engine went away).
     Lost(SessionId),
+    /// The session's profile requires a recording, and it failed: the session is to end.
+    RecordingFailed(SessionId, RecordingFailure),
+}
+
+/// How a session is to be recorded: set by the controller before its terminal is attached, begun by the output
+/// pump before it reads the first byte.
+#[derive(Debug, Clone)]
+pub struct RecordingPlan {
+    /// The recorder's settings.
+    pub config: RecorderConfig,
+    /// The header's title (the profile).
+    pub title: Option<String>,
+}
+
+/// A terminal's recording.
+#[derive(Debug, Default)]
+enum Recording {
+    /// Not recorded.
+    #[default]
+    Off,
+    /// To begin when the output pump starts.
+    Planned(RecordingPlan),
+    /// Being written.
+    Active(Recorder),
+    /// Failed to begin, or ended with the session.
+    Done,
 }
 
 /// A bounded byte ring addressed by absolute offsets since the session began.
@@ -92,6 +120,10 @@ pub struct Terminal {
     resize: Mutex<Option<Arc<ResizeFn>>>,
     last_activity: AtomicU64,
     bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
+    recording: Mutex<Recording>,
+    /// The last size asked for (columns, rows), for a recording's header.
+    size: Mutex<(u16, u16)>,
 }
 
 impl std::fmt::Debug for Terminal {
@@ -226,6 +258,10 @@ impl Terminal {
         let tx = self.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let tx = tx.ok_or_else(|| RuntimeError::Other("terminal not attached".into()))?;
         self.touch();
+        self.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(r) = self.recorder() {
+            r.input(data.clone());
+        }
         tx.send(data).await.map_err(|_| RuntimeError::Other("terminal input closed".into()))
     }
 
@@ -236,7 +272,108 @@ impl Terminal {
     pub async fn resize(&self, cols: u16, rows: u16) -> Result<(), RuntimeError> {
         let f = self.resize.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let f = f.ok_or_else(|| RuntimeError::Other("terminal not attached".into()))?;
-        f(cols, rows).await
+        f(cols, rows).await?;
+        let changed = {
+            let mut size = self.size.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::replace(&mut *size, (cols, rows)) != (cols, rows)
+        };
+        if changed && let Some(r) = self.recorder() {
+            r.resize(cols, rows);
+        }
+        Ok(())
+    }
+
+    /// Bytes of input written to the shell so far.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// The file name of this session's recording, while it is being written.
+    pub fn recording_name(&self) -> Option<String> {
+        match &*self.lock_recording() {
+            Recording::Active(r) => r.path().file_name().map(|n| n.to_string_lossy().into_owned()),
+            _ => None,
+        }
+    }
+
+    fn lock_recording(&self) -> MutexGuard<'_, Recording> {
+        self.recording.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn recorder(&self) -> Option<Recorder> {
+        match &*self.lock_recording() {
+            Recording::Active(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// Begins the planned recording, if one is planned and not yet begun; returns the recorder to feed. A
+    /// failure to begin, or a later failure of a `required` recording, is told to the controller on `events`.
+    async fn begin_recording(&self, events: &mpsc::Sender<TerminalEvent>) -> Option<Recorder> {
+        let plan = {
+            let mut rec = self.lock_recording();
+            match &*rec {
+                Recording::Active(r) => return Some(r.clone()),
+                Recording::Off | Recording::Done => return None,
+                Recording::Planned(_) => {}
+            }
+            match std::mem::replace(&mut *rec, Recording::Done) {
+                Recording::Planned(p) => p,
+                _ => return None,
+            }
+        };
+        let now = crate::clock::now();
+        let unix = now.as_millis() / 1000;
+        let name = crate::recording::file_name(&self.session.to_string(), unix);
+        let (cols, rows) = *self.size.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let header = Header::new(cols, rows, unix, plan.title.clone());
+        let mode = plan.config.mode;
+        let started = async {
+            tokio::fs::create_dir_all(&plan.config.dir).await?;
+            Recorder::start(&plan.config, &name, header).await
+        }
+        .await;
+        let rec = match started {
+            Ok((rec, _writer)) => rec,
+            Err(e) => {
+                let why = RecordingFailure::Open(e.to_string());
+                warn!(error = %e, dir = %plan.config.dir.display(), "recording could not begin");
+                if let Some(m) = &plan.config.metrics {
+                    m.recording_failed(why.kind());
+                }
+                if mode == RecordingMode::Required {
+                    let _ = events.send(TerminalEvent::RecordingFailed(self.session, why)).await;
+                }
+                return None;
+            }
+        };
+        debug!(file = %name, "recording");
+        let mut failed = rec.failed();
+        let (events, session) = (events.clone(), self.session);
+        tokio::spawn(
+            async move {
+                // Ends when the recording's last handle is gone (the sender drops with it).
+                while failed.changed().await.is_ok() {
+                    let why = failed.borrow_and_update().clone();
+                    if let Some(why) = why {
+                        warn!(error = %why, ?mode, "recording failed");
+                        if mode == RecordingMode::Required {
+                            let _ = events.send(TerminalEvent::RecordingFailed(session, why)).await;
+                        }
+                        return;
+                    }
+                }
+            }
+            .instrument(info_span!("recording_watch", session = %session)),
+        );
+        *self.lock_recording() = Recording::Active(rec.clone());
+        Some(rec)
+    }
+
+    /// Ends the recording, if any: the writer writes what is queued and closes the file once the output pump
+    /// lets its handle go too.
+    fn end_recording(&self) {
+        *self.lock_recording() = Recording::Done;
     }
 
     /// Whether an attach stream is open.
@@ -353,9 +490,28 @@ impl Terminals {
                     resize: Mutex::new(None),
                     last_activity: AtomicU64::new(crate::clock::now().as_millis()),
                     bytes_out: AtomicU64::new(0),
+                    bytes_in: AtomicU64::new(0),
+                    recording: Mutex::new(Recording::Off),
+                    size: Mutex::new((80, 24)),
                 })
             })
             .clone()
+    }
+
+    /// Plans `session`'s recording, to begin when its terminal's output pump starts; a recording already begun
+    /// is kept.
+    pub fn plan_recording(&self, session: SessionId, plan: RecordingPlan) {
+        let term = self.get_or_create(session, self.ring_bytes.load(Ordering::Relaxed));
+        let mut rec = term.lock_recording();
+        if matches!(*rec, Recording::Off) {
+            *rec = Recording::Planned(plan);
+        }
+    }
+
+    /// The file names of the recordings being written, which retention and the admin API never remove.
+    pub fn active_recordings(&self) -> std::collections::BTreeSet<String> {
+        let terms: Vec<Arc<Terminal>> = self.lock().values().cloned().collect();
+        terms.iter().filter_map(|t| t.recording_name()).collect()
     }
 
     /// Connects a fresh attach stream to `session`'s terminal, creating the terminal when missing.
@@ -385,9 +541,14 @@ impl Terminals {
         let events = self.events.clone();
         tokio::spawn(
             async move {
+                // Before the first byte is read, so the recording holds the session's output from its start.
+                let recorder = term.begin_recording(&events).await;
                 loop {
                     match output.next().await {
                         Some(Ok(chunk)) => {
+                            if let Some(r) = &recorder {
+                                r.output(chunk.clone());
+                            }
                             term.push_when_room(&chunk).await;
                             term.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                             term.touch();
@@ -416,6 +577,7 @@ impl Terminals {
     /// Drops `session`'s terminal once the session is gone.
     pub fn forget(&self, session: &SessionId) {
         if let Some(t) = self.lock().remove(session) {
+            t.end_recording();
             t.lock().closed = true;
             t.output_ready.notify_waiters();
         }
@@ -435,6 +597,7 @@ impl Terminals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recording::asciicast::Code;
     use std::time::Duration;
 
     #[test]
@@ -506,5 +669,77 @@ mod tests {
         }
         assert_eq!(got, b"0123456789abcdef");
         pusher.await.expect("pusher");
+    }
+
+    /// An attach stream that yields `chunks` and then stays open until `close` is dropped.
+    fn attach(chunks: Vec<&'static [u8]>, close: tokio::sync::oneshot::Receiver<()>) -> AttachIo {
+        let first = futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from_static(c))));
+        let rest = futures::stream::once(async move {
+            let _ = close.await;
+            Err(RuntimeError::Other("closed".into()))
+        });
+        AttachIo {
+            output: Box::pin(first.chain(rest)),
+            input: Box::pin(tokio::io::sink()),
+            resize: Box::new(|_, _| Box::pin(async { Ok(()) })),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_output_pump_records_each_chunk_once_with_resizes_and_input_when_asked() {
+        let dir = std::env::temp_dir().join(format!("berth-term-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (tx, mut events) = mpsc::channel(4);
+        let terms = Terminals::new(tx, 1024);
+        let id: SessionId = "0123456789abcdef0123456789abcdef".parse().expect("session id");
+        let config = RecorderConfig {
+            dir: dir.clone(),
+            mode: RecordingMode::BestEffort,
+            input: true,
+            max_bytes: 1 << 20,
+            queue: 64,
+            metrics: None,
+        };
+        terms.plan_recording(id, RecordingPlan { config, title: Some("default".into()) });
+        let (close, closed) = tokio::sync::oneshot::channel();
+        terms.connect(id, attach(vec![b"$ ", b"hello\r\n"], closed));
+        let t = terms.get(&id).expect("terminal");
+        // Two readers, one after the other: the output is still recorded once.
+        let mut a = t.subscribe(None);
+        let mut b = t.subscribe(None);
+        assert_eq!(t.read(&mut a).await, Read::Superseded);
+        while t.end() < 9 {
+            let _ = t.read(&mut b).await;
+            t.ack(&b);
+        }
+        t.resize(80, 24).await.expect("same size: no event");
+        t.resize(100, 30).await.expect("resize");
+        t.write(Bytes::from_static(b"ls\r")).await.expect("input");
+        let name = terms.active_recordings().into_iter().next().expect("an active recording");
+        assert!(name.starts_with("0123456789abcdef0123456789abcdef-"), "{name}");
+        terms.forget(&id);
+        drop(close);
+        assert_eq!(events.recv().await, Some(TerminalEvent::Lost(id)));
+        // The writer writes what is queued and closes the file once the pump has let its handle go.
+        let text = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let text = std::fs::read_to_string(dir.join(&name)).expect("the recording");
+                if text.contains("\"i\"") {
+                    return text;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the input event is written within 10 s");
+        let (header, events) = crate::recording::asciicast::parse(&text).expect("parses");
+        assert_eq!((header.width, header.height, header.title.as_deref()), (80, 24, Some("default")));
+        let out: String = events.iter().filter(|e| e.code == Code::Output).map(|e| e.data.as_str()).collect();
+        assert_eq!(out, "$ hello\r\n", "each chunk once");
+        let resizes: Vec<_> = events.iter().filter(|e| e.code == Code::Resize).map(|e| e.size()).collect();
+        assert_eq!(resizes, [Some((100, 30))]);
+        assert!(events.iter().any(|e| e.code == Code::Input && e.data == "ls\r"));
+        assert_eq!(t.bytes_in(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

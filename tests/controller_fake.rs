@@ -24,7 +24,7 @@ async fn start<R: Runtime>(fake: &R, p: Policy) -> (Handle, Arc<Metrics>) {
     let (_tx, rx) = watch::channel(Arc::new(p));
     std::mem::forget(_tx);
     let metrics = Arc::new(Metrics::new());
-    let cfg = ControllerConfig { instance: "fake".parse().expect("valid"), epoch: 1 };
+    let cfg = ControllerConfig { instance: "fake".parse().expect("valid"), epoch: 1, audit: None };
     let (handle, _terms, _task) = controller::spawn(fake.clone(), cfg, rx, metrics.clone());
     let mut r = handle.readiness();
     tokio::time::timeout(Duration::from_secs(5), r.wait_for(|r| r.is_ready())).await.expect("ready").expect("alive");
@@ -39,6 +39,7 @@ async fn open(h: &Handle) -> Ticket {
         resume_hash: None,
         client_ip: None,
         id: None,
+        identity: None,
     })
     .await
     .expect("admitted")

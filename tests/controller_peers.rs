@@ -42,7 +42,7 @@ async fn start_with(fake: &FakeRuntime, instance: &str, policy: Policy) -> Repli
     let (tx, rx) = watch::channel(Arc::new(policy));
     std::mem::forget(tx);
     let metrics = Arc::new(Metrics::new());
-    let cfg = ControllerConfig { instance: instance.parse().expect("valid"), epoch: 1 };
+    let cfg = ControllerConfig { instance: instance.parse().expect("valid"), epoch: 1, audit: None };
     let (handle, _terms, task) = controller::spawn(fake.clone(), cfg, rx, metrics.clone());
     let mut r = handle.readiness();
     tokio::time::timeout(Duration::from_secs(5), r.wait_for(|r| r.is_ready())).await.expect("ready").expect("alive");
@@ -57,6 +57,7 @@ fn request() -> SessionRequest {
         resume_hash: Some("ab".repeat(32)),
         client_ip: None,
         id: None,
+        identity: None,
     }
 }
 

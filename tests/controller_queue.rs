@@ -19,7 +19,7 @@ const T: Duration = Duration::from_secs(5);
 async fn start(p: Policy) -> Handle {
     let (tx, rx) = watch::channel(Arc::new(p));
     std::mem::forget(tx);
-    let cfg = ControllerConfig { instance: "queue".parse().expect("valid"), epoch: 1 };
+    let cfg = ControllerConfig { instance: "queue".parse().expect("valid"), epoch: 1, audit: None };
     let (handle, _terms, _task) = controller::spawn(FakeRuntime::default(), cfg, rx, Arc::new(Metrics::new()));
     let mut r = handle.readiness();
     tokio::time::timeout(T, r.wait_for(|r| r.is_ready())).await.expect("ready").expect("alive");
@@ -34,6 +34,7 @@ fn req(ip: &str) -> SessionRequest {
         resume_hash: None,
         client_ip: Some(ip.parse::<IpAddr>().expect("ip")),
         id: None,
+        identity: None,
     }
 }
 

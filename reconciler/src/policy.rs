@@ -38,6 +38,10 @@ pub struct Policy {
     pub docker: DockerPolicy,
     /// Several replicas on one Docker engine: liveness and takeover.
     pub peers: PeersPolicy,
+    /// Where recordings go and how long they stay.
+    pub recordings: RecordingsPolicy,
+    /// The audit log of session starts and ends.
+    pub audit: AuditPolicy,
 }
 
 /// Network edge settings.
@@ -116,6 +120,10 @@ pub struct Profile {
     /// default. Left out of the hash when unset, so profiles without it keep their hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Whether and how this profile's sessions are recorded. Not part of [`Profile::hash`]; left out of the
+    /// serialized policy while off.
+    #[serde(skip_serializing_if = "ProfileRecording::is_off")]
+    pub recording: ProfileRecording,
 }
 
 impl Profile {
@@ -137,14 +145,71 @@ impl Profile {
             logs: LogLimits::default(),
             acknowledged_unsafe: BTreeSet::new(),
             runtime: None,
+            recording: ProfileRecording::default(),
         }
     }
 
     /// A short stable hash of everything that shapes the container; stamped on containers to show drift.
+    /// Recording does not shape the container, and is left out.
     pub fn hash(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
+        let shape = Self { recording: ProfileRecording::default(), ..self.clone() };
+        let json = serde_json::to_vec(&shape).unwrap_or_default();
         hex::encode(&Sha256::digest(&json)[..8])
     }
+}
+
+/// Whether a profile's sessions are recorded, and what a failed recording does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingMode {
+    /// Not recorded.
+    #[default]
+    Off,
+    /// Recorded; a failed recording is counted and logged, and the session goes on.
+    BestEffort,
+    /// Recorded; a session whose recording fails is ended (`recording_failed`).
+    Required,
+}
+
+/// A profile's `recording` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProfileRecording {
+    /// Off, best effort or required.
+    pub mode: RecordingMode,
+    /// Whether input is recorded too (off by default: it holds what users type, passwords included).
+    pub input: bool,
+    /// The size cap of one recording, in bytes.
+    pub max_bytes: u64,
+}
+
+impl Default for ProfileRecording {
+    fn default() -> Self {
+        Self { mode: RecordingMode::Off, input: false, max_bytes: 64 << 20 }
+    }
+}
+
+impl ProfileRecording {
+    /// Whether this profile's sessions go unrecorded.
+    pub fn is_off(&self) -> bool {
+        self.mode == RecordingMode::Off
+    }
+}
+
+/// Where recordings go, and retention.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecordingsPolicy {
+    /// The directory recordings are written to, listed, served from and removed from; `None` records nothing
+    /// (a profile that records requires it).
+    pub dir: Option<std::path::PathBuf>,
+    /// Which recordings the controller removes: by age (since the last write) and by total size.
+    pub retention: crate::retention::Retention,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AuditPolicy {
+    /// The JSON-lines file session starts and ends are appended to; `None` keeps no audit log.
+    pub log: Option<std::path::PathBuf>,
 }
 
 /// Where a credential comes from.
@@ -535,6 +600,8 @@ impl Default for Policy {
             reconcile: ReconcilePolicy::default(),
             docker: DockerPolicy::default(),
             peers: PeersPolicy::default(),
+            recordings: RecordingsPolicy::default(),
+            audit: AuditPolicy::default(),
         }
     }
 }

@@ -149,6 +149,8 @@ pub fn hold_restart_only(new: &mut Policy, running: &Policy) -> Result<(), Vec<S
     new.docker.name_prefix = running.docker.name_prefix.clone();
     new.reconcile.startup = running.reconcile.startup;
     new.reconcile.stale_age = running.reconcile.stale_age;
+    new.recordings.dir = running.recordings.dir.clone();
+    new.audit.log = running.audit.log.clone();
     let left = restart_only(running, new);
     if left.is_empty() { Ok(()) } else { Err(left) }
 }

@@ -341,4 +341,49 @@ mod tests {
         let errs = errors("profiles:\n  default:\n    image: foo\n    network: host\n    resources: {pids: -1}\n");
         assert_eq!(errs.len(), 2, "{errs:?}");
     }
+
+    #[test]
+    fn recording_keys_parse_and_resolve_paths_beside_the_policy_file() {
+        use crate::policy::RecordingMode;
+        let policy = parse_policy(
+            &format!(
+                "{HEADER}profiles:\n  default:\n    image: foo\n    recording: {{mode: required, input: true, max_size: 1MiB}}\n\
+                 recordings:\n  dir: rec\n  retention: {{max_age: 7d, max_total_size: 10GiB}}\naudit:\n  log: /var/log/berth-audit.jsonl\n"
+            ),
+            "/etc/berth/policy.yaml",
+        )
+        .expect("valid");
+        let rec = policy.profiles[&name("default")].recording;
+        assert_eq!((rec.mode, rec.input, rec.max_bytes), (RecordingMode::Required, true, 1 << 20));
+        assert_eq!(policy.recordings.dir.as_deref(), Some(std::path::Path::new("/etc/berth/rec")));
+        assert_eq!(policy.recordings.retention.max_age, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(policy.recordings.retention.max_total_bytes, Some(10 << 30));
+        assert_eq!(policy.audit.log.as_deref(), Some(std::path::Path::new("/var/log/berth-audit.jsonl")));
+        assert_eq!(
+            policy.profiles[&name("default")].hash(),
+            parse("profiles: {default: {image: foo}}\n").expect("valid").profiles[&name("default")].hash(),
+            "recording does not shape the container",
+        );
+        let off = parse("profiles: {default: {image: foo}}\n").expect("valid");
+        assert!(off.profiles[&name("default")].recording.is_off() && off.recordings.dir.is_none());
+    }
+
+    #[test]
+    fn bad_recording_values_are_all_reported_and_a_recording_profile_needs_a_directory() {
+        let errs = errors(
+            "profiles:\n  default:\n    image: foo\n    recording: {mode: always, input: maybe, max_size: 1KiB}\n  \
+             rec:\n    image: foo\n    recording: {mode: best_effort}\nrecordings:\n  retention: {max_age: 1s, max_total_size: lots}\n",
+        );
+        assert_eq!(errs.len(), 6, "{errs:#?}");
+        for (err, key) in errs.iter().zip([
+            "profiles.default.recording.mode: \"always\" is not a recording mode",
+            "profiles.default.recording.input: ",
+            "profiles.default.recording.max_size: ",
+            "profiles.rec.recording.mode: is best_effort but recordings.dir is unset",
+            "recordings.retention.max_age: ",
+            "recordings.retention.max_total_size: ",
+        ]) {
+            assert!(err.contains(key), "{err} should say {key}");
+        }
+    }
 }

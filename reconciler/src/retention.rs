@@ -16,7 +16,7 @@ pub struct RecordingFile {
 }
 
 /// The retention rules; `None` leaves that bound off.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Retention {
     pub max_age: Option<Duration>,
     pub max_total_bytes: Option<u64>,

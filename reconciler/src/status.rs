@@ -75,6 +75,11 @@ pub enum EndReason {
     Shutdown,
     /// Docker reported it unhealthy and the policy replaces unhealthy containers.
     Unhealthy,
+    /// Its profile requires a recording, and the recording failed (the disk, the queue, or the size cap).
+    RecordingFailed {
+        /// Why, as text.
+        error: String,
+    },
 }
 
 impl EndReason {
@@ -92,11 +97,12 @@ impl EndReason {
             Self::ResumeGraceExpired => "resume_grace_expired",
             Self::Shutdown => "shutdown",
             Self::Unhealthy => "unhealthy",
+            Self::RecordingFailed { .. } => "recording_failed",
         }
     }
 
     /// Every code, for pre-creating metric series.
-    pub const CODES: [&'static str; 11] = [
+    pub const CODES: [&'static str; 12] = [
         "released",
         "exited",
         "killed",
@@ -108,6 +114,7 @@ impl EndReason {
         "resume_grace_expired",
         "shutdown",
         "unhealthy",
+        "recording_failed",
     ];
 
     /// Why a container that stopped by itself stopped.
@@ -127,6 +134,7 @@ impl fmt::Display for EndReason {
             Self::Exited { code } => write!(f, "exited with code {code}"),
             Self::Killed { signal } => write!(f, "killed by signal {signal}"),
             Self::CreateFailed { error } => write!(f, "create failed: {error}"),
+            Self::RecordingFailed { error } => write!(f, "recording failed: {error}"),
             other => f.write_str(other.code()),
         }
     }

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use super::server::{ServeError, Server};
 use super::{EXIT_CONFIG, telemetry};
-use crate::cli::{AdminArgs, ServeArgs, SessionsCommand};
+use crate::cli::{AdminArgs, RecordingsCommand, ServeArgs, SessionsCommand};
 
 /// `berth policy check FILE`.
 pub(super) fn policy_check(file: &Path) -> ExitCode {
@@ -64,6 +64,51 @@ pub(super) fn sessions(admin: &AdminArgs, command: &SessionsCommand) -> ExitCode
     admin_call(admin, method, &path, matches!(command, SessionsCommand::Ls))
 }
 
+/// `berth recordings ls|play|rm`.
+pub(super) fn recordings(admin: &AdminArgs, command: &RecordingsCommand) -> ExitCode {
+    let name = |n: &str| -> Option<String> {
+        if crate::recording::is_recording_name(n) {
+            Some(n.to_owned())
+        } else {
+            eprintln!("berth: {n:?} is not a recording's name (see `berth recordings ls`)");
+            None
+        }
+    };
+    match command {
+        RecordingsCommand::Ls => admin_with(admin, "GET", "/admin/recordings", |body| {
+            print!("{}", crate::admin_client::recordings_table(&body));
+            ExitCode::SUCCESS
+        }),
+        RecordingsCommand::Rm { name: n } => match name(n) {
+            Some(n) => admin_call(admin, "DELETE", &format!("/admin/recordings/{n}"), false),
+            None => ExitCode::FAILURE,
+        },
+        RecordingsCommand::Play { name: n, speed, no_wait } => {
+            let Some(n) = name(n) else { return ExitCode::FAILURE };
+            let speed = if *no_wait { None } else { Some(*speed) };
+            admin_with(admin, "GET", &format!("/admin/recordings/{n}"), move |body| {
+                match crate::recording::asciicast::parse(&body) {
+                    Ok((_, events)) => {
+                        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build();
+                        match rt {
+                            Ok(rt) => rt.block_on(crate::admin_client::play(&events, speed)),
+                            Err(e) => {
+                                eprintln!("berth: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("berth: the recording does not parse: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
 /// `berth gc [--dry-run]`.
 pub(super) fn gc(admin: &AdminArgs, dry_run: bool) -> ExitCode {
     let (method, path) = if dry_run { ("GET", "/admin/plan") } else { ("POST", "/admin/reconcile") };
@@ -76,6 +121,22 @@ fn url_safe(id: &str) -> String {
 }
 
 fn admin_call(admin: &AdminArgs, method: &str, path: &str, table: bool) -> ExitCode {
+    admin_with(admin, method, path, |body| {
+        if table {
+            print!("{}", crate::admin_client::sessions_table(&body));
+        } else {
+            let pretty = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(body);
+            println!("{pretty}");
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// Calls the admin API and hands a 2xx body to `then`.
+fn admin_with(admin: &AdminArgs, method: &str, path: &str, then: impl FnOnce(String) -> ExitCode) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -83,19 +144,10 @@ fn admin_call(admin: &AdminArgs, method: &str, path: &str, table: bool) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(crate::admin_client::request(&admin.admin_url, admin.token_file.as_deref(), method, path)) {
-        Ok(body) => {
-            if table {
-                print!("{}", crate::admin_client::sessions_table(&body));
-            } else {
-                let pretty = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                    .unwrap_or(body);
-                println!("{pretty}");
-            }
-            ExitCode::SUCCESS
-        }
+    let answer = rt.block_on(crate::admin_client::request(&admin.admin_url, admin.token_file.as_deref(), method, path));
+    drop(rt);
+    match answer {
+        Ok(body) => then(body),
         Err(e) => {
             eprintln!("berth: {e}");
             ExitCode::FAILURE

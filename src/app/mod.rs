@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy(PolicyCommand::Check { file }) => commands::policy_check(&file),
         Command::Policy(PolicyCommand::Diff { old, new }) => commands::policy_diff(&old, &new),
         Command::Sessions { admin, command } => commands::sessions(&admin, &command),
+        Command::Recordings { admin, command } => commands::recordings(&admin, &command),
         Command::Gc { admin, dry_run } => commands::gc(&admin, dry_run),
         Command::Serve(args) => commands::serve(args),
     }

@@ -38,6 +38,17 @@ pub enum ServeError {
     /// A profile names an OCI runtime the engine has not registered.
     #[error("invalid policy:\n{0}")]
     UnknownRuntime(String),
+    /// The recordings directory or the audit log could not be opened.
+    #[error("{what} {path}: {source}")]
+    Recordings {
+        /// Which.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running berth: controller, WebSocket layer, page, health and metrics on one listener.
@@ -123,9 +134,10 @@ impl Server {
             policy_hash: policy.hash(),
             ..crate::reload::ReloadStatus::default()
         });
+        let audit = open_recordings(&policy).await?;
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
         let policy_tx = Arc::new(policy_tx);
-        let cfg = ControllerConfig { instance, epoch: 1 };
+        let cfg = ControllerConfig { instance, epoch: 1, audit };
         let check = runtime_check(runtime.clone(), metrics.clone());
         let (handle, terminals, controller) = controller::spawn(runtime, cfg, policy_rx.clone(), metrics.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -141,8 +153,13 @@ impl Server {
             handle: handle.clone(),
             policy: policy_rx.clone(),
             reload: reload_rx.clone(),
+            terminals: terminals.clone(),
         });
         spawn("rate_limit_upkeep", evict_rate_limits(limiter, policy_rx.clone()));
+        spawn(
+            "recordings_retention",
+            crate::recording::keeper::run(policy_rx.clone(), terminals.clone(), metrics.clone()),
+        );
         if let Some(path) = policy_file {
             let load: crate::reload::Loader = Arc::new(load_policy);
             let reloader =
@@ -178,6 +195,25 @@ impl Server {
         self.handle.shutdown().await;
         let _ = self.controller.await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http).await;
+    }
+}
+
+/// Creates the recordings directory and repairs what a crash tore in it, then opens the audit log; both before
+/// any session can start.
+async fn open_recordings(policy: &Policy) -> Result<Option<crate::recording::audit::AuditLog>, ServeError> {
+    if let Some(dir) = &policy.recordings.dir {
+        let err = |source| ServeError::Recordings { what: "recordings directory", path: dir.clone(), source };
+        tokio::fs::create_dir_all(dir).await.map_err(err)?;
+        crate::recording::keeper::repair_all(dir).await.map_err(err)?;
+    }
+    match &policy.audit.log {
+        None => Ok(None),
+        Some(path) => {
+            let (log, _writer) = crate::recording::audit::AuditLog::open(path, 1024)
+                .await
+                .map_err(|source| ServeError::Recordings { what: "audit log", path: path.clone(), source })?;
+            Ok(Some(log))
+        }
     }
 }
 

@@ -25,6 +25,8 @@ pub struct SessionRequest {
     /// The id to give the session: the one the WebSocket layer already announced to the load balancer in the
     /// upgrade response. `None` (or an id already in use) draws a fresh one.
     pub id: Option<SessionId>,
+    /// Who opened it (a static token's name or a JWT's subject), for the audit log; `None` when anonymous.
+    pub identity: Option<String>,
 }
 
 /// A session the caller holds: its id, its status, and the lease that identifies this holder.

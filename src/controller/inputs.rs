@@ -127,6 +127,17 @@ impl<R: Runtime> Controller<R> {
     pub(super) fn on_terminal(&mut self, ev: TerminalEvent) {
         match ev {
             TerminalEvent::Lost(session) => self.observed.set_attached(session, false),
+            TerminalEvent::RecordingFailed(session, why) => {
+                if let Some(s) = self.desired.sessions.get_mut(&session)
+                    && s.ending.is_none()
+                {
+                    let reason = EndReason::RecordingFailed { error: why.to_string() };
+                    warn!(session = %session, reason = %reason, "session ending: its required recording failed");
+                    self.metrics.session_ended(&reason);
+                    s.ending = Some(reason.clone());
+                    self.record(session, "ended", reason.to_string());
+                }
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! change, every Docker event, every action result and on a periodic resync, and hands actions to the
 //! executor, one in flight per session, with per-session backoff.
 
+mod audit;
 mod dispatch;
 mod handle;
 mod inputs;
@@ -48,6 +49,8 @@ pub struct ControllerConfig {
     pub instance: InstanceId,
     /// Fencing epoch stamped on new containers.
     pub epoch: u64,
+    /// The audit log, when the policy keeps one.
+    pub audit: Option<crate::recording::audit::AuditLog>,
 }
 
 /// What one full list found: the managed containers, and the sentinels and claims.
@@ -58,6 +61,8 @@ type ListResult =
 type Listed = (u64, Timestamp, ListResult);
 
 const COMMAND_QUEUE: usize = 1024;
+/// Events queued between a session's data path and its recording's writer.
+const RECORDING_QUEUE: usize = 1024;
 
 /// The controller task's state.
 pub struct Controller<R: Runtime> {
@@ -71,6 +76,7 @@ pub struct Controller<R: Runtime> {
     gate: dispatch::Gate,
     queue: queue::AdmissionQueue,
     terminals: Terminals,
+    audit: audit::AuditTrail,
     metrics: Arc<Metrics>,
     cmd_rx: mpsc::Receiver<Command>,
     done_tx: mpsc::Sender<Completed>,
@@ -158,6 +164,7 @@ pub fn spawn<R: Runtime>(
         gate: dispatch::Gate::default(),
         queue: queue::AdmissionQueue::default(),
         terminals: terminals.clone(),
+        audit: audit::AuditTrail::new(cfg.audit.clone()),
         metrics,
         cmd_rx,
         done_tx,
@@ -431,6 +438,9 @@ impl<R: Runtime> Controller<R> {
                 self.observed.set_removal_requested(c, true);
             }
         }
+        if let Action::Attach { session, .. } = &action {
+            self.plan_recording(*session);
+        }
         if let Some(s) = action.session() {
             let detail = match &action {
                 Action::Remove { container, reason, .. } => {
@@ -455,6 +465,29 @@ impl<R: Runtime> Controller<R> {
             }
             .instrument(span),
         );
+    }
+
+    /// Tells the terminal how `session` is recorded, as its profile says, before its terminal is attached.
+    fn plan_recording(&self, session: SessionId) {
+        let Some(s) = self.desired.sessions.get(&session) else { return };
+        let Some(profile) = self.policy.profiles.get(&s.profile) else { return };
+        let rec = profile.recording;
+        let mode = match rec.mode {
+            berth_reconciler::policy::RecordingMode::Off => return,
+            berth_reconciler::policy::RecordingMode::BestEffort => crate::recording::RecordingMode::BestEffort,
+            berth_reconciler::policy::RecordingMode::Required => crate::recording::RecordingMode::Required,
+        };
+        let Some(dir) = self.policy.recordings.dir.clone() else { return };
+        let config = crate::recording::RecorderConfig {
+            dir,
+            mode,
+            input: rec.input,
+            max_bytes: rec.max_bytes,
+            queue: RECORDING_QUEUE,
+            metrics: Some(self.metrics.clone()),
+        };
+        self.terminals
+            .plan_recording(session, crate::terminal::RecordingPlan { config, title: Some(s.profile.to_string()) });
     }
 
     /// Each session's containers (those this instance manages), indexed once per pass.
@@ -483,7 +516,10 @@ impl<R: Runtime> Controller<R> {
         }
         drop(by);
         for id in gone {
-            self.desired.sessions.remove(&id);
+            if let Some(s) = self.desired.sessions.remove(&id) {
+                let term = self.terminals.get(&id);
+                self.audit.ended(&s, term.as_deref(), &self.metrics);
+            }
             self.table.forget(&id);
             self.gate.succeeded(&Key::Session(id));
             self.terminals.forget(&id);

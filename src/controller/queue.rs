@@ -101,6 +101,7 @@ mod tests {
             resume_hash: None,
             client_ip: None,
             id: None,
+            identity: None,
         }
     }
 

@@ -101,6 +101,7 @@ impl<R: Runtime> Controller<R> {
         s.env = req.env;
         s.resume_hash = req.resume_hash;
         s.client_ip = req.client_ip;
+        self.audit.started(&s, req.identity, &self.metrics);
         self.desired.sessions.insert(id, s);
         let rx = self.table.track(id);
         self.record(id, "observed", "session requested".into());

@@ -8,7 +8,7 @@ use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use super::labels::{Direction, Rejection, ReloadResult, ResumeOutcome, TakeoverResult, result};
+use super::labels::{Direction, RecordingFailureKind, Rejection, ReloadResult, ResumeOutcome, TakeoverResult, result};
 use crate::runtime::{DockerOp, EventKind};
 
 /// Buckets of fast internal work (a reconcile pass).
@@ -340,6 +340,57 @@ impl Peers {
         };
         for res in TakeoverResult::ALL {
             m.takeovers.with_label_values(&[res.as_str()]);
+        }
+        m
+    }
+}
+
+/// Session recordings, their retention, and the audit log.
+#[derive(Debug, Clone)]
+pub(super) struct Recordings {
+    /// Recordings being written.
+    pub active: IntGauge,
+    /// Bytes written to recordings.
+    pub bytes: IntCounter,
+    /// Events the data path could not queue for a recording.
+    pub dropped: IntCounter,
+    /// Recordings that failed, by reason.
+    pub failures: IntCounterVec,
+    /// Recordings removed by retention.
+    pub retention_removed: IntCounter,
+    /// Audit log lines dropped (a full queue).
+    pub audit_dropped: IntCounter,
+}
+
+impl Recordings {
+    pub(super) fn new(r: &Registry) -> Self {
+        let m = Self {
+            active: gauge(r, "berth_recordings_active", "Session recordings being written."),
+            bytes: counter(r, "berth_recording_bytes_total", "Bytes written to session recordings."),
+            dropped: counter(
+                r,
+                "berth_recording_events_dropped_total",
+                "Recording events dropped because the recording's queue was full.",
+            ),
+            failures: counter_vec(
+                r,
+                "berth_recording_failures_total",
+                "Session recordings that failed, by reason (open, queue_full, capped, write).",
+                &["reason"],
+            ),
+            retention_removed: counter(
+                r,
+                "berth_recording_retention_removed_total",
+                "Recordings removed by retention (age or total size).",
+            ),
+            audit_dropped: counter(
+                r,
+                "berth_audit_lines_dropped_total",
+                "Audit log lines dropped because the audit log's queue was full.",
+            ),
+        };
+        for f in RecordingFailureKind::ALL {
+            m.failures.with_label_values(&[f.as_str()]);
         }
         m
     }

@@ -201,3 +201,31 @@ mod tests {
         }
     }
 }
+
+/// Why a recording failed: the `reason` label of `berth_recording_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingFailureKind {
+    /// Its file could not be created.
+    Open,
+    /// The queue between the data path and the writer was full.
+    QueueFull,
+    /// It reached its size cap.
+    Capped,
+    /// A write failed.
+    Write,
+}
+
+impl RecordingFailureKind {
+    /// Every reason (the series pre-created at zero).
+    pub const ALL: [Self; 4] = [Self::Open, Self::QueueFull, Self::Capped, Self::Write];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::QueueFull => "queue_full",
+            Self::Capped => "capped",
+            Self::Write => "write",
+        }
+    }
+}

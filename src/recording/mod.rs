@@ -6,6 +6,7 @@
 
 pub mod asciicast;
 pub mod audit;
+pub mod keeper;
 mod writer;
 
 use std::io;

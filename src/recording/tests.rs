@@ -16,7 +16,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(dir: &std::path::Path, mode: RecordingMode, input: bool, max_bytes: u64, queue: usize) -> RecorderConfig {
-    RecorderConfig { dir: dir.to_path_buf(), mode, input, max_bytes, queue }
+    RecorderConfig { dir: dir.to_path_buf(), mode, input, max_bytes, queue, metrics: None }
 }
 
 #[test]
@@ -179,5 +179,40 @@ async fn the_audit_log_appends_one_json_line_per_entry() {
     assert_eq!(lines[2]["event"], "end");
     assert_eq!(lines[2]["reason"], "exited");
     assert_eq!((lines[2]["bytes_in"].as_u64(), lines[2]["bytes_out"].as_u64()), (Some(3), Some(9)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_keeper_removes_only_expired_recordings_that_are_not_being_written() {
+    use berth_reconciler::retention::Retention;
+    let dir = scratch("keeper");
+    let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    for name in ["old-20010909T014640Z.cast", "writing-20010909T014640Z.cast", "notes.txt"] {
+        let f = std::fs::File::create(dir.join(name)).expect("create");
+        f.set_modified(long_ago).expect("mtime");
+    }
+    std::fs::write(dir.join("new-20261206T000000Z.cast"), "{}\n").expect("new");
+    let active = std::collections::BTreeSet::from(["writing-20010909T014640Z.cast".to_owned()]);
+    let rules = Retention { max_age: Some(std::time::Duration::from_secs(86_400)), max_total_bytes: None };
+    let removed = super::keeper::retain(&dir, &active, rules).await.expect("retains");
+    assert_eq!(removed, ["old-20010909T014640Z.cast"]);
+    for kept in ["writing-20010909T014640Z.cast", "notes.txt", "new-20261206T000000Z.cast"] {
+        assert!(dir.join(kept).exists(), "{kept} stays");
+    }
+    assert!(super::keeper::retain(&dir, &active, Retention::default()).await.expect("no rules").is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_keeper_repairs_every_torn_recording_in_the_directory() {
+    let dir = scratch("repair-all");
+    let head = Header::new(80, 24, 0, None).line();
+    std::fs::write(dir.join("a-19700101T000000Z.cast"), format!("{head}[0.1, \"o\", \"x\"]\n[0.2, \"o")).expect("a");
+    std::fs::write(dir.join("b-19700101T000000Z.cast"), format!("{head}[0.1, \"o\", \"y\"]\n")).expect("b");
+    std::fs::write(dir.join("torn.txt"), "no newline").expect("foreign");
+    assert_eq!(super::keeper::repair_all(&dir).await.expect("repairs"), 1);
+    let a = std::fs::read_to_string(dir.join("a-19700101T000000Z.cast")).expect("a");
+    assert!(a.ends_with("\"x\"]\n"), "{a:?}");
+    assert_eq!(std::fs::read_to_string(dir.join("torn.txt")).expect("foreign"), "no newline", "not berth's");
     let _ = std::fs::remove_dir_all(&dir);
 }

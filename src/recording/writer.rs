@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, info_span, warn};
 
 use super::asciicast::{Code, Event, Header, Utf8Carry};
+use crate::metrics::{Metrics, RecordingFailureKind};
 
 /// What a failed recording does to its session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,17 +41,52 @@ pub struct RecorderConfig {
     pub max_bytes: u64,
     /// Events queued between the data path and the writer.
     pub queue: usize,
+    /// Where bytes written, drops and failures are counted; `None` counts nowhere (unit tests).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Why a recording stopped before its session ended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordingFailure {
+    /// The file could not be created.
+    #[error("the recording could not be created: {0}")]
+    Open(String),
+    /// The data path found the queue full.
     #[error("the recording queue was full (the disk is slower than the session)")]
     QueueFull,
+    /// The file reached the size cap.
     #[error("the recording reached its size cap of {0} bytes")]
     Capped(u64),
+    /// A write failed.
     #[error("the recording could not be written: {0}")]
     Write(String),
+}
+
+impl RecordingFailure {
+    /// Its metric label.
+    pub fn kind(&self) -> RecordingFailureKind {
+        match self {
+            Self::Open(_) => RecordingFailureKind::Open,
+            Self::QueueFull => RecordingFailureKind::QueueFull,
+            Self::Capped(_) => RecordingFailureKind::Capped,
+            Self::Write(_) => RecordingFailureKind::Write,
+        }
+    }
+}
+
+/// Marks a recording failed (the first failure only) and counts it.
+fn fail(failed: &watch::Sender<Option<RecordingFailure>>, metrics: Option<&Metrics>, why: RecordingFailure) {
+    failed.send_if_modified(|f| {
+        if f.is_some() {
+            return false;
+        }
+        // Counted before anyone watching hears of it.
+        if let Some(m) = metrics {
+            m.recording_failed(why.kind());
+        }
+        *f = Some(why.clone());
+        true
+    });
 }
 
 /// Counters of one recording, read by metrics and the audit log.
@@ -80,6 +116,7 @@ pub struct Recorder {
     failed: Arc<watch::Sender<Option<RecordingFailure>>>,
     stats: Arc<RecordingStats>,
     path: Arc<PathBuf>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Recorder {
@@ -100,9 +137,20 @@ impl Recorder {
             failed: Arc::new(failed),
             stats: Arc::new(RecordingStats::default()),
             path: Arc::new(path),
+            metrics: cfg.metrics.clone(),
         };
         rec.stats.written.store(head.len() as u64, Ordering::Relaxed);
-        let writer = Writer { file, max_bytes: cfg.max_bytes, stats: rec.stats.clone(), failed: rec.failed.clone() };
+        if let Some(m) = &cfg.metrics {
+            m.recording_started();
+            m.recording_written(head.len() as u64);
+        }
+        let writer = Writer {
+            file,
+            max_bytes: cfg.max_bytes,
+            stats: rec.stats.clone(),
+            failed: rec.failed.clone(),
+            metrics: cfg.metrics.clone(),
+        };
         let task = tokio::spawn(writer.run(rx).instrument(info_span!("recording", file = %rec.path.display())));
         Ok((rec, task))
     }
@@ -146,9 +194,14 @@ impl Recorder {
             return;
         }
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(entry) {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            let before = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &self.metrics {
+                m.recording_event_dropped();
+            }
             if self.mode == RecordingMode::Required {
-                self.failed.send_replace(Some(RecordingFailure::QueueFull));
+                fail(&self.failed, self.metrics.as_deref(), RecordingFailure::QueueFull);
+            } else if before == 0 {
+                warn!(file = %self.path.display(), "recording queue full; events are dropped (best effort)");
             }
         }
     }
@@ -167,10 +220,18 @@ struct Writer {
     max_bytes: u64,
     stats: Arc<RecordingStats>,
     failed: Arc<watch::Sender<Option<RecordingFailure>>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Entry>) {
+    async fn run(mut self, rx: mpsc::Receiver<Entry>) {
+        self.drain(rx).await;
+        if let Some(m) = &self.metrics {
+            m.recording_ended();
+        }
+    }
+
+    async fn drain(&mut self, mut rx: mpsc::Receiver<Entry>) {
         let (mut out, mut inp) = (Utf8Carry::default(), Utf8Carry::default());
         let mut batch = String::new();
         let mut last = Duration::ZERO;
@@ -218,15 +279,18 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.stats.written.fetch_add(part.len() as u64, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.recording_written(part.len() as u64);
+                }
                 if capped {
                     warn!(cap = self.max_bytes, "recording reached its size cap; later output is not recorded");
-                    self.failed.send_replace(Some(RecordingFailure::Capped(self.max_bytes)));
+                    fail(&self.failed, self.metrics.as_deref(), RecordingFailure::Capped(self.max_bytes));
                 }
                 !capped
             }
             Err(e) => {
                 warn!(error = %e, "recording write failed; later output is not recorded");
-                self.failed.send_replace(Some(RecordingFailure::Write(e.to_string())));
+                fail(&self.failed, self.metrics.as_deref(), RecordingFailure::Write(e.to_string()));
                 false
             }
         }

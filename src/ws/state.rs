@@ -182,6 +182,7 @@ impl Conn {
             resume_hash: Some(secret_hash),
             client_ip: Some(self.ip),
             id: Some(self.announced),
+            identity: identity.name.clone(),
         };
         let opened = Opened { asked, secret, ignored };
         match self.edge.handle.open(req).await.map_err(open_error)? {

@@ -133,7 +133,7 @@ impl World {
         let rt = DockerRuntime::connect_lazy(self.host.as_deref()).expect("docker address");
         let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
         let metrics = Arc::new(Metrics::new());
-        let cfg = ControllerConfig { instance: self.instance.clone(), epoch: 1 };
+        let cfg = ControllerConfig { instance: self.instance.clone(), epoch: 1, audit: None };
         let (handle, terminals, task) = controller::spawn(rt, cfg, policy_rx, metrics.clone());
         Running { handle, terminals, task, policy_tx, metrics }
     }
@@ -184,6 +184,7 @@ impl Running {
                 resume_hash: Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"secret"))),
                 client_ip: None,
                 id: None,
+                identity: None,
             })
             .await
             .expect("session admitted")

@@ -88,6 +88,11 @@ pub const REACH: &[(&str, Reach)] = &[
     ("profiles.<name>.logs", NewSessions),
     ("profiles.<name>.logs.max_size", NewSessions),
     ("profiles.<name>.logs.max_files", NewSessions),
+    // Read when a session's terminal is attached: a change reaches the sessions attached after it.
+    ("profiles.<name>.recording", NewSessions),
+    ("profiles.<name>.recording.mode", NewSessions),
+    ("profiles.<name>.recording.input", NewSessions),
+    ("profiles.<name>.recording.max_size", NewSessions),
     ("default_profile", NewSessions),
     ("limits", AllSessions),
     ("limits.max_sessions", AllSessions),
@@ -129,4 +134,13 @@ pub const REACH: &[(&str, Reach)] = &[
     ("peers.lease_timeout", AllSessions),
     ("peers.on_dead", AllSessions),
     ("peers.image", AllSessions),
+    // The directory is repaired at startup and the audit log opened then: a restart moves them.
+    ("recordings", Restart),
+    ("recordings.dir", Restart),
+    // Read at each retention pass.
+    ("recordings.retention", AllSessions),
+    ("recordings.retention.max_age", AllSessions),
+    ("recordings.retention.max_total_size", AllSessions),
+    ("audit", Restart),
+    ("audit.log", Restart),
 ];

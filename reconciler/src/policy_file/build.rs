@@ -10,12 +10,15 @@ use ipnet::IpNet;
 use super::auth::{auth, sha256_hex};
 use super::ctx::{Ctx, MIN_POSITIVE, human_duration, loc, to_u32, to_usize};
 use super::profile::profile;
-use super::raw::{RawAuth, RawDocker, RawLimits, RawPeers, RawPolicy, RawReconcile, RawServer, RawSessions, Text};
+use super::raw::{
+    RawAudit, RawAuth, RawDocker, RawLimits, RawPeers, RawPolicy, RawReconcile, RawRecordings, RawServer, RawSessions,
+    Text,
+};
 use crate::ids::ProfileName;
 use crate::labels::LabelNamespace;
 use crate::policy::{
-    DEFAULT_IMAGE, DockerPolicy, Limits, OnDeadPeer, PeersPolicy, Policy, Profile, ReconcilePolicy, ServerPolicy,
-    SessionTimeouts, ShutdownMode, StartupMode,
+    AuditPolicy, DEFAULT_IMAGE, DockerPolicy, Limits, OnDeadPeer, PeersPolicy, Policy, Profile, ReconcilePolicy,
+    RecordingsPolicy, ServerPolicy, SessionTimeouts, ShutdownMode, StartupMode,
 };
 
 /// The `apiVersion` this berth reads.
@@ -47,6 +50,21 @@ pub(crate) fn policy(cx: &mut Ctx<'_>, raw: &RawPolicy) -> Policy {
         cx.error(at, "default_profile", reason);
     }
     let auth = auth(cx, raw.auth.as_ref().unwrap_or(&RawAuth::default()), &profiles);
+    let recordings = recordings(cx, raw.recordings.as_ref().unwrap_or(&RawRecordings::default()));
+    if recordings.dir.is_none() {
+        // A profile that records needs somewhere to put its recordings.
+        for (name, p) in raw.profiles.iter().flat_map(|e| &e.0) {
+            if let Some(mode) = p.recording.as_ref().and_then(|r| r.mode.as_ref())
+                && profiles.iter().any(|(k, v)| k.as_str() == name.value && !v.recording.is_off())
+            {
+                cx.bad(
+                    mode,
+                    &format!("profiles.{}.recording.mode", name.value),
+                    format!("is {} but recordings.dir is unset: set the directory recordings go to", mode.value.trim()),
+                );
+            }
+        }
+    }
     Policy {
         server,
         auth,
@@ -57,7 +75,41 @@ pub(crate) fn policy(cx: &mut Ctx<'_>, raw: &RawPolicy) -> Policy {
         reconcile: reconcile(cx, raw.reconcile.as_ref().unwrap_or(&RawReconcile::default())),
         docker: docker(cx, raw.docker.as_ref().unwrap_or(&RawDocker::default())),
         peers: peers(cx, raw.peers.as_ref().unwrap_or(&RawPeers::default())),
+        recordings,
+        audit: audit(cx, raw.audit.as_ref().unwrap_or(&RawAudit::default())),
     }
+}
+
+/// A directory or file path: not empty, no NUL; relative to the policy file's directory.
+fn path_value(cx: &mut Ctx<'_>, v: &Option<Text>, key: &str) -> Option<std::path::PathBuf> {
+    let raw = cx.optional(v, key, |s| {
+        if s.trim().is_empty() || s.contains('\0') {
+            Err(format!("{s:?} is not a path"))
+        } else {
+            Ok(std::path::PathBuf::from(s.trim()))
+        }
+    })?;
+    Some(cx.resolve(&raw))
+}
+
+fn recordings(cx: &mut Ctx<'_>, raw: &RawRecordings) -> RecordingsPolicy {
+    let dir = path_value(cx, &raw.dir, "recordings.dir");
+    let (mut max_age, mut max_total_bytes) = (None, None);
+    if let Some(r) = &raw.retention {
+        if r.max_age.is_some() {
+            max_age =
+                Some(cx.duration(&r.max_age, "recordings.retention.max_age", Duration::ZERO, Duration::from_secs(60)));
+        }
+        if r.max_total_size.is_some() {
+            max_total_bytes =
+                Some(cx.size(&r.max_total_size, "recordings.retention.max_total_size", 0, 1 << 20, 1 << 50));
+        }
+    }
+    RecordingsPolicy { dir, retention: crate::retention::Retention { max_age, max_total_bytes } }
+}
+
+fn audit(cx: &mut Ctx<'_>, raw: &RawAudit) -> AuditPolicy {
+    AuditPolicy { log: path_value(cx, &raw.log, "audit.log") }
 }
 
 fn header(cx: &mut Ctx<'_>, raw: &RawPolicy) {

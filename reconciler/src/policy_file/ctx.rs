@@ -43,6 +43,15 @@ impl<'a> Ctx<'a> {
         (path, read)
     }
 
+    /// A path the policy names, resolved as [`Ctx::read_relative`] resolves one.
+    pub(crate) fn resolve(&self, file: &Path) -> PathBuf {
+        if file.is_absolute() {
+            file.to_path_buf()
+        } else {
+            Path::new(self.origin).parent().unwrap_or(Path::new("")).join(file)
+        }
+    }
+
     /// Records an error about `path`, at `at` when known.
     pub(crate) fn error(&mut self, at: Option<&Location>, path: &str, reason: impl fmt::Display) {
         self.errors.push(PolicyError::at(self.origin, at, format!("{path}: {reason}")));

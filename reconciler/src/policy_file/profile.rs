@@ -8,8 +8,8 @@ use super::ctx::{Ctx, MIN_POSITIVE, loc};
 use super::raw::{RawCredential, RawHealthCheck, RawProfile, RawSecurity, Text};
 use super::units::{parse_count, parse_cpus, parse_size};
 use crate::policy::{
-    CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, Profile, Resources, Security, Tmpfs,
-    Ulimit, UnhealthyAction, UnsafeSetting,
+    CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, Profile, ProfileRecording,
+    RecordingMode, Resources, Security, Tmpfs, Ulimit, UnhealthyAction, UnsafeSetting,
 };
 
 /// Default tmpfs options when a mount gives none.
@@ -194,6 +194,19 @@ pub(crate) fn profile(cx: &mut Ctx<'_>, path: &str, name: &Text, raw: &RawProfil
         };
     }
     p.runtime = cx.optional(&raw.runtime, &at("runtime"), runtime_name);
+    if let Some(r) = &raw.recording {
+        let d = ProfileRecording::default();
+        p.recording = ProfileRecording {
+            mode: cx.value(&r.mode, &at("recording.mode"), d.mode, |s| match s.trim() {
+                "off" => Ok(RecordingMode::Off),
+                "best_effort" => Ok(RecordingMode::BestEffort),
+                "required" => Ok(RecordingMode::Required),
+                other => Err(format!("{other:?} is not a recording mode: use off, best_effort or required")),
+            }),
+            input: cx.boolean(&r.input, &at("recording.input"), d.input),
+            max_bytes: cx.size(&r.max_size, &at("recording.max_size"), d.max_bytes, 4 << 10, 1 << 40),
+        };
+    }
     refuse_unacknowledged(cx, path, name, raw, &p);
     p
 }

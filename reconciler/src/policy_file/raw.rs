@@ -57,6 +57,8 @@ pub(crate) struct RawPolicy {
     pub reconcile: Option<RawReconcile>,
     pub docker: Option<RawDocker>,
     pub peers: Option<RawPeers>,
+    pub recordings: Option<RawRecordings>,
+    pub audit: Option<RawAudit>,
 }
 
 /// `server`.
@@ -133,6 +135,16 @@ pub(crate) struct RawProfile {
     #[serde(rename = "unsafe")]
     pub acknowledged_unsafe: Option<Vec<Text>>,
     pub runtime: Option<Text>,
+    pub recording: Option<RawRecording>,
+}
+
+/// `profiles.<name>.recording`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRecording {
+    pub mode: Option<Text>,
+    pub input: Option<Text>,
+    pub max_size: Option<Text>,
 }
 
 /// `profiles.<name>.credentials[]`.
@@ -258,4 +270,27 @@ pub(crate) struct RawPeers {
     pub lease_timeout: Option<Text>,
     pub on_dead: Option<Text>,
     pub image: Option<Text>,
+}
+
+/// `recordings`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRecordings {
+    pub dir: Option<Text>,
+    pub retention: Option<RawRetention>,
+}
+
+/// `recordings.retention`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetention {
+    pub max_age: Option<Text>,
+    pub max_total_size: Option<Text>,
+}
+
+/// `audit`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub log: Option<Text>,
 }
