@@ -172,6 +172,7 @@ impl Server {
         let http = spawn("http", http);
         if let (Some(l), Some(bound)) = (admin_listener, admin_addr) {
             let routes = crate::admin::routes(admin, crate::admin::Listener::Dedicated(bound))
+                .or(crate::page::replay_routes())
                 .or(crate::http::health_routes(handle.clone(), metrics.clone()));
             spawn("admin_http", crate::listener::serve(l, routes, policy_rx, metrics.clone(), shutdown_rx));
         }
