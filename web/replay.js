@@ -262,6 +262,7 @@
     term.resize(clamp(cast.header.width), clamp(cast.header.height));
     next = 0;
     position = 0;
+    setState('paused', 'paused');
     showPosition();
     play();
   }
@@ -371,6 +372,14 @@
     },
     get applied() {
       return next;
+    },
+    /** The recording's resize events. */
+    get resizes() {
+      return cast ? cast.events.filter((ev) => ev.code === 'r').length : 0;
+    },
+    /** The header's size, `COLSxROWS`. */
+    get headerSize() {
+      return cast ? cast.header.width + 'x' + cast.header.height : null;
     },
     skipToEnd: skipToEnd,
   };
