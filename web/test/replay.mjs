@@ -156,19 +156,55 @@ async function waitFor(page, what, timeoutMs, fn, arg) {
 
 const isPrompt = (line) => line === '$' || line.startsWith('$ ');
 
+/**
+ * Counts the shell's cursor-position requests (CSI 6 n) and xterm.js's answers. Busybox's line editor asks at
+ * each prompt and may drop keys that reach it in the same read as the answer, so a command is typed only once
+ * every request has its answer, and typed again (after a Ctrl-C) if its echo does not come.
+ */
+async function watchCursorReports(page) {
+  await page.evaluate(() => {
+    const dsr = { asked: 0, answered: 0 };
+    window.berth.term.parser.registerCsiHandler({ final: 'n' }, (params) => {
+      if (params[0] === 6) dsr.asked += 1;
+      return false; // xterm.js answers as usual
+    });
+    window.berth.term.onData((data) => {
+      if (/\x1b\[\d+;\d+R/.test(data)) dsr.answered += 1;
+    });
+    window.berthTestDsr = dsr;
+  });
+}
+
 /** Types a command, waits for its echo and for the next prompt after it (after a `clear`: for a clear screen). */
 async function run(page, command) {
-  await page.evaluate(() => window.berth.term.focus());
-  const before = (await terminalLines(page, 'berth')).length;
-  await page.keyboard.type(command);
-  await page.keyboard.press('Enter');
+  for (let attempt = 1; ; attempt++) {
+    await waitFor(page, 'the shell asked for the cursor position and got no answer', 5_000, () =>
+      window.berthTestDsr.answered >= window.berthTestDsr.asked);
+    await page.evaluate(() => window.berth.term.focus());
+    const before = (await terminalLines(page, 'berth')).length;
+    await page.keyboard.type(command);
+    await page.keyboard.press('Enter');
+    try {
+      await waitForEcho(page, command, before);
+      return;
+    } catch (err) {
+      if (attempt >= 3) throw err;
+      console.log(`      the echo of '${command}' did not come (attempt ${attempt}); Ctrl-C and again`);
+      const lines = (await terminalLines(page, 'berth')).length;
+      await page.keyboard.press('Control+C');
+      await waitForLines(page, 'a prompt after Ctrl-C', 5_000, (all) => all.length > lines && isPrompt(all[all.length - 1]));
+    }
+  }
+}
+
+async function waitForEcho(page, command, before) {
   if (command === 'clear') {
-    await waitForLines(page, 'a clear screen with a prompt', 10_000, (lines) =>
+    await waitForLines(page, 'a clear screen with a prompt', 3_000, (lines) =>
       lines.length > 0 && lines.every((l) => l === '' || isPrompt(l)) && isPrompt(lines[lines.length - 1]),
     );
     return;
   }
-  const at = await waitForLines(page, `the echo of '${command}'`, 10_000, (lines) => {
+  const at = await waitForLines(page, `the echo of '${command}'`, 3_000, (lines) => {
     for (let i = lines.length - 1; i >= Math.max(0, before - 1); i--) {
       if (isPrompt(lines[i]) && lines[i].endsWith(command)) return { index: i };
     }
@@ -180,6 +216,7 @@ async function run(page, command) {
 }
 
 let browser;
+let pageCsp = null; // the terminal page's Content-Security-Policy, which the replay page must share
 try {
   await step(`launch ${CHROMIUM}`, 30_000, async () => {
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 25_000 });
@@ -191,8 +228,12 @@ try {
   await step('a. the owner opens the page; the session is ready at a prompt', 60_000, async () => {
     const response = await owner.goto(baseUrl, { timeout: 15_000 });
     if (!response || !response.ok()) throw new StepFailure(`GET ${baseUrl} answered ${response && response.status()}`);
+    pageCsp = response.headers()['content-security-policy'];
+    if (!pageCsp || !pageCsp.includes("script-src 'self'")) throw new StepFailure(`the page's CSP is ${pageCsp}`);
+    if ((await response.text()).includes('replay')) throw new StepFailure('the terminal page mentions the replay');
     await waitFor(owner, "the state did not become 'ready'", 45_000, () => window.berth && window.berth.state === 'ready');
     await waitForLines(owner, "a '$ ' prompt", 15_000, (lines) => lines.some(isPrompt));
+    await watchCursorReports(owner);
   });
 
   const session = await owner.evaluate(() => window.berth.sessionId);
@@ -267,7 +308,7 @@ try {
     const response = await replay.goto(replayUrl.href, { timeout: 15_000 });
     if (!response || !response.ok()) throw new StepFailure(`GET /replay answered ${response && response.status()}`);
     const csp = response.headers()['content-security-policy'] || '';
-    if (!csp.includes("script-src 'self'")) throw new StepFailure(`the replay page's CSP is ${JSON.stringify(csp)}`);
+    if (csp !== pageCsp) throw new StepFailure(`the replay page's CSP is ${JSON.stringify(csp)}, not the page's`);
     await waitFor(replay, 'the replay did not start playing', 10_000, () =>
       window.berthReplay && window.berthReplay.state === 'playing');
     if (await replay.evaluate(() => window.location.hash.includes('token='))) {
