@@ -82,4 +82,3 @@ pub fn routes() -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Reje
 pub fn replay_routes() -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
     replay().or(assets())
 }
-

@@ -108,10 +108,8 @@ async fn a_recording_replays_in_chromium_to_the_screen_its_owner_saw() {
     }
 
     // The session was released through the admin API: its container goes, and berth leaves nothing behind.
-    common::eventually(Duration::from_secs(30), "the session's container removed", || {
-        w.containers(None).is_empty()
-    })
-    .await;
+    common::eventually(Duration::from_secs(30), "the session's container removed", || w.containers(None).is_empty())
+        .await;
     let text = berth.metrics().await;
     assert_eq!(sample(&text, r#"berth_sessions{phase="running"}"#), Some(0.0), "no session is left");
     let status = berth.terminate(Duration::from_secs(30));
