@@ -197,6 +197,16 @@ async fn the_admin_listener_without_a_token_refuses_rebound_hosts_and_cross_site
 
     // The CLI's own requests still work.
     assert_eq!(http(admin, "POST", "/admin/reconcile", &[]).await.0, 202);
+
+    // The replay page is served beside the admin API, so that its requests stay on its origin; the terminal
+    // page is not.
+    for path in ["/replay", "/assets/replay.js", "/assets/replay.css", "/assets/xterm.js"] {
+        let (code, body) = http(admin, "GET", path, &[("Host", &own)]).await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    assert!(http(admin, "GET", "/replay", &[("Host", &own)]).await.1.contains("/assets/replay.js"));
+    assert_eq!(http(admin, "GET", "/", &[("Host", &own)]).await.0, 404, "no terminal page on the admin listener");
+    assert_eq!(http(admin, "GET", "/assets/app.js", &[("Host", &own)]).await.0, 200, "assets are static");
     server.stop().await;
 }
 
