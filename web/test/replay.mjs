@@ -4,7 +4,8 @@
 // screen from xterm.js, ends the session through the admin API, then opens the replay page for the session's
 // recording, skips to the end, and checks that the replayed screen is the owner's: the same size,
 // text, colours and cursor; then replays it again at 100× in time, to the same screen. The owner's window is
-// resized halfway, so the replay follows an 'r' event. It takes a screenshot of each page.
+// resized halfway, so the replay follows an 'r' event. It takes a screenshot of each page, and checks that a
+// wrong admin token plays nothing.
 //
 // Usage: node web/test/replay.mjs <base-url> <admin-token> <owner-screenshot> <replay-screenshot>
 // Exit status 0 only if every step passed. Prints one line per step with its duration.
@@ -331,6 +332,18 @@ try {
 
   await step(`g. screenshot of the replay page to ${replayShot}`, 15_000, async () => {
     await replay.screenshot({ path: replayShot, timeout: 10_000 });
+  });
+
+  await step('h. with a wrong token the replay page plays nothing and says why', 15_000, async () => {
+    const wrong = await context.newPage();
+    wrong.on('pageerror', (err) => pageErrors.push(`wrong token: ${err.message}`));
+    await wrong.goto(new URL(`replay#token=not-the-token&name=${encodeURIComponent(name)}`, baseUrl).href);
+    await waitFor(wrong, 'the page did not show an error', 10_000, () =>
+      window.berthReplay && window.berthReplay.state === 'error');
+    const notice = await wrong.evaluate(() => document.getElementById('notice').textContent);
+    if (!notice.includes('admin token is missing or wrong')) throw new StepFailure(`the notice says ${JSON.stringify(notice)}`);
+    const lines = await terminalLines(wrong, 'berthReplay');
+    if (lines.length > 0) throw new StepFailure(`the terminal shows ${JSON.stringify(lines)}`);
   });
 } catch (err) {
   if (!(err instanceof StepFailure) && failed === 0) {
