@@ -15,26 +15,12 @@ use std::time::{Duration, Instant};
 
 use berth::reconciler::policy::Sha256Digest;
 use common::World;
+use common::browser::browser_tools;
 use common::process::{Berth, TempDir, sample, write_policy};
 use tokio::io::AsyncReadExt;
 
 /// The whole browser script's bound; its own steps time out well before.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(240);
-
-/// Checks that node, Chromium and playwright-core are installed, or fails with what to run.
-fn browser_tools(root: &Path) {
-    let chromium: std::path::PathBuf =
-        std::env::var_os("BERTH_CHROMIUM").map_or_else(|| "/usr/bin/chromium".into(), Into::into);
-    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    let driver = root.join("web/node_modules/playwright-core").is_dir();
-    assert!(
-        node && Path::new(&chromium).is_file() && driver,
-        "The replay browser test needs node >= 20, {} and web/node_modules/playwright-core, and was not skipped \
-         (node found: {node}, driver found: {driver}). Run scripts/test.sh (or BERTH_SETUP_TEST_TOOLS=1 \
-         scripts/setup.sh), which installs them.",
-        Path::new(&chromium).display()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_replays_in_chromium_to_the_screen_its_owner_saw() {

@@ -2,6 +2,7 @@
 //! instance id, so tests run in parallel and only ever see their own containers.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod client;
 pub mod engine;
 pub mod lb;
