@@ -27,13 +27,16 @@ const CHROMIUM_ARGS = [
 const VIEWPORT = { width: 860, height: 460 };
 // The owner's window shrinks halfway, so the recording holds a resize ('r' event) that the replay must follow.
 const SECOND_VIEWPORT = { width: 760, height: 420 };
-// What the owner types: several lines, a clear, then colours (SGR bold, red, green, a blue background).
-const BEFORE_CLEAR = ['echo before-clear; seq 1 3', 'clear'];
-const AFTER_CLEAR = [
+// What the owner types: several lines; then, in one command line, a clear and colours (SGR bold, red, green, a
+// blue background). Nothing is typed after the clear: busybox's line editor has been seen to drop keys typed at
+// the first prompt after a `clear` (see decision 0024), and this test is about the replay, not that.
+const BEFORE_CLEAR = 'echo before-clear; seq 1 3';
+const CLEAR_AND_COLOURS = [
+  'clear',
   "printf '\\033[1;31mred bold\\033[0m plain \\033[32mgreen\\033[0m\\n'",
   'for i in 1 2 3 4; do echo "row-$i $((i*i))"; done',
   "printf '\\033[44;97m berth replay \\033[0m %s\\n' $((6*7))",
-];
+].join('; ');
 
 const [baseUrl, adminToken, ownerShot, replayShot] = process.argv.slice(2);
 if (!baseUrl || !adminToken || !ownerShot || !replayShot) {
@@ -159,8 +162,8 @@ const isPrompt = (line) => line === '$' || line.startsWith('$ ');
 
 /**
  * Counts the shell's cursor-position requests (CSI 6 n) and xterm.js's answers. Busybox's line editor asks at
- * each prompt and may drop keys that reach it in the same read as the answer, so a command is typed only once
- * every request has its answer, and typed again (after a Ctrl-C) if its echo does not come.
+ * each prompt; a command is typed only once every request has its answer, so no key reaches the shell in the
+ * same read as an answer.
  */
 async function watchCursorReports(page) {
   await page.evaluate(() => {
@@ -176,44 +179,17 @@ async function watchCursorReports(page) {
   });
 }
 
-/** Types a command, waits for its echo and for the next prompt after it (after a `clear`: for a clear screen). */
-async function run(page, command) {
-  for (let attempt = 1; ; attempt++) {
-    await waitFor(page, 'the shell asked for the cursor position and got no answer', 5_000, () =>
-      window.berthTestDsr.answered >= window.berthTestDsr.asked);
-    await page.evaluate(() => window.berth.term.focus());
-    const before = (await terminalLines(page, 'berth')).length;
-    await page.keyboard.type(command);
-    await page.keyboard.press('Enter');
-    try {
-      await waitForEcho(page, command, before);
-      return;
-    } catch (err) {
-      if (attempt >= 3) throw err;
-      console.log(`      the echo of '${command}' did not come (attempt ${attempt}); Ctrl-C and again`);
-      const lines = (await terminalLines(page, 'berth')).length;
-      await page.keyboard.press('Control+C');
-      await waitForLines(page, 'a prompt after Ctrl-C', 5_000, (all) => all.length > lines && isPrompt(all[all.length - 1]));
-    }
-  }
-}
-
-async function waitForEcho(page, command, before) {
-  if (command === 'clear') {
-    await waitForLines(page, 'a clear screen with a prompt', 3_000, (lines) =>
-      lines.length > 0 && lines.every((l) => l === '' || isPrompt(l)) && isPrompt(lines[lines.length - 1]),
-    );
-    return;
-  }
-  const at = await waitForLines(page, `the echo of '${command}'`, 3_000, (lines) => {
-    for (let i = lines.length - 1; i >= Math.max(0, before - 1); i--) {
-      if (isPrompt(lines[i]) && lines[i].endsWith(command)) return { index: i };
-    }
-    return null;
-  });
-  await waitForLines(page, `the prompt after '${command}'`, 10_000, (lines) =>
-    lines.slice(at.index + 1).some(isPrompt),
-  );
+/**
+ * Types a command once, then waits until `done(lines)` holds for the screen's lines and the last line is a
+ * prompt. By default `done` is the command's echo at a prompt.
+ */
+async function run(page, command, what, done) {
+  await waitFor(page, 'the shell asked for the cursor position and got no answer', 5_000, () =>
+    window.berthTestDsr.answered >= window.berthTestDsr.asked);
+  await page.evaluate(() => window.berth.term.focus());
+  await page.keyboard.type(command);
+  await page.keyboard.press('Enter');
+  await waitForLines(page, what, 10_000, (lines) => done(lines) && lines.length > 0 && isPrompt(lines[lines.length - 1]));
 }
 
 let browser;
@@ -239,12 +215,14 @@ try {
 
   const session = await owner.evaluate(() => window.berth.sessionId);
   const ownerScreen = await step('b. the owner draws a screen: lines, a clear, colours', 60_000, async () => {
-    await run(owner, BEFORE_CLEAR[0]);
+    await run(owner, BEFORE_CLEAR, "the output of 'seq 1 3'", (lines) =>
+      lines.some((l) => isPrompt(l) && l.endsWith(BEFORE_CLEAR)) && lines.includes('3'));
     const before = await owner.evaluate(() => [window.berth.term.cols, window.berth.term.rows]);
     await owner.setViewportSize(SECOND_VIEWPORT);
     await waitFor(owner, `the terminal stayed ${before[0]}x${before[1]} after a window resize`, 5_000, ([c, r]) =>
       window.berth.term.cols !== c || window.berth.term.rows !== r, before);
-    for (const command of BEFORE_CLEAR.slice(1).concat(AFTER_CLEAR)) await run(owner, command);
+    await run(owner, CLEAR_AND_COLOURS, 'a cleared screen with the coloured lines', (lines) =>
+      !lines.some((l) => l.includes('before-clear')) && lines.some((l) => l.includes(' berth replay  42')));
     const s = await screen(owner, 'berth');
     const text = s.rows.join('\n');
     if (text.includes('before-clear')) throw new StepFailure(`the clear did not clear: ${JSON.stringify(s.rows)}`);
