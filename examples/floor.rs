@@ -71,6 +71,9 @@ struct Args {
     /// Label namespace for this run's containers. Default: a fresh `bench.floor.<random>`.
     #[arg(long)]
     namespace: Option<LabelNamespace>,
+    /// Also print every time-to-prompt sample (`time_to_prompt_samples_ms`, sorted), for plotting.
+    #[arg(long)]
+    samples: bool,
 }
 
 /// Longest wait for any one session step.
@@ -336,7 +339,7 @@ async fn run(args: &Args, policy: Policy, instance: InstanceId) -> (Value, bool)
     let swept = report::marked_containers(&ns).await.map(|v| v.len()).ok();
     let pick = |f: fn(&Sample) -> Duration| samples.iter().map(f).collect::<Vec<_>>();
     let rate = (args.mode == Mode::Churn).then(|| report::round3(samples.len() as f64 / secs));
-    let v = json!({
+    let mut v = json!({
         "target": "floor",
         "mode": mode,
         "sessions": args.sessions,
@@ -361,6 +364,11 @@ async fn run(args: &Args, policy: Policy, instance: InstanceId) -> (Value, bool)
         "namespace": floor.policy.docker.namespace.as_str(),
         "errors": errors.to_json(),
     });
+    if args.samples
+        && let Value::Object(m) = &mut v
+    {
+        m.insert("time_to_prompt_samples_ms".into(), report::samples_ms(&pick(|s| s.time_to_prompt)));
+    }
     let clean = failures == 0 && leftover == Some(0) && swept == Some(0);
     (v, clean)
 }

@@ -97,6 +97,9 @@ struct Args {
     /// berth's `server.replay_bytes`, for the memory bound (sessions × ring + 64 MiB).
     #[arg(long, default_value = "256KiB", value_parser = report::parse_bytes)]
     ring_bytes: usize,
+    /// Also print every time-to-prompt sample (`time_to_prompt_samples_ms`, sorted), for plotting.
+    #[arg(long)]
+    samples: bool,
 }
 
 /// Longest wait for any one session step.
@@ -630,6 +633,9 @@ fn summary(
     });
     if let Value::Object(m) = &mut v {
         m.extend(extra);
+        if args.samples {
+            m.insert("time_to_prompt_samples_ms".into(), report::samples_ms(&t.ttp));
+        }
     }
     v
 }

@@ -148,6 +148,13 @@ pub fn percentiles(samples: &[Duration]) -> Value {
     })
 }
 
+/// Every sample in milliseconds (one decimal), sorted: for drawing distributions (`--samples`).
+pub fn samples_ms(samples: &[Duration]) -> Value {
+    let mut ms: Vec<f64> = samples.iter().map(|d| round1(d.as_secs_f64() * 1000.0)).collect();
+    ms.sort_by(f64::total_cmp);
+    json!(ms)
+}
+
 /// Rounds to one decimal.
 pub fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
