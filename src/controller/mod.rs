@@ -4,6 +4,7 @@
 
 mod audit;
 mod dispatch;
+mod grants;
 mod handle;
 mod inputs;
 mod peers;
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use dispatch::Deferred;
+pub use grants::{Granted, JoinError, Joined, Present, Presence, Role, ShareError};
 use dispatch::Key;
 use handle::Command;
 pub use handle::{
@@ -73,6 +75,7 @@ pub struct Controller<R: Runtime> {
     desired: Desired,
     observed: ObservedStore,
     table: table::SessionTable,
+    grants: grants::Grants,
     gate: dispatch::Gate,
     queue: queue::AdmissionQueue,
     terminals: Terminals,
@@ -161,6 +164,7 @@ pub fn spawn<R: Runtime>(
         desired,
         observed: ObservedStore::default(),
         table: table::SessionTable::default(),
+        grants: grants::Grants::default(),
         gate: dispatch::Gate::default(),
         queue: queue::AdmissionQueue::default(),
         terminals: terminals.clone(),
@@ -520,6 +524,7 @@ impl<R: Runtime> Controller<R> {
                 let term = self.terminals.get(&id);
                 self.audit.ended(&s, term.as_deref(), &self.metrics);
             }
+            self.forget_grants(&id);
             self.table.forget(&id);
             self.gate.succeeded(&Key::Session(id));
             self.terminals.forget(&id);
