@@ -54,8 +54,7 @@ async fn share(owner: &mut Client, role: &str, extra: Value) -> Value {
 /// Connects as the page does with a share link, and sends a join hello.
 async fn join(server: &Server, session: &str, grant: &str) -> Client {
     let mut c = connect_with(server.addr, &format!("?session={session}"), &[]).await.expect("connect");
-    c.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "join": {"session": session, "grant": grant}}))
-        .await;
+    c.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "join": {"session": session, "grant": grant}})).await;
     c
 }
 

@@ -157,8 +157,7 @@ impl Profile {
     /// A short stable hash of everything that shapes the container; stamped on containers to show drift.
     /// Recording and sharing do not shape the container, and are left out.
     pub fn hash(&self) -> String {
-        let shape =
-            Self { recording: ProfileRecording::default(), sharing: ProfileSharing::default(), ..self.clone() };
+        let shape = Self { recording: ProfileRecording::default(), sharing: ProfileSharing::default(), ..self.clone() };
         let json = serde_json::to_vec(&shape).unwrap_or_default();
         hex::encode(&Sha256::digest(&json)[..8])
     }

@@ -183,20 +183,66 @@ impl Readiness {
 }
 
 pub(crate) enum Command {
-    Open { req: SessionRequest, reply: oneshot::Sender<Result<Admission, OpenError>> },
-    Resume { id: SessionId, secret: String, reply: oneshot::Sender<Result<Ticket, ResumeError>> },
-    Detach { id: SessionId, lease: u64 },
-    Release { id: SessionId, reason: EndReason },
-    List { reply: oneshot::Sender<Vec<SessionInfo>> },
-    Show { id: SessionId, reply: oneshot::Sender<Option<SessionDetail>> },
-    DryRun { reply: oneshot::Sender<Plan> },
+    Open {
+        req: SessionRequest,
+        reply: oneshot::Sender<Result<Admission, OpenError>>,
+    },
+    Resume {
+        id: SessionId,
+        secret: String,
+        reply: oneshot::Sender<Result<Ticket, ResumeError>>,
+    },
+    Detach {
+        id: SessionId,
+        lease: u64,
+    },
+    Release {
+        id: SessionId,
+        reason: EndReason,
+    },
+    List {
+        reply: oneshot::Sender<Vec<SessionInfo>>,
+    },
+    Show {
+        id: SessionId,
+        reply: oneshot::Sender<Option<SessionDetail>>,
+    },
+    DryRun {
+        reply: oneshot::Sender<Plan>,
+    },
     Resync,
-    Shutdown { reply: oneshot::Sender<()> },
-    Share { id: SessionId, lease: u64, role: Role, ttl: Option<Duration>, label: Option<String>, reply: oneshot::Sender<Result<Granted, ShareError>> },
-    Revoke { id: SessionId, lease: u64, grant_id: String, reply: oneshot::Sender<Result<(), ShareError>> },
-    Join { id: SessionId, secret: String, identity: Option<String>, reply: oneshot::Sender<Result<(Joined, watch::Receiver<Status>), JoinError>> },
-    Leave { id: SessionId, conn: u64 },
-    Presence { id: SessionId, lease: u64, reply: oneshot::Sender<Option<watch::Receiver<Presence>>> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+    Share {
+        id: SessionId,
+        lease: u64,
+        role: Role,
+        ttl: Option<Duration>,
+        label: Option<String>,
+        reply: oneshot::Sender<Result<Granted, ShareError>>,
+    },
+    Revoke {
+        id: SessionId,
+        lease: u64,
+        grant_id: String,
+        reply: oneshot::Sender<Result<(), ShareError>>,
+    },
+    Join {
+        id: SessionId,
+        secret: String,
+        identity: Option<String>,
+        reply: oneshot::Sender<Result<(Joined, watch::Receiver<Status>), JoinError>>,
+    },
+    Leave {
+        id: SessionId,
+        conn: u64,
+    },
+    Presence {
+        id: SessionId,
+        lease: u64,
+        reply: oneshot::Sender<Option<watch::Receiver<Presence>>>,
+    },
 }
 
 /// A handle on the controller. Clones are cheap.
@@ -309,7 +355,9 @@ impl Handle {
         ttl: Option<Duration>,
         label: Option<String>,
     ) -> Result<Granted, ShareError> {
-        self.ask(|reply| Command::Share { id, lease, role, ttl, label, reply }).await.unwrap_or(Err(ShareError::Stopped))
+        self.ask(|reply| Command::Share { id, lease, role, ttl, label, reply })
+            .await
+            .unwrap_or(Err(ShareError::Stopped))
     }
 
     /// Revokes a grant of a session that `lease` holds; its connections are closed.

@@ -30,8 +30,8 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use dispatch::Deferred;
-pub use grants::{Granted, JoinError, Joined, Present, Presence, Role, ShareError};
 use dispatch::Key;
+pub use grants::{Granted, JoinError, Joined, Presence, Present, Role, ShareError};
 use handle::Command;
 pub use handle::{
     Admission, Decision, Handle, OpenError, Readiness, ResumeError, SessionDetail, SessionInfo, SessionRequest, Ticket,

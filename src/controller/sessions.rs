@@ -101,7 +101,11 @@ impl<R: Runtime> Controller<R> {
         let ttl = ttl.map_or(sharing.max_grant_ttl, |t| t.min(sharing.max_grant_ttl));
         let granted = self.grants.create(id, role, ttl, label, self.now())?;
         self.metrics.grant_created(role);
-        self.record(id, "observed", format!("{} grant {} made for {}s", role.as_str(), granted.grant_id, ttl.as_secs()));
+        self.record(
+            id,
+            "observed",
+            format!("{} grant {} made for {}s", role.as_str(), granted.grant_id, ttl.as_secs()),
+        );
         Ok(granted)
     }
 

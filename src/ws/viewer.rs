@@ -57,7 +57,11 @@ impl Conn {
             None => None,
         };
         let id: SessionId = join.session.parse().map_err(|_| {
-            End::from(ProtoError::fatal("bad_session_id", close::BAD_MESSAGE, "join.session must be 32 lowercase hex digits"))
+            End::from(ProtoError::fatal(
+                "bad_session_id",
+                close::BAD_MESSAGE,
+                "join.session must be 32 lowercase hex digits",
+            ))
         })?;
         let (joined, status) = self
             .edge

@@ -8,8 +8,8 @@ use super::ctx::{Ctx, MIN_POSITIVE, loc};
 use super::raw::{RawCredential, RawHealthCheck, RawProfile, RawSecurity, Text};
 use super::units::{parse_count, parse_cpus, parse_size};
 use crate::policy::{
-    CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, Profile, ProfileRecording, ProfileSharing,
-    RecordingMode, Resources, Security, Tmpfs, Ulimit, UnhealthyAction, UnsafeSetting,
+    CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, Profile, ProfileRecording,
+    ProfileSharing, RecordingMode, Resources, Security, Tmpfs, Ulimit, UnhealthyAction, UnsafeSetting,
 };
 
 /// Default tmpfs options when a mount gives none.
@@ -211,9 +211,20 @@ pub(crate) fn profile(cx: &mut Ctx<'_>, path: &str, name: &Text, raw: &RawProfil
         let d = ProfileSharing::default();
         p.sharing = ProfileSharing {
             enabled: cx.boolean(&sh.enabled, &at("sharing.enabled"), d.enabled),
-            max_viewers: u32::try_from(cx.count(&sh.max_viewers, &at("sharing.max_viewers"), d.max_viewers.into(), 1, 1000))
-                .unwrap_or(d.max_viewers),
-            max_grant_ttl: cx.duration(&sh.max_grant_ttl, &at("sharing.max_grant_ttl"), d.max_grant_ttl, Duration::from_secs(60)),
+            max_viewers: u32::try_from(cx.count(
+                &sh.max_viewers,
+                &at("sharing.max_viewers"),
+                d.max_viewers.into(),
+                1,
+                1000,
+            ))
+            .unwrap_or(d.max_viewers),
+            max_grant_ttl: cx.duration(
+                &sh.max_grant_ttl,
+                &at("sharing.max_grant_ttl"),
+                d.max_grant_ttl,
+                Duration::from_secs(60),
+            ),
             anonymous: cx.boolean(&sh.anonymous, &at("sharing.anonymous"), d.anonymous),
         };
     }
