@@ -188,6 +188,9 @@
   const joining = joinFromLocation();
   let role = null;
   let presence = [];
+  // The grants this page made (their ids), for `revoke links`.
+  let grants = [];
+  const revokeEl = document.getElementById('share-revoke');
   const encoder = new TextEncoder();
 
   let phase = 'connecting'; // window.berth.state
@@ -376,6 +379,8 @@
         break;
       case 'shared':
         if (typeof msg.url === 'string') {
+          if (typeof msg.grant_id === 'string') grants.push(msg.grant_id);
+          revokeEl.hidden = false;
           shareLinkEl.value = window.location.origin + msg.url;
           shareLinkEl.hidden = false;
           shareLinkEl.select();
@@ -383,6 +388,14 @@
         }
         break;
       case 'revoked':
+        grants = grants.filter(function (g) {
+          return g !== msg.grant_id;
+        });
+        if (grants.length === 0) {
+          revokeEl.hidden = true;
+          shareLinkEl.hidden = true;
+          shareLinkEl.value = '';
+        }
         setNotice('link revoked');
         break;
       case 'presence':
@@ -445,6 +458,11 @@
   });
   document.getElementById('share-writer').addEventListener('click', function () {
     share('writer');
+  });
+  revokeEl.addEventListener('click', function () {
+    grants.forEach(function (g) {
+      sendControl({ type: 'revoke', grant_id: g });
+    });
   });
 
   function onExit(msg) {
@@ -571,6 +589,9 @@
       return presence;
     },
     share: share,
+    get grants() {
+      return grants.slice();
+    },
     newSession: newSession,
   };
 

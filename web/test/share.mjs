@@ -1,7 +1,7 @@
 // Browser test of a shared session (docs/protocol.md, "Shared sessions") against a running berth whose default
 // profile allows sharing: the owner's page makes a viewer link, a second page opens it and shows the owner's
-// shell read-only, the owner sees it in presence; then both pages are screenshotted side by side (one PNG each:
-// <screenshot-path> with -owner and -viewer before .png).
+// shell read-only, the owner sees it in presence; both pages are screenshotted (one PNG each: <screenshot-path>
+// with -owner and -viewer before .png); then the owner revokes the link, which ends the viewer's page.
 //
 // Usage: node web/test/share.mjs <base-url> <screenshot-path>
 // Exit status 0 only if every step passed. Prints one line per step with its duration.
@@ -197,11 +197,19 @@ try {
     await viewer.screenshot({ path: screenshotPath.replace(/\.png$/, '-viewer.png'), timeout: 10_000 });
   });
 
-  await step('f. the owner ends the session; the viewer is told', 30_000, async () => {
+  await step('f. the owner revokes the link; the viewer page ends, saying so', 30_000, async () => {
+    await owner.click('#share-revoke');
+    await waitForState(viewer, 'ended', 20_000);
+    const status = await viewer.evaluate(() => document.getElementById('status').textContent);
+    if (!status.includes('revoked')) throw new StepFailure(`the viewer's status says ${JSON.stringify(status)}`);
+    await owner.waitForFunction(() => document.getElementById('presence').hidden, null, { timeout: 10_000 });
+  });
+
+  await step('g. the owner ends the session', 20_000, async () => {
     await owner.evaluate(() => window.berth.term.focus());
     await owner.keyboard.type('exit');
     await owner.keyboard.press('Enter');
-    await waitForState(viewer, 'ended', 20_000);
+    await waitForState(owner, 'ended', 15_000);
   });
 } catch (err) {
   if (!(err instanceof StepFailure) && failed === 0) {
