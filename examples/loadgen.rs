@@ -16,6 +16,11 @@
 //! - `memory`: opens `--sessions` sessions, fills each one's replay ring (`--fill-bytes` of output), detaches them
 //!   all (close frame), and reads berth's resident memory from `/metrics`; the sessions then end after the
 //!   resume grace.
+//! - `viewers`: one owner opens a session and shares a viewer grant; `--sessions` viewers join through it,
+//!   `--concurrency` at a time (time to `ready`, and to the screen so far); then the owner echoes 10 times and
+//!   each echo's arrival at every viewer is timed (`viewers.fanout_ms`, from the owner's keystroke), beside the
+//!   owner's own round trip; then the owner releases and every viewer must get the `exit`. berth's default
+//!   profile needs `sharing: {enabled: true, anonymous: true, max_viewers: >= --sessions}`.
 //!
 //! Every mode ends by polling for leftovers (berth sessions and `<namespace>.managed=true` containers); the exit
 //! status is 1 when any remain or any session failed. Only loopback URLs are accepted.
@@ -47,6 +52,7 @@ enum Mode {
     Churn,
     Leak,
     Memory,
+    Viewers,
 }
 
 impl Mode {
@@ -56,6 +62,7 @@ impl Mode {
             Self::Churn => "churn",
             Self::Leak => "leak",
             Self::Memory => "memory",
+            Self::Viewers => "viewers",
         }
     }
 }
@@ -113,6 +120,8 @@ struct Conn {
     tail: Tail,
     /// When `ready` arrived.
     ready_at: Option<Instant>,
+    /// The session id, from `session` or `joined`.
+    session: Option<String>,
 }
 
 /// What arrived.
@@ -125,9 +134,14 @@ enum Ev {
 impl Conn {
     /// TCP connect, the WebSocket upgrade with the `berth.v1` subprotocol, and `hello`.
     async fn open(target: &LoopbackUrl) -> Result<Self, String> {
+        Self::open_with(target, "", json!({"type": "hello", "cols": 80, "rows": 24})).await
+    }
+
+    /// [`Conn::open`] with a query string on the path (`?session=<id>`) and a hello of the caller's.
+    async fn open_with(target: &LoopbackUrl, query: &str, hello: Value) -> Result<Self, String> {
         let tcp = TcpStream::connect(target.addr).await.map_err(|e| format!("connect: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
-        let mut req = format!("ws://{}{}", target.authority, target.path)
+        let mut req = format!("ws://{}{}{query}", target.authority, target.path)
             .into_client_request()
             .map_err(|e| format!("request: {e}"))?;
         req.headers_mut().insert(
@@ -138,8 +152,8 @@ impl Conn {
         if resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()) != Some("berth.v1") {
             return Err("upgrade: the server did not answer with berth.v1".into());
         }
-        let mut c = Self { ws, tail: Tail::default(), ready_at: None };
-        c.send_json(json!({"type": "hello", "cols": 80, "rows": 24})).await?;
+        let mut c = Self { ws, tail: Tail::default(), ready_at: None, session: None };
+        c.send_json(hello).await?;
         Ok(c)
     }
 
@@ -164,6 +178,9 @@ impl Conn {
                     let v: Value = serde_json::from_str(&t).map_err(|e| format!("server sent bad JSON: {e}"))?;
                     if v["type"] == "ready" {
                         self.ready_at = Some(Instant::now());
+                    }
+                    if v["type"] == "session" || v["type"] == "joined" {
+                        self.session = v["session"].as_str().map(str::to_owned);
                     }
                     return Ok(Ev::Json(v));
                 }
@@ -589,6 +606,7 @@ async fn run(args: &Args, target: &LoopbackUrl, berth: &Berth) -> (Value, bool) 
         }
         Mode::Leak => leak(args, target, deadline, &mut extra).await,
         Mode::Memory => memory(args, target, berth, deadline, &mut extra).await,
+        Mode::Viewers => viewers(args, target, deadline, &mut extra).await,
     };
     let left = berth.until_empty(deadline).await;
     if let Some(Value::Object(m)) = extra.get_mut("memory") {
@@ -715,6 +733,128 @@ async fn memory(
             "bound_mib": mib(bound),
             "within_bound": after.map(|r| r < bound),
         }),
+    );
+    t
+}
+
+/// Echo rounds the owner types while its viewers watch.
+const FANOUT_ROUNDS: u64 = 10;
+
+/// One owner, `--sessions` viewers joined through one grant: join timings, then the fan-out of the owner's echoes.
+async fn viewers(
+    args: &Args,
+    target: &LoopbackUrl,
+    deadline: Instant,
+    extra: &mut serde_json::Map<String, Value>,
+) -> Tally {
+    let mut t = Tally::default();
+    let mut owner = match open_session(target, deadline).await {
+        Ok(o) => o.conn,
+        Err(e) => {
+            t.fail(&format!("owner: {e}"));
+            return t;
+        }
+    };
+    let step = deadline.min(Instant::now() + STEP_TIMEOUT);
+    let shared = async {
+        owner.send_json(json!({"type": "share", "role": "viewer", "label": "loadgen"})).await?;
+        owner.until_json("shared", step).await
+    }
+    .await;
+    let (grant, session) = match (shared, owner.session.clone()) {
+        (Ok(v), Some(s)) => (v["grant"].as_str().unwrap_or_default().to_owned(), s),
+        (Err(e), _) => {
+            t.fail(&format!("share: {e}"));
+            let _ = owner.release(step).await;
+            return t;
+        }
+        (Ok(_), None) => {
+            t.fail("share: no session id");
+            let _ = owner.release(step).await;
+            return t;
+        }
+    };
+    // Join in waves of --concurrency; the owner is read meanwhile so that it answers pings.
+    let mut joined = Vec::new();
+    let ids: Vec<u32> = (0..args.sessions).collect();
+    for wave in ids.chunks(args.concurrency as usize) {
+        let joins = wave.iter().map(|_| {
+            let (session, grant) = (session.clone(), grant.clone());
+            async move {
+                let started = Instant::now();
+                let hello = json!({"type": "hello", "cols": 80, "rows": 24,
+                    "join": {"session": session, "grant": grant}});
+                let mut c = Conn::open_with(target, &format!("?session={session}"), hello).await?;
+                let step = deadline.min(started + STEP_TIMEOUT);
+                // The screen so far (the ring from its oldest byte) holds the owner's first echo.
+                c.until_output(report::ECHO_ANSWER, step).await.map_err(|e| format!("viewer screen: {e}"))?;
+                let ttr = c.ready_at.map_or(started.elapsed(), |r| r - started);
+                Ok::<_, String>((c, ttr, started.elapsed()))
+            }
+        });
+        for r in join_all(joins).await {
+            match r {
+                Ok((c, ttr, ttp)) => {
+                    t.ttr.push(ttr);
+                    t.ttp.push(ttp);
+                    joined.push(c);
+                }
+                Err(e) => t.fail(&format!("join: {e}")),
+            }
+        }
+    }
+    let mut fanout = Vec::new();
+    for n in 0..FANOUT_ROUNDS {
+        let answer = format!("fan-{}", n + 43);
+        let step = deadline.min(Instant::now() + STEP_TIMEOUT);
+        owner.tail.mark();
+        for v in &mut joined {
+            v.tail.mark();
+        }
+        let sent = Instant::now();
+        if let Err(e) = owner.send_input(format!("echo fan-$(({n}+43))\r").as_bytes()).await {
+            t.fail(&format!("owner input: {e}"));
+            break;
+        }
+        let own = async { owner.until_output(answer.as_bytes(), step).await.map(|()| sent.elapsed()) };
+        let seen = join_all(joined.iter_mut().map(|v| {
+            let answer = answer.clone();
+            async move { v.until_output(answer.as_bytes(), step).await.map(|()| sent.elapsed()) }
+        }));
+        let (own, seen) = futures::join!(own, seen);
+        match own {
+            Ok(d) => t.echo.push(d),
+            Err(e) => t.fail(&format!("owner echo: {e}")),
+        }
+        for r in seen {
+            match r {
+                Ok(d) => fanout.push(d),
+                Err(e) => t.fail(&format!("fan-out: {e}")),
+            }
+        }
+    }
+    // The owner ends the session: every viewer gets the exit.
+    let step = deadline.min(Instant::now() + STEP_TIMEOUT);
+    let released = owner.release(step).await;
+    if let Err(e) = &released {
+        t.fail(&format!("owner release: {e}"));
+    }
+    let viewers_n = joined.len();
+    let ends = join_all(joined.into_iter().map(|mut v| async move {
+        let r = v.until_json("exit", step).await;
+        v.close().await;
+        r
+    }))
+    .await;
+    for r in ends {
+        match r {
+            Ok(_) => t.ok += 1,
+            Err(e) => t.fail(&format!("viewer exit: {e}")),
+        }
+    }
+    extra.insert(
+        "viewers".into(),
+        json!({"joined": viewers_n, "rounds": FANOUT_ROUNDS, "fanout_ms": report::percentiles(&fanout)}),
     );
     t
 }

@@ -15,7 +15,7 @@ pub use labels::{
     Direction, REJECT_REASONS, RecordingFailureKind, Rejection, ReloadResult, ResumeOutcome, TakeoverResult,
 };
 
-use crate::controller::Deferred;
+use crate::controller::{Deferred, Role};
 use crate::listener::Dropped;
 use crate::runtime::{DockerOp, EventKind};
 use labels::result;
@@ -31,6 +31,7 @@ pub struct Metrics {
     policy: families::Policy,
     peers: families::Peers,
     recordings: families::Recordings,
+    sharing: families::Sharing,
 }
 
 /// A count as a gauge value, saturating.
@@ -52,6 +53,7 @@ impl Metrics {
             policy: families::Policy::new(&registry),
             peers: families::Peers::new(&registry),
             recordings: families::Recordings::new(&registry),
+            sharing: families::Sharing::new(&registry),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -135,6 +137,38 @@ impl Metrics {
     }
 
     // Recordings and the audit log.
+
+    // Shared sessions.
+
+    /// Counts a share grant made.
+    pub fn grant_created(&self, role: Role) {
+        self.sharing.grants.with_label_values(&[role.as_str()]).inc();
+    }
+
+    /// Counts a share grant revoked.
+    pub fn grant_revoked(&self, role: Role) {
+        self.sharing.revoked.with_label_values(&[role.as_str()]).inc();
+    }
+
+    /// Counts a connection joined through a grant.
+    pub fn viewer_joined(&self, role: Role) {
+        self.sharing.viewers.with_label_values(&[role.as_str()]).inc();
+    }
+
+    /// Counts a joined connection gone.
+    pub fn viewer_left(&self, role: Role) {
+        self.sharing.viewers.with_label_values(&[role.as_str()]).dec();
+    }
+
+    /// Counts a join refused.
+    pub fn join_refused(&self) {
+        self.sharing.refused.inc();
+    }
+
+    /// Connections joined through grants now, with `role` (for tests).
+    pub fn viewers(&self, role: Role) -> i64 {
+        self.sharing.viewers.with_label_values(&[role.as_str()]).get()
+    }
 
     /// Counts a recording begun.
     pub fn recording_started(&self) {

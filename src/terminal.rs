@@ -160,6 +160,8 @@ pub enum Read {
 pub struct Reader {
     generation: u64,
     offset: u64,
+    /// A viewer's reader (a connection joined through a share grant): never superseded, never waited for.
+    viewer: bool,
 }
 
 impl Reader {
@@ -191,15 +193,26 @@ impl Terminal {
         // offset is where output really resumes (the caller reports the difference as missed).
         let start = from.unwrap_or(s.ring.start).clamp(s.ring.start, s.ring.end());
         s.reader = Some((s.generation, start));
-        let r = Reader { generation: s.generation, offset: start };
+        let r = Reader { generation: s.generation, offset: start, viewer: false };
         drop(s);
         self.output_ready.notify_waiters();
         self.drained.notify_waiters();
         r
     }
 
+    /// A viewer's reader, starting at the oldest byte held: any number of them read the ring at once, beside
+    /// the owner's. The pump never waits for one: a viewer that falls behind the ring gets a [`Read::Gap`], and
+    /// one whose socket stalls is closed by its connection. Nothing needs undoing when it goes.
+    pub fn watch(&self) -> Reader {
+        let s = self.lock();
+        Reader { generation: 0, offset: s.ring.start, viewer: true }
+    }
+
     /// Detaches `reader`, if it is still the current one: output keeps flowing into the ring.
     pub fn unsubscribe(&self, reader: &Reader) {
+        if reader.viewer {
+            return;
+        }
         let mut s = self.lock();
         if s.reader.is_some_and(|(g, _)| g == reader.generation) {
             s.reader = None;
@@ -217,7 +230,7 @@ impl Terminal {
             notified.as_mut().enable();
             {
                 let s = self.lock();
-                if s.generation != reader.generation {
+                if !reader.viewer && s.generation != reader.generation {
                     return Read::Superseded;
                 }
                 if reader.offset < s.ring.start {
@@ -240,6 +253,9 @@ impl Terminal {
 
     /// Records that the client has taken everything before `offset`, letting the pump read more.
     pub fn ack(&self, reader: &Reader) {
+        if reader.viewer {
+            return;
+        }
         let mut s = self.lock();
         if let Some((g, off)) = s.reader.as_mut()
             && *g == reader.generation
@@ -669,6 +685,31 @@ mod tests {
         }
         assert_eq!(got, b"0123456789abcdef");
         pusher.await.expect("pusher");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_viewer_that_never_reads_does_not_hold_the_owner_back_and_gets_a_gap() {
+        let t = terminal(8);
+        let mut owner = t.subscribe(None);
+        let mut viewer = t.watch();
+        let mut other = t.watch();
+        for chunk in [b"0123".as_slice(), b"4567", b"89ab", b"cdef"] {
+            t.push_when_room(chunk).await;
+            let Read::Data { bytes, .. } = t.read(&mut owner).await else { panic!("owner reads") };
+            assert_eq!(&bytes[..], chunk);
+            t.ack(&owner);
+            let Read::Data { bytes, .. } = t.read(&mut other).await else { panic!("a keeping-up viewer reads") };
+            assert_eq!(&bytes[..], chunk);
+        }
+        assert_eq!(t.read(&mut viewer).await, Read::Gap { missed: 8, resumed_at: 8 });
+        let Read::Data { bytes, .. } = t.read(&mut viewer).await else { panic!("then reads on") };
+        assert_eq!(&bytes[..], b"89abcdef");
+        // A viewer is never superseded, and does not supersede the owner.
+        let mut late = t.watch();
+        t.push_when_room(b"g").await;
+        assert!(matches!(t.read(&mut owner).await, Read::Data { .. }));
+        assert_eq!(t.read(&mut late).await, Read::Gap { missed: 1, resumed_at: 9 }, "the byte pushed out meanwhile");
+        assert!(matches!(t.read(&mut late).await, Read::Data { .. }));
     }
 
     /// An attach stream that yields `chunks` and then stays open until `close` is dropped.

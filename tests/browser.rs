@@ -111,3 +111,60 @@ async fn the_page_runs_a_shell_in_chromium_against_the_real_binary() {
     assert!(w.containers(None).is_empty(), "no container of the test is left");
     eprintln!("whole test took {:?}", began.elapsed());
 }
+
+/// A shared session in two pages (web/test/share.mjs): the owner's Share control makes a viewer link, a second
+/// page opens it read-only and follows the owner's shell, the owner sees it in presence. Screenshots of both
+/// pages go to `ci-artifacts/browser-share-{owner,viewer}.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_session_shows_in_a_second_page_read_only() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    browser_tools(root);
+    common::docker().await;
+    let w = World::with_prefix("b");
+    let dir = TempDir::new("browser-share");
+    let policy = write_policy(dir.path(), &w, &[]);
+    let yaml = std::fs::read_to_string(&policy).expect("reading the policy");
+    let off = "    # sharing: {enabled: false, max_viewers: 8, max_grant_ttl: 1h, anonymous: false}";
+    assert!(yaml.contains(off), "manifests/policy.yaml shows the sharing keys");
+    let on = "    sharing: {enabled: true, max_viewers: 8, max_grant_ttl: 1h, anonymous: true}";
+    std::fs::write(&policy, yaml.replace(off, on)).expect("writing the policy");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut berth = Berth::spawn_with(&policy, w.instance.as_str(), dir.path(), &listen, None);
+    berth.wait_ready(Duration::from_secs(30)).await;
+
+    let artifacts = root.join("ci-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("creating ci-artifacts/");
+    let screenshot = artifacts.join("browser-share.png");
+    let url = format!("http://{}/", berth.addr);
+    let script = root.join("web/test/share.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(&url)
+        .arg(&screenshot)
+        .current_dir(root.join("web"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(SCRIPT_LIMIT, run).await {
+        Ok(out) => out.expect("running node"),
+        Err(_) => panic!("{} did not finish within {SCRIPT_LIMIT:?} (node was killed)", script.display()),
+    };
+    eprintln!(
+        "--- node {} {url}\n{}{}---",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the shared-session browser test failed; its output is above");
+    for who in ["owner", "viewer"] {
+        let png = artifacts.join(format!("browser-share-{who}.png"));
+        assert!(std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0) > 0, "no screenshot at {}", png.display());
+    }
+    // The owner typed `exit`: the session ended, and its container goes.
+    common::eventually(Duration::from_secs(30), "the ended session's container removed", || {
+        w.containers(None).is_empty()
+    })
+    .await;
+    let status = berth.terminate(Duration::from_secs(30));
+    assert!(status.success(), "berth exits 0 after SIGTERM, got {status}; its log:\n{}", berth.log_tail(40));
+}

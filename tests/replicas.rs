@@ -1,7 +1,8 @@
 //! Two berth replicas (the real binary) sharing one Docker engine behind a real HAProxy, all on loopback:
 //! a replica killed with SIGKILL is taken over by the survivor within the lease timeout plus one resync; a
 //! rolling restart under typing clients loses no session; a replica restarted with its identity adopts its own
-//! containers while its peer leaves them alone; and a look-alike with another label namespace is never touched.
+//! containers while its peer leaves them alone; a look-alike with another label namespace is never touched; and a
+//! viewer of a shared session reaches the replica that holds it by the same `?session=` routing as a resume.
 
 mod common;
 
@@ -34,6 +35,21 @@ impl Replica {
     fn start(w: &World, name: &str, edits: &[(&str, &str)]) -> Self {
         let dir = TempDir::new(&format!("replica-{name}"));
         let policy = write_policy(dir.path(), w, edits);
+        let instance = format!("{}-{name}", w.instance);
+        let listen = format!("127.0.0.1:{}", free_port());
+        let berth = Berth::spawn_with(&policy, &instance, dir.path(), &listen, None);
+        Self { berth: Some(berth), instance, listen, dir, policy }
+    }
+
+    /// [`Replica::start`] with sharing on in the default profile (anonymous owners included).
+    fn start_sharing(w: &World, name: &str, edits: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new(&format!("replica-{name}"));
+        let policy = write_policy(dir.path(), w, edits);
+        let yaml = std::fs::read_to_string(&policy).expect("reading the policy");
+        let off = "    # sharing: {enabled: false, max_viewers: 8, max_grant_ttl: 1h, anonymous: false}";
+        assert!(yaml.contains(off), "manifests/policy.yaml shows the sharing keys");
+        let on = "    sharing: {enabled: true, max_viewers: 8, max_grant_ttl: 1h, anonymous: true}";
+        std::fs::write(&policy, yaml.replace(off, on)).expect("writing the policy");
         let instance = format!("{}-{name}", w.instance);
         let listen = format!("127.0.0.1:{}", free_port());
         let berth = Berth::spawn_with(&policy, &instance, dir.path(), &listen, None);
@@ -377,4 +393,48 @@ async fn a_lookalike_with_another_label_namespace_is_never_touched() {
     release_all(&theirs, again).await;
     assert!(x.terminate(T).success());
     assert!(y.terminate(T).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_reach_the_replica_that_holds_the_shared_session_through_the_balancer() {
+    const N: usize = 4;
+    common::docker().await;
+    let w = World::with_prefix("s");
+    let a = Replica::start_sharing(&w, "a", &edits("10s", &[]));
+    let b = Replica::start_sharing(&w, "b", &edits("10s", &[]));
+    a.berth().wait_ready(T).await;
+    b.berth().wait_ready(T).await;
+    let dir = TempDir::new("haproxy-share");
+    let lb = Haproxy::start(dir.path(), &[("a", a.addr()), ("b", b.addr())]).await;
+    // Owners through the balancer (round robin: both replicas hold some).
+    let mut owners = Vec::new();
+    for _ in 0..N {
+        owners.push(open_marked(lb.addr).await);
+    }
+    assert!(
+        !sessions_of(&w, &a.instance).is_empty() && !sessions_of(&w, &b.instance).is_empty(),
+        "the owners' sessions are spread over both replicas"
+    );
+    let mut viewers = Vec::new();
+    for owner in &mut owners {
+        owner.send_json(serde_json::json!({"type": "share", "role": "viewer"})).await;
+        let shared = owner.until_json("shared", T).await;
+        let session = owner.session.clone().expect("session");
+        let mut v = common::client::connect_with(lb.addr, &format!("?session={session}"), &[]).await.expect("connect");
+        v.send_json(serde_json::json!({"type": "hello", "cols": 80, "rows": 24,
+            "join": {"session": session, "grant": shared["grant"]}}))
+            .await;
+        // Routed to the wrong replica, the join would be refused (4016): the grant lives where the session is.
+        v.until_ready().await;
+        v.until_output_from(0, "set:42", T).await;
+        let from = (owner.output.len(), v.output.len());
+        owner.input("echo \"seen:$((MARK+1))\"\r").await;
+        owner.until_output_from(from.0, "seen:43", T).await;
+        v.until_output_from(from.1, "seen:43", T).await;
+        viewers.push(v);
+    }
+    release_all(&w, owners).await;
+    for mut v in viewers {
+        assert_eq!(v.until_closed(T).await.0, Some(4000), "a viewer gets the session's end");
+    }
 }

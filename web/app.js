@@ -24,6 +24,9 @@
   const CLOSE_UNKNOWN_SESSION = 4004;
   const CLOSE_BAD_REQUEST = 4005;
   const CLOSE_SESSION_ELSEWHERE = 4013;
+  const CLOSE_GRANT_REVOKED = 4014;
+  const CLOSE_GRANT_EXPIRED = 4015;
+  const CLOSE_GRANT_REFUSED = 4016;
   const CLOSE_CAPACITY = 4029;
 
   const END_REASONS = {
@@ -52,6 +55,10 @@
     if (code === CLOSE_NORMAL || code === CLOSE_SESSION_ENDED) return { kind: 'ended' };
     if (code === CLOSE_TAKEN_OVER) return { kind: 'taken_over' };
     if (code === CLOSE_UNKNOWN_SESSION) return { kind: 'unknown_session' };
+    // A share grant revoked, expired or refused: joining again would be refused again.
+    if (code === CLOSE_GRANT_REVOKED || code === CLOSE_GRANT_EXPIRED || code === CLOSE_GRANT_REFUSED) {
+      return { kind: 'ended' };
+    }
     // A stored session id the server cannot even parse is as good as unknown.
     if (code === CLOSE_BAD_REQUEST && errorCode === 'bad_session_id') return { kind: 'unknown_session' };
     // Not authorized, or the page and the server disagree on the protocol: the same hello would fail again.
@@ -102,6 +109,18 @@
     }
   }
 
+  /** A share link (`/?session=<id>#grant=<secret>`): `{session, grant}`, or null. */
+  function joinFromLocation() {
+    try {
+      const grant = new URLSearchParams(window.location.hash.replace(/^#/, '')).get('grant');
+      const session = new URLSearchParams(window.location.search).get('session');
+      if (grant && session && SESSION_ID.test(session)) return { session: session, grant: grant };
+    } catch (_) {
+      // not a share link
+    }
+    return null;
+  }
+
   function loadStored() {
     try {
       const saved = JSON.parse(window.sessionStorage.getItem(STORAGE_KEY) || 'null');
@@ -146,6 +165,9 @@
   const actionEl = document.getElementById('action');
   const sessionEl = document.getElementById('session');
   const container = document.getElementById('terminal');
+  const presenceEl = document.getElementById('presence');
+  const shareEl = document.getElementById('share');
+  const shareLinkEl = document.getElementById('share-link');
 
   const term = new window.Terminal({
     cursorBlink: true,
@@ -162,6 +184,13 @@
   fit();
 
   const token = tokenFromFragment();
+  // Joined through a share link: the grant, and the role the server gives it (`viewer` or `writer`).
+  const joining = joinFromLocation();
+  let role = null;
+  let presence = [];
+  // The grants this page made (their ids), for `revoke links`.
+  let grants = [];
+  const revokeEl = document.getElementById('share-revoke');
   const encoder = new TextEncoder();
 
   let phase = 'connecting'; // window.berth.state
@@ -177,7 +206,7 @@
   let retryTimer = null;
   let action = null;
   // The session to resume, `{session, secret}`: kept here for drops, and in sessionStorage for reloads.
-  let saved = loadStored();
+  let saved = joining ? null : loadStored();
 
   function saveSession(session, secret) {
     saved = { session: session, secret: secret };
@@ -240,6 +269,10 @@
   }
 
   function sendInput(bytes) {
+    if (role === 'viewer') {
+      setNotice('read-only: you joined as a viewer', 'read_only');
+      return;
+    }
     if (!connected()) {
       if (phase !== 'ended') setNotice('not connected: input dropped');
       return;
@@ -260,7 +293,7 @@
     clearTimeout(retryTimer);
     retryTimer = null;
     setAction(null);
-    const resume = saved;
+    const resume = joining ? { session: joining.session } : saved;
     if (resume && resume.session !== sessionId) {
       // A session this terminal has not shown yet (page load): ask for the whole replay buffer.
       haveStream = false;
@@ -283,7 +316,9 @@
       opened = true;
       const hello = { type: 'hello', cols: clampDimension(term.cols), rows: clampDimension(term.rows) };
       if (token) hello.token = token;
-      if (resume) {
+      if (joining) {
+        hello.join = { session: joining.session, grant: joining.grant };
+      } else if (resume) {
         hello.resume = { session: resume.session, secret: resume.secret, offset: haveStream ? offset : 0 };
       } else {
         hello.env = { TERM: 'xterm-256color' };
@@ -335,6 +370,38 @@
           if (typeof msg.secret === 'string' && msg.secret) saveSession(msg.session, msg.secret);
         }
         break;
+      case 'joined':
+        role = msg.role === 'writer' ? 'writer' : 'viewer';
+        // A (re)join is sent the screen from the oldest byte held: start from a clean terminal.
+        resetTerminal();
+        if (typeof msg.session === 'string') showSession(msg.session);
+        statusEl.dataset.role = role;
+        break;
+      case 'shared':
+        if (typeof msg.url === 'string') {
+          if (typeof msg.grant_id === 'string') grants.push(msg.grant_id);
+          revokeEl.hidden = false;
+          shareLinkEl.value = window.location.origin + msg.url;
+          shareLinkEl.hidden = false;
+          shareLinkEl.select();
+          setNotice(msg.role + ' link made; it works until ' + new Date(msg.expires_at * 1000).toLocaleTimeString());
+        }
+        break;
+      case 'revoked':
+        grants = grants.filter(function (g) {
+          return g !== msg.grant_id;
+        });
+        if (grants.length === 0) {
+          revokeEl.hidden = true;
+          shareLinkEl.hidden = true;
+          shareLinkEl.value = '';
+        }
+        setNotice('link revoked');
+        break;
+      case 'presence':
+        presence = Array.isArray(msg.viewers) ? msg.viewers : [];
+        showPresence();
+        break;
       case 'status':
         setPhase(msg.phase === 'pending' ? 'pending' : 'creating', msg.phase === 'pending' ? 'pending' : 'creating');
         break;
@@ -342,8 +409,10 @@
         attempt = 0;
         if (typeof msg.offset === 'number') offset = msg.offset;
         haveStream = true;
-        setPhase('ready', 'ready');
+        setPhase('ready', role ? 'ready: ' + (role === 'viewer' ? 'read-only viewer' : 'writer') : 'ready');
         setNotice('');
+        // Only the owner shares (the page that holds the session's resume secret).
+        shareEl.hidden = joining !== null;
         if (msg.missed > 0) writeNotice(msg.missed + ' bytes of output were lost while disconnected');
         break;
       case 'gap':
@@ -372,13 +441,38 @@
     }
   }
 
+  function showPresence() {
+    const names = presence.map(function (p) {
+      return (printable(p.identity) || 'someone') + ' (' + (p.role === 'writer' ? 'writer' : 'viewer') + ')';
+    });
+    presenceEl.textContent = names.length ? names.length + ' connected: ' + names.join(', ') : '';
+    presenceEl.hidden = names.length === 0;
+  }
+
+  function share(asRole) {
+    sendControl({ type: 'share', role: asRole });
+  }
+
+  document.getElementById('share-viewer').addEventListener('click', function () {
+    share('viewer');
+  });
+  document.getElementById('share-writer').addEventListener('click', function () {
+    share('writer');
+  });
+  revokeEl.addEventListener('click', function () {
+    grants.forEach(function (g) {
+      sendControl({ type: 'revoke', grant_id: g });
+    });
+  });
+
   function onExit(msg) {
     const why = describeExit(msg);
     clearSaved();
     setPhase('ended', 'ended: ' + why);
     setNotice('');
     writeNotice('session ended: ' + why);
-    setAction('new session', newSession);
+    shareEl.hidden = true;
+    if (!joining) setAction('new session', newSession);
   }
 
   function onClose(code) {
@@ -387,8 +481,9 @@
     switch (next.kind) {
       case 'ended':
         clearSaved();
+        shareEl.hidden = true;
         setPhase('ended', 'ended: ' + describeClose(code, lastError, opened));
-        setAction('new session', newSession);
+        if (!joining) setAction('new session', newSession);
         break;
       case 'taken_over':
         setPhase('taken_over', 'this session was opened in another tab');
@@ -461,6 +556,7 @@
     sendInput(bytes);
   });
   term.onResize(function (size) {
+    if (role === 'viewer') return; // a viewer's resizes are dropped
     sendControl({ type: 'resize', cols: clampDimension(size.cols), rows: clampDimension(size.rows) });
   });
 
@@ -485,6 +581,16 @@
     },
     get sessionId() {
       return sessionId;
+    },
+    get role() {
+      return role;
+    },
+    get presence() {
+      return presence;
+    },
+    share: share,
+    get grants() {
+      return grants.slice();
     },
     newSession: newSession,
   };

@@ -124,6 +124,10 @@ pub struct Profile {
     /// serialized policy while off.
     #[serde(skip_serializing_if = "ProfileRecording::is_off")]
     pub recording: ProfileRecording,
+    /// Whether this profile's sessions may be shared with viewers and writers. Not part of [`Profile::hash`];
+    /// left out of the serialized policy while off.
+    #[serde(skip_serializing_if = "ProfileSharing::is_off")]
+    pub sharing: ProfileSharing,
 }
 
 impl Profile {
@@ -146,13 +150,14 @@ impl Profile {
             acknowledged_unsafe: BTreeSet::new(),
             runtime: None,
             recording: ProfileRecording::default(),
+            sharing: ProfileSharing::default(),
         }
     }
 
     /// A short stable hash of everything that shapes the container; stamped on containers to show drift.
-    /// Recording does not shape the container, and is left out.
+    /// Recording and sharing do not shape the container, and are left out.
     pub fn hash(&self) -> String {
-        let shape = Self { recording: ProfileRecording::default(), ..self.clone() };
+        let shape = Self { recording: ProfileRecording::default(), sharing: ProfileSharing::default(), ..self.clone() };
         let json = serde_json::to_vec(&shape).unwrap_or_default();
         hex::encode(&Sha256::digest(&json)[..8])
     }
@@ -192,6 +197,32 @@ impl ProfileRecording {
     /// Whether this profile's sessions go unrecorded.
     pub fn is_off(&self) -> bool {
         self.mode == RecordingMode::Off
+    }
+}
+
+/// A profile's `sharing` section: whether the owner of a session may hand out viewer and writer grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProfileSharing {
+    /// Sharing is allowed at all (off by default).
+    pub enabled: bool,
+    /// Connections joined through grants at once, per session.
+    pub max_viewers: u32,
+    /// The longest lifetime a grant may be given.
+    pub max_grant_ttl: Duration,
+    /// Whether an anonymous owner may share.
+    pub anonymous: bool,
+}
+
+impl Default for ProfileSharing {
+    fn default() -> Self {
+        Self { enabled: false, max_viewers: 8, max_grant_ttl: Duration::from_secs(3600), anonymous: false }
+    }
+}
+
+impl ProfileSharing {
+    /// Whether this profile's sessions cannot be shared.
+    pub fn is_off(&self) -> bool {
+        !self.enabled
     }
 }
 

@@ -386,4 +386,35 @@ mod tests {
             assert!(err.contains(key), "{err} should say {key}");
         }
     }
+
+    #[test]
+    fn sharing_keys_parse_with_defaults_off_and_bad_values_are_all_reported() {
+        let policy = parse(
+            "profiles:\n  default:\n    image: foo\n    sharing: {enabled: true, max_viewers: 3, max_grant_ttl: 2h, anonymous: true}\n",
+        )
+        .expect("valid");
+        let s = policy.profiles[&name("default")].sharing;
+        assert_eq!(
+            (s.enabled, s.max_viewers, s.max_grant_ttl, s.anonymous),
+            (true, 3, Duration::from_secs(7200), true)
+        );
+        assert_eq!(
+            policy.profiles[&name("default")].hash(),
+            parse("profiles: {default: {image: foo}}\n").expect("valid").profiles[&name("default")].hash(),
+            "sharing does not shape the container",
+        );
+        let off = parse("profiles: {default: {image: foo}}\n").expect("valid");
+        assert!(off.profiles[&name("default")].sharing.is_off(), "off by default");
+        let errs = errors(
+            "profiles:\n  default:\n    image: foo\n    sharing: {enabled: maybe, max_viewers: 0, max_grant_ttl: 1s}\n",
+        );
+        assert_eq!(errs.len(), 3, "{errs:#?}");
+        for (err, key) in errs.iter().zip([
+            "profiles.default.sharing.enabled: ",
+            "profiles.default.sharing.max_viewers: ",
+            "profiles.default.sharing.max_grant_ttl: ",
+        ]) {
+            assert!(err.contains(key), "{err} should say {key}");
+        }
+    }
 }

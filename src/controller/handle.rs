@@ -9,6 +9,8 @@ use berth_reconciler::{EndReason, EnvVar, ProfileName, SessionId, SessionKind, S
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::grants::{Granted, JoinError, Joined, Presence, Role, ShareError};
+
 /// A request for a new session.
 #[derive(Debug, Clone)]
 pub struct SessionRequest {
@@ -181,15 +183,66 @@ impl Readiness {
 }
 
 pub(crate) enum Command {
-    Open { req: SessionRequest, reply: oneshot::Sender<Result<Admission, OpenError>> },
-    Resume { id: SessionId, secret: String, reply: oneshot::Sender<Result<Ticket, ResumeError>> },
-    Detach { id: SessionId, lease: u64 },
-    Release { id: SessionId, reason: EndReason },
-    List { reply: oneshot::Sender<Vec<SessionInfo>> },
-    Show { id: SessionId, reply: oneshot::Sender<Option<SessionDetail>> },
-    DryRun { reply: oneshot::Sender<Plan> },
+    Open {
+        req: SessionRequest,
+        reply: oneshot::Sender<Result<Admission, OpenError>>,
+    },
+    Resume {
+        id: SessionId,
+        secret: String,
+        reply: oneshot::Sender<Result<Ticket, ResumeError>>,
+    },
+    Detach {
+        id: SessionId,
+        lease: u64,
+    },
+    Release {
+        id: SessionId,
+        reason: EndReason,
+    },
+    List {
+        reply: oneshot::Sender<Vec<SessionInfo>>,
+    },
+    Show {
+        id: SessionId,
+        reply: oneshot::Sender<Option<SessionDetail>>,
+    },
+    DryRun {
+        reply: oneshot::Sender<Plan>,
+    },
     Resync,
-    Shutdown { reply: oneshot::Sender<()> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+    Share {
+        id: SessionId,
+        lease: u64,
+        role: Role,
+        ttl: Option<Duration>,
+        label: Option<String>,
+        reply: oneshot::Sender<Result<Granted, ShareError>>,
+    },
+    Revoke {
+        id: SessionId,
+        lease: u64,
+        grant_id: String,
+        reply: oneshot::Sender<Result<(), ShareError>>,
+    },
+    Join {
+        id: SessionId,
+        secret: String,
+        identity: Option<String>,
+        reply: oneshot::Sender<Result<(Joined, watch::Receiver<Status>), JoinError>>,
+    },
+    Leave {
+        id: SessionId,
+        conn: u64,
+    },
+    Presence {
+        id: SessionId,
+        lease: u64,
+        reply: oneshot::Sender<Option<watch::Receiver<Presence>>>,
+    },
 }
 
 /// A handle on the controller. Clones are cheap.
@@ -211,6 +264,11 @@ impl std::fmt::Debug for Command {
             Self::DryRun { .. } => "DryRun",
             Self::Resync => "Resync",
             Self::Shutdown { .. } => "Shutdown",
+            Self::Share { .. } => "Share",
+            Self::Revoke { .. } => "Revoke",
+            Self::Join { .. } => "Join",
+            Self::Leave { .. } => "Leave",
+            Self::Presence { .. } => "Presence",
         })
     }
 }
@@ -282,6 +340,55 @@ impl Handle {
     /// Stops new work and drains; returns once the controller has finished.
     pub async fn shutdown(&self) {
         let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+
+    /// Makes a share grant on a session that `lease` holds; `ttl` is bounded by the profile (`None`: its bound).
+    ///
+    /// # Errors
+    /// When `lease` does not hold the session, the profile does not allow sharing, or the session has too many
+    /// grants.
+    pub async fn share(
+        &self,
+        id: SessionId,
+        lease: u64,
+        role: Role,
+        ttl: Option<Duration>,
+        label: Option<String>,
+    ) -> Result<Granted, ShareError> {
+        self.ask(|reply| Command::Share { id, lease, role, ttl, label, reply })
+            .await
+            .unwrap_or(Err(ShareError::Stopped))
+    }
+
+    /// Revokes a grant of a session that `lease` holds; its connections are closed.
+    ///
+    /// # Errors
+    /// When `lease` does not hold the session or the grant is not the session's.
+    pub async fn revoke(&self, id: SessionId, lease: u64, grant_id: String) -> Result<(), ShareError> {
+        self.ask(|reply| Command::Revoke { id, lease, grant_id, reply }).await.unwrap_or(Err(ShareError::Stopped))
+    }
+
+    /// Joins a session through a grant: the join, and the session's status.
+    ///
+    /// # Errors
+    /// When the grant is unknown, revoked or expired, or the session is full or gone.
+    pub async fn join(
+        &self,
+        id: SessionId,
+        secret: String,
+        identity: Option<String>,
+    ) -> Result<(Joined, watch::Receiver<Status>), JoinError> {
+        self.ask(|reply| Command::Join { id, secret, identity, reply }).await.unwrap_or(Err(JoinError::Stopped))
+    }
+
+    /// A joined connection left.
+    pub async fn leave(&self, id: SessionId, conn: u64) {
+        let _ = self.tx.send(Command::Leave { id, conn }).await;
+    }
+
+    /// Who is connected through grants to a session that `lease` holds, as it changes.
+    pub async fn presence(&self, id: SessionId, lease: u64) -> Option<watch::Receiver<Presence>> {
+        self.ask(|reply| Command::Presence { id, lease, reply }).await.flatten()
     }
 
     /// Readiness as it changes.

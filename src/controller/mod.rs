@@ -4,6 +4,7 @@
 
 mod audit;
 mod dispatch;
+mod grants;
 mod handle;
 mod inputs;
 mod peers;
@@ -30,6 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use dispatch::Deferred;
 use dispatch::Key;
+pub use grants::{Granted, JoinError, Joined, Presence, Present, Role, ShareError};
 use handle::Command;
 pub use handle::{
     Admission, Decision, Handle, OpenError, Readiness, ResumeError, SessionDetail, SessionInfo, SessionRequest, Ticket,
@@ -73,6 +75,7 @@ pub struct Controller<R: Runtime> {
     desired: Desired,
     observed: ObservedStore,
     table: table::SessionTable,
+    grants: grants::Grants,
     gate: dispatch::Gate,
     queue: queue::AdmissionQueue,
     terminals: Terminals,
@@ -161,6 +164,7 @@ pub fn spawn<R: Runtime>(
         desired,
         observed: ObservedStore::default(),
         table: table::SessionTable::default(),
+        grants: grants::Grants::default(),
         gate: dispatch::Gate::default(),
         queue: queue::AdmissionQueue::default(),
         terminals: terminals.clone(),
@@ -520,6 +524,7 @@ impl<R: Runtime> Controller<R> {
                 let term = self.terminals.get(&id);
                 self.audit.ended(&s, term.as_deref(), &self.metrics);
             }
+            self.forget_grants(&id);
             self.table.forget(&id);
             self.gate.succeeded(&Key::Session(id));
             self.terminals.forget(&id);

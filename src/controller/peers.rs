@@ -243,6 +243,7 @@ impl<R: Runtime> Controller<R> {
         for id in lost {
             info!(session = %id, "session taken over by another replica");
             self.desired.sessions.remove(&id);
+            self.forget_grants(&id);
             self.table.forget(&id);
             self.terminals.forget(&id);
         }

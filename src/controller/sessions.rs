@@ -2,6 +2,9 @@
 //! admission queue, and the session listings the admin API shows.
 
 use super::*;
+use berth_reconciler::SessionKind;
+
+use super::grants::{Granted, JoinError, Joined, Role, ShareError};
 use crate::metrics::{Rejection, ResumeOutcome};
 
 impl<R: Runtime> Controller<R> {
@@ -47,6 +50,102 @@ impl<R: Runtime> Controller<R> {
             }
             Command::Resync => self.request_list(),
             Command::Shutdown { reply } => self.begin_shutdown(Some(reply)),
+            Command::Share { id, lease, role, ttl, label, reply } => {
+                let _ = reply.send(self.share(id, lease, role, ttl, label));
+            }
+            Command::Revoke { id, lease, grant_id, reply } => {
+                let res = if self.table.holds(&id, lease) {
+                    self.grants.revoke(id, &grant_id).map(|role| {
+                        self.metrics.grant_revoked(role);
+                        self.record(id, "observed", format!("{} grant {grant_id} revoked", role.as_str()));
+                    })
+                } else {
+                    Err(ShareError::NotHolder)
+                };
+                let _ = reply.send(res);
+            }
+            Command::Join { id, secret, identity, reply } => {
+                let _ = reply.send(self.join(id, &secret, identity));
+            }
+            Command::Leave { id, conn } => {
+                if let Some(role) = self.grants.leave(id, conn) {
+                    self.metrics.viewer_left(role);
+                }
+            }
+            Command::Presence { id, lease, reply } => {
+                let rx = self.table.holds(&id, lease).then(|| self.grants.presence(id));
+                let _ = reply.send(rx);
+            }
+        }
+    }
+
+    fn share(
+        &mut self,
+        id: SessionId,
+        lease: u64,
+        role: Role,
+        ttl: Option<Duration>,
+        label: Option<String>,
+    ) -> Result<Granted, ShareError> {
+        let s = self.desired.sessions.get(&id).filter(|s| s.ending.is_none());
+        let Some(s) = s.filter(|_| self.table.holds(&id, lease)) else {
+            return Err(ShareError::NotHolder);
+        };
+        let sharing = self.policy.profiles.get(&s.profile).map(|p| p.sharing).unwrap_or_default();
+        if !sharing.enabled {
+            return Err(ShareError::NotAllowed("this session's profile does not allow sharing"));
+        }
+        if s.kind == SessionKind::Anonymous && !sharing.anonymous {
+            return Err(ShareError::NotAllowed("this session's profile does not let anonymous owners share"));
+        }
+        let ttl = ttl.map_or(sharing.max_grant_ttl, |t| t.min(sharing.max_grant_ttl));
+        let granted = self.grants.create(id, role, ttl, label, self.now())?;
+        self.metrics.grant_created(role);
+        self.record(
+            id,
+            "observed",
+            format!("{} grant {} made for {}s", role.as_str(), granted.grant_id, ttl.as_secs()),
+        );
+        Ok(granted)
+    }
+
+    fn join(
+        &mut self,
+        id: SessionId,
+        secret: &str,
+        identity: Option<String>,
+    ) -> Result<(Joined, watch::Receiver<Status>), JoinError> {
+        let Some(s) = self.desired.sessions.get(&id).filter(|s| s.ending.is_none()) else {
+            self.metrics.join_refused();
+            return Err(JoinError::Refused);
+        };
+        let sharing = self.policy.profiles.get(&s.profile).map(|p| p.sharing).unwrap_or_default();
+        let anonymous_refused = s.kind == SessionKind::Anonymous && !sharing.anonymous;
+        let status = self.table.subscribe(&id);
+        let joined = match status {
+            Some(_) if sharing.enabled && !anonymous_refused => {
+                self.grants.join(id, secret, identity, sharing.max_viewers, self.now())
+            }
+            _ => Err(JoinError::Refused),
+        };
+        match (joined, status) {
+            (Ok(j), Some(status)) => {
+                self.metrics.viewer_joined(j.role);
+                self.record(id, "observed", format!("{} joined through grant {}", j.role.as_str(), j.grant_id));
+                Ok((j, status))
+            }
+            (Err(e), _) => {
+                self.metrics.join_refused();
+                Err(e)
+            }
+            (Ok(_), None) => Err(JoinError::Refused),
+        }
+    }
+
+    /// `id` is gone: its grants go, and its joined connections stop counting.
+    pub(super) fn forget_grants(&mut self, id: &SessionId) {
+        for role in self.grants.forget(id) {
+            self.metrics.viewer_left(role);
         }
     }
 

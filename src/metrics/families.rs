@@ -395,3 +395,42 @@ impl Recordings {
         m
     }
 }
+
+/// Shared sessions: grants and the connections joined through them.
+#[derive(Debug, Clone)]
+pub(super) struct Sharing {
+    /// Connections joined through grants, by role.
+    pub viewers: IntGaugeVec,
+    /// Grants made, by role.
+    pub grants: IntCounterVec,
+    /// Grants revoked, by role.
+    pub revoked: IntCounterVec,
+    /// Joins refused (unknown, expired, full).
+    pub refused: IntCounter,
+}
+
+impl Sharing {
+    pub(super) fn new(r: &Registry) -> Self {
+        let m = Self {
+            viewers: gauge_vec(
+                r,
+                "berth_session_viewers",
+                "Connections joined to sessions through share grants, by role (viewer, writer); owners not counted.",
+                &["role"],
+            ),
+            grants: counter_vec(r, "berth_share_grants_total", "Share grants made, by role.", &["role"]),
+            revoked: counter_vec(r, "berth_share_grants_revoked_total", "Share grants revoked, by role.", &["role"]),
+            refused: counter(
+                r,
+                "berth_share_joins_refused_total",
+                "Joins through a grant refused (unknown or revoked grant, expired, session full of viewers).",
+            ),
+        };
+        for role in crate::controller::Role::ALL {
+            m.viewers.with_label_values(&[role.as_str()]);
+            m.grants.with_label_values(&[role.as_str()]);
+            m.revoked.with_label_values(&[role.as_str()]);
+        }
+        m
+    }
+}

@@ -37,6 +37,9 @@ pub(super) struct Conn {
     /// The session this connection holds, with its lease, once it has one: detached when the connection ends
     /// any way but the session's end.
     pub(super) held: Option<(SessionId, u64)>,
+    /// The session this connection joined through a grant, with its joiner number: the controller is told when
+    /// it leaves.
+    pub(super) joined: Option<(SessionId, u64)>,
 }
 
 /// A frame as the states see it: unknown and invalid messages have been answered already.
@@ -94,6 +97,7 @@ impl Conn {
             announced,
             pending,
             held: None,
+            joined: None,
         };
         let end = conn.serve().await;
         let mut say = |msg: Message| {
@@ -135,6 +139,9 @@ impl Conn {
             }
         };
         drop(last_words);
+        if let Some((id, n)) = conn.joined {
+            edge.handle.leave(id, n).await;
+        }
         // Any way out but the end of the session leaves it detached and resumable.
         if let (Some((id, lease)), false) = (conn.held, matches!(end, End::Exited(_))) {
             edge.handle.detach(id, lease).await;

@@ -7,7 +7,7 @@ use tracing::{debug, warn};
 use super::End;
 use super::messages::{ProtoError, close};
 use crate::auth::AuthError;
-use crate::controller::{OpenError, ResumeError};
+use crate::controller::{JoinError, OpenError, ResumeError, ShareError};
 
 /// How long a client is told to wait before resuming a session another replica holds.
 const ELSEWHERE_RETRY_SECS: u64 = 2;
@@ -74,6 +74,24 @@ pub(super) fn resume_error(e: ResumeError) -> ProtoError {
             ..ProtoError::fatal("session_elsewhere", close::SESSION_ELSEWHERE, e.to_string())
         },
         _ => ProtoError::fatal("unknown_session", close::UNKNOWN_SESSION, e.to_string()),
+    }
+}
+
+/// A refused `share` or `revoke`: not fatal, the owner's connection goes on.
+pub(super) fn share_error(e: &ShareError) -> ProtoError {
+    match e {
+        ShareError::UnknownGrant => ProtoError::soft("unknown_grant", e.to_string()),
+        _ => ProtoError::soft("share_refused", e.to_string()),
+    }
+}
+
+/// A refused join.
+pub(super) fn join_error(e: &JoinError) -> ProtoError {
+    match e {
+        JoinError::Refused => ProtoError::fatal("grant_refused", close::GRANT_REFUSED, e.to_string()),
+        JoinError::Expired => ProtoError::fatal("grant_expired", close::GRANT_EXPIRED, e.to_string()),
+        JoinError::Full(_) => ProtoError::fatal("viewers_full", close::FULL, e.to_string()),
+        JoinError::Stopped => ProtoError::fatal("draining", close::DRAINING, e.to_string()),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Hello {
     pub credentials: BTreeMap<String, String>,
     /// Resume an existing session instead of opening one.
     pub resume: Option<Resume>,
+    /// Join a shared session through a grant instead of opening one.
+    pub join: Option<Join>,
 }
 
 impl Default for Hello {
@@ -47,6 +49,7 @@ impl Default for Hello {
             env: BTreeMap::new(),
             credentials: BTreeMap::new(),
             resume: None,
+            join: None,
         }
     }
 }
@@ -69,6 +72,7 @@ impl std::fmt::Debug for Hello {
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("credentials", &self.credentials.keys().collect::<Vec<_>>())
             .field("resume", &self.resume)
+            .field("join", &self.join)
             .finish()
     }
 }
@@ -91,6 +95,36 @@ impl std::fmt::Debug for Resume {
     }
 }
 
+/// A join through a share grant.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    /// Session id (validated separately).
+    pub session: String,
+    /// The grant's secret.
+    pub grant: String,
+}
+
+impl std::fmt::Debug for Join {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Join").field("session", &self.session).finish_non_exhaustive()
+    }
+}
+
+/// `share`: the owner asks for a grant.
+#[derive(Debug, Clone)]
+pub struct Share {
+    /// The grant's role.
+    pub role: crate::controller::Role,
+    /// Its lifetime; `None`: the profile's maximum.
+    pub ttl: Option<std::time::Duration>,
+    /// Who it is for, shown in presence.
+    pub label: Option<String>,
+}
+
+/// Longest `share.label`, in characters.
+pub const MAX_LABEL: usize = 64;
+
 /// `resize`.
 #[derive(Debug, Clone, Copy)]
 pub struct Resize {
@@ -109,6 +143,10 @@ pub enum ClientMsg {
     Resize(Resize),
     /// `release`.
     Release,
+    /// `share`.
+    Share(Share),
+    /// `revoke`: the grant id.
+    Revoke(String),
     /// A `type` this protocol version does not know (its first 40 characters). Its one answer is
     /// [`ClientMsg::unknown_type`]: fatal, in every state.
     Unknown(String),
@@ -189,6 +227,13 @@ pub const ERRORS: &[(&str, Option<u16>)] = &[
     ("bad_frame", Some(close::BAD_MESSAGE)),
     ("bad_session_id", Some(close::BAD_MESSAGE)),
     ("bad_resize", None),
+    ("bad_share", None),
+    ("share_refused", None),
+    ("unknown_grant", None),
+    ("grant_refused", Some(close::GRANT_REFUSED)),
+    ("grant_expired", Some(close::GRANT_EXPIRED)),
+    ("grant_revoked", Some(close::GRANT_REVOKED)),
+    ("viewers_full", Some(close::FULL)),
     ("unauthorized", Some(close::UNAUTHORIZED)),
     ("forbidden_profile", Some(close::UNAUTHORIZED)),
     ("unknown_profile", Some(close::BAD_MESSAGE)),
@@ -258,6 +303,12 @@ pub mod close {
     pub const DOCKER_UNAVAILABLE: u16 = 4012;
     /// The session is held by another replica that cannot be reached now; resume again after `retry_after`.
     pub const SESSION_ELSEWHERE: u16 = 4013;
+    /// The share grant a joined connection used was revoked by the owner.
+    pub const GRANT_REVOKED: u16 = 4014;
+    /// The share grant has expired (at join, or while joined).
+    pub const GRANT_EXPIRED: u16 = 4015;
+    /// Join refused: no such session here, ended, or the grant is wrong, revoked or no longer allowed.
+    pub const GRANT_REFUSED: u16 = 4016;
     /// No capacity.
     pub const FULL: u16 = 4029;
     /// Message too big (RFC 6455).
@@ -266,7 +317,7 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
 }
 
-const KNOWN: [&str; 3] = ["hello", "resize", "release"];
+const KNOWN: [&str; 5] = ["hello", "resize", "release", "share", "revoke"];
 
 /// Parses one text frame. An unknown `type` is not an error here: it is [`ClientMsg::Unknown`].
 ///
@@ -300,8 +351,37 @@ pub fn parse(text: &str) -> Result<ClientMsg, ProtoError> {
             Ok(ClientMsg::Resize(Resize { cols, rows }))
         }
         "release" => Ok(ClientMsg::Release),
+        "share" => parse_share(&v).map(ClientMsg::Share),
+        "revoke" => match v.get("grant_id").and_then(serde_json::Value::as_str) {
+            Some(id) if !id.is_empty() && id.len() <= 64 => Ok(ClientMsg::Revoke(id.to_owned())),
+            _ => Err(ProtoError::soft("bad_share", "revoke needs a string \"grant_id\" from a shared message")),
+        },
         _ => Ok(ClientMsg::Unknown(ty.chars().take(40).collect())),
     }
+}
+
+fn parse_share(v: &serde_json::Value) -> Result<Share, ProtoError> {
+    let bad = |m: &str| ProtoError::soft("bad_share", m.to_owned());
+    let role = v
+        .get("role")
+        .and_then(serde_json::Value::as_str)
+        .and_then(crate::controller::Role::parse)
+        .ok_or_else(|| bad("share needs \"role\": \"viewer\" or \"writer\"; no grant made"))?;
+    let ttl = match v.get("ttl_s") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(t) => match t.as_u64() {
+            Some(n) if n > 0 => Some(std::time::Duration::from_secs(n)),
+            _ => return Err(bad("share.ttl_s must be a positive integer (seconds); no grant made")),
+        },
+    };
+    let label = match v.get("label") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(l) => match l.as_str() {
+            Some(l) if l.chars().count() <= MAX_LABEL && !l.chars().any(char::is_control) => Some(l.to_owned()),
+            _ => return Err(bad("share.label must be a string of at most 64 printable characters; no grant made")),
+        },
+    };
+    Ok(Share { role, ttl, label })
 }
 
 fn check_size(cols: u32, rows: u32) -> Result<(), ProtoError> {
@@ -355,6 +435,42 @@ pub enum ServerMsg<'a> {
         offset: u64,
         /// Bytes asked for that the ring no longer held.
         missed: u64,
+    },
+    /// A share grant was made (to the owner).
+    Shared {
+        /// The grant's id, for `revoke`; it is in presence.
+        grant_id: String,
+        /// The capability: whoever has it may join with this role until it expires or is revoked.
+        grant: SecretStr<'a>,
+        /// `viewer` or `writer`.
+        role: &'a str,
+        /// When it expires, in Unix seconds.
+        expires_at: u64,
+        /// A link for the page: `/?session=<id>#grant=<grant>`, relative to the page's origin.
+        url: String,
+    },
+    /// A share grant was revoked (to the owner).
+    Revoked {
+        /// The grant's id.
+        grant_id: String,
+    },
+    /// Joined through a grant: the first message after an accepted join hello.
+    Joined {
+        /// Session id.
+        session: String,
+        /// `viewer` or `writer`.
+        role: &'a str,
+        /// The grant's id.
+        grant_id: String,
+        /// When the grant expires (and this connection is closed), in Unix seconds.
+        expires_at: u64,
+    },
+    /// Who is connected through grants (to the owner), whenever it changes.
+    Presence {
+        /// How many.
+        count: usize,
+        /// Each of them.
+        viewers: Vec<crate::controller::Present>,
     },
     /// Output was dropped.
     Gap {
@@ -411,6 +527,24 @@ mod tests {
         assert_eq!((e.code, e.close), ("bad_resize", None));
         assert!(matches!(parse(r#"{"type":"resize","cols":80,"rows":24}"#), Ok(ClientMsg::Resize(_))));
         assert!(matches!(parse(r#"{"type":"release"}"#), Ok(ClientMsg::Release)));
+        for bad in [
+            r#"{"type":"share"}"#,
+            r#"{"type":"share","role":"owner"}"#,
+            r#"{"type":"share","role":"viewer","ttl_s":0}"#,
+            r#"{"type":"share","role":"viewer","label":7}"#,
+            r#"{"type":"revoke"}"#,
+        ] {
+            let e = parse(bad).map(|_| ()).expect_err("refused");
+            assert_eq!((e.code, e.close), ("bad_share", None), "{bad}");
+        }
+        let Ok(ClientMsg::Share(s)) = parse(r#"{"type":"share","role":"writer","ttl_s":60,"label":"bob"}"#) else {
+            panic!("share refused")
+        };
+        assert_eq!(
+            (s.role, s.ttl, s.label.as_deref()),
+            (crate::controller::Role::Writer, Some(std::time::Duration::from_secs(60)), Some("bob"))
+        );
+        assert!(matches!(parse(r#"{"type":"revoke","grant_id":"ab12"}"#), Ok(ClientMsg::Revoke(g)) if g == "ab12"));
     }
 
     #[test]
@@ -430,7 +564,8 @@ mod tests {
     #[test]
     fn a_hello_prints_no_secret() {
         let text = r#"{"type":"hello","token":"tok-SECRET1","cols":80,"rows":24,"env":{"LANG":"val-SECRET2"},
-            "credentials":{"api_key":"cred-SECRET3"},"resume":{"session":"s","secret":"res-SECRET4"}}"#;
+            "credentials":{"api_key":"cred-SECRET3"},"resume":{"session":"s","secret":"res-SECRET4"},
+            "join":{"session":"s","grant":"grant-SECRET6"}}"#;
         let Ok(ClientMsg::Hello(h)) = parse(text) else { panic!("hello refused") };
         let session =
             ServerMsg::Session { session: "s".into(), secret: Some(SecretStr("new-SECRET5")), resumed: false };

@@ -12,6 +12,7 @@ mod idle;
 pub mod messages;
 mod state;
 mod upgrade;
+mod viewer;
 
 pub use upgrade::routes;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_reconciler::deadline::{Timed, deadline};
-use berth_reconciler::{EndReason, Phase, Timestamp};
+use berth_reconciler::{EndReason, Phase, Status, Timestamp};
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -42,6 +42,8 @@ pub(super) enum State {
     Starting(Starting),
     /// The shell runs: output to the client, input to the shell.
     Attached(Attached),
+    /// Joined through a share grant: output to the client; input only for a writer.
+    Watching(Box<super::viewer::Watching>),
     /// The connection ends this way.
     Detaching(End),
 }
@@ -61,7 +63,7 @@ impl From<ProtoError> for State {
 /// What the hello asked for that later states still need.
 pub(super) struct Asked {
     /// The terminal size (the hello's, then the last resize before the shell runs).
-    size: (u32, u32),
+    pub(super) size: (u32, u32),
     /// The output offset a resume asked to continue from (none: a new session, or everything the ring holds).
     from: Option<u64>,
 }
@@ -102,6 +104,8 @@ pub(super) struct Attached {
     /// The resize to the hello's size, sent while output already flows.
     initial_resize: Option<JoinHandle<()>>,
     first_output: bool,
+    /// Who is connected through grants, told to the client when it changes.
+    presence: Option<watch::Receiver<crate::controller::Presence>>,
 }
 
 impl Conn {
@@ -114,6 +118,7 @@ impl Conn {
                 State::Queued(q) => self.queued(q).await,
                 State::Starting(s) => self.starting(s).await,
                 State::Attached(a) => self.attached(a).await,
+                State::Watching(w) => self.watching(*w).await,
                 State::Detaching(end) => return end,
             };
         }
@@ -148,6 +153,9 @@ impl Conn {
 
     /// Authenticates the hello, then resumes its session or opens a new one.
     async fn admit(&mut self, hello: &Hello, asked: Asked) -> Result<State, State> {
+        if let Some(join) = &hello.join {
+            return self.join(hello, join, asked).await;
+        }
         let identity = auth::authenticate(&self.policy.auth, hello.token.as_deref(), crate::clock::unix_secs())
             .map_err(auth_error)?;
         if let Some(resume) = &hello.resume {
@@ -320,6 +328,8 @@ impl Conn {
             ClientMsg::Hello(_) => Err(ProtoError::fatal("bad_json", close::BAD_MESSAGE, "hello sent twice").into()),
             ClientMsg::Unknown(ty) => Err(ClientMsg::unknown_type(&ty).into()),
             ClientMsg::Resize(_) => Ok(()),
+            ClientMsg::Share(share) => self.share(ticket, share).await,
+            ClientMsg::Revoke(grant_id) => self.revoke(ticket, grant_id).await,
         }
     }
 
@@ -363,7 +373,24 @@ impl Conn {
         for data in input {
             let _ = term.write(data).await;
         }
-        State::Attached(Attached { ticket, term, reader, initial_resize: Some(initial_resize), first_output: false })
+        let presence = self.edge.handle.presence(ticket.id, ticket.lease).await;
+        if let Some(p) = &presence
+            && !p.borrow().is_empty()
+        {
+            let list = p.borrow().clone();
+            if let Err(e) = self.send_json(&ServerMsg::Presence { count: list.len(), viewers: list }).await {
+                term.unsubscribe(&reader);
+                return e.into();
+            }
+        }
+        State::Attached(Attached {
+            ticket,
+            term,
+            reader,
+            initial_resize: Some(initial_resize),
+            first_output: false,
+            presence,
+        })
     }
 
     /// Attached → detaching: the data path, until something ends it.
@@ -429,6 +456,9 @@ impl Conn {
                     }
                     self.send(Message::ping(Bytes::new())).await?;
                 }
+                Some(list) = super::viewer::presence_changed(&mut a.presence) => {
+                    self.send_json(&ServerMsg::Presence { count: list.len(), viewers: list }).await?;
+                }
                 () = &mut idle_due => {
                     let t = &self.policy.sessions;
                     let last = term.last_activity();
@@ -472,18 +502,22 @@ impl Conn {
                 Err(ProtoError::fatal("taken_over", close::TAKEN_OVER, "another connection resumed this session")
                     .into())
             }
-            Read::Closed => self.stream_closed(&a.term, &mut a.ticket).await,
+            Read::Closed => self.stream_closed(&a.term, &mut a.ticket.status).await,
         }
     }
 
     /// The shell's stream ended: wait (bounded) for the controller to say why. When the engine is unreachable it
     /// cannot say, so the client is told that at once. `None`: the terminal is open again.
-    async fn stream_closed(&self, term: &Terminal, ticket: &mut Ticket) -> Result<Option<End>, End> {
+    pub(super) async fn stream_closed(
+        &self,
+        term: &Terminal,
+        status: &mut watch::Receiver<Status>,
+    ) -> Result<Option<End>, End> {
         let deadline = tokio::time::sleep(Duration::from_secs(10));
         tokio::pin!(deadline);
         let mut readiness = self.edge.handle.readiness();
         loop {
-            let st = ticket.status.borrow_and_update().clone();
+            let st = status.borrow_and_update().clone();
             if let Some(r) = ending(&st) {
                 return Ok(Some(End::Exited(r)));
             }
@@ -499,7 +533,7 @@ impl Conn {
                 .into());
             }
             tokio::select! {
-                c = ticket.status.changed() => if c.is_err() { return Ok(Some(End::Exited(EndReason::Released))); },
+                c = status.changed() => if c.is_err() { return Ok(Some(End::Exited(EndReason::Released))); },
                 Ok(()) = readiness.changed() => {}
                 () = &mut deadline => return Err(ProtoError::fatal("internal", close::INTERNAL, "terminal stream lost").into()),
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}

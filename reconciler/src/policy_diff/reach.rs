@@ -93,6 +93,12 @@ pub const REACH: &[(&str, Reach)] = &[
     ("profiles.<name>.recording.mode", NewSessions),
     ("profiles.<name>.recording.input", NewSessions),
     ("profiles.<name>.recording.max_size", NewSessions),
+    // Read when a grant is made or used: a change reaches the next share and the next join.
+    ("profiles.<name>.sharing", NewConnections),
+    ("profiles.<name>.sharing.enabled", NewConnections),
+    ("profiles.<name>.sharing.max_viewers", NewConnections),
+    ("profiles.<name>.sharing.max_grant_ttl", NewConnections),
+    ("profiles.<name>.sharing.anonymous", NewConnections),
     ("default_profile", NewSessions),
     ("limits", AllSessions),
     ("limits.max_sessions", AllSessions),

@@ -9,7 +9,7 @@ use super::raw::{RawCredential, RawHealthCheck, RawProfile, RawSecurity, Text};
 use super::units::{parse_count, parse_cpus, parse_size};
 use crate::policy::{
     CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, Profile, ProfileRecording,
-    RecordingMode, Resources, Security, Tmpfs, Ulimit, UnhealthyAction, UnsafeSetting,
+    ProfileSharing, RecordingMode, Resources, Security, Tmpfs, Ulimit, UnhealthyAction, UnsafeSetting,
 };
 
 /// Default tmpfs options when a mount gives none.
@@ -205,6 +205,27 @@ pub(crate) fn profile(cx: &mut Ctx<'_>, path: &str, name: &Text, raw: &RawProfil
             }),
             input: cx.boolean(&r.input, &at("recording.input"), d.input),
             max_bytes: cx.size(&r.max_size, &at("recording.max_size"), d.max_bytes, 4 << 10, 1 << 40),
+        };
+    }
+    if let Some(sh) = &raw.sharing {
+        let d = ProfileSharing::default();
+        p.sharing = ProfileSharing {
+            enabled: cx.boolean(&sh.enabled, &at("sharing.enabled"), d.enabled),
+            max_viewers: u32::try_from(cx.count(
+                &sh.max_viewers,
+                &at("sharing.max_viewers"),
+                d.max_viewers.into(),
+                1,
+                1000,
+            ))
+            .unwrap_or(d.max_viewers),
+            max_grant_ttl: cx.duration(
+                &sh.max_grant_ttl,
+                &at("sharing.max_grant_ttl"),
+                d.max_grant_ttl,
+                Duration::from_secs(60),
+            ),
+            anonymous: cx.boolean(&sh.anonymous, &at("sharing.anonymous"), d.anonymous),
         };
     }
     refuse_unacknowledged(cx, path, name, raw, &p);

@@ -136,6 +136,7 @@ pub(crate) struct RawProfile {
     pub acknowledged_unsafe: Option<Vec<Text>>,
     pub runtime: Option<Text>,
     pub recording: Option<RawRecording>,
+    pub sharing: Option<RawSharing>,
 }
 
 /// `profiles.<name>.recording`.
@@ -145,6 +146,16 @@ pub(crate) struct RawRecording {
     pub mode: Option<Text>,
     pub input: Option<Text>,
     pub max_size: Option<Text>,
+}
+
+/// `profiles.<name>.sharing`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSharing {
+    pub enabled: Option<Text>,
+    pub max_viewers: Option<Text>,
+    pub max_grant_ttl: Option<Text>,
+    pub anonymous: Option<Text>,
 }
 
 /// `profiles.<name>.credentials[]`.
