@@ -108,7 +108,15 @@ impl DockerRuntime {
         if self.flavour.get().is_some_and(|f| !f.attach_needs_live_container()) {
             return Ok(());
         }
-        let info = self.docker.inspect_container(id.as_str(), None).await.map_err(map_err)?;
+        let info = match self.docker.inspect_container(id.as_str(), None).await {
+            Ok(info) => info,
+            Err(e) if is_podman_stopped(&e) => {
+                return Err(RuntimeError::Conflict(
+                    "container has stopped (its shell ended); not attaching".to_owned(),
+                ));
+            }
+            Err(e) => return Err(map_err(e)),
+        };
         let st = info.state.unwrap_or_default();
         match st.status {
             Some(ContainerStateStatusEnum::CREATED) if has_run(st.started_at.as_deref()) => Err(
@@ -119,6 +127,35 @@ impl DockerRuntime {
                 "container is {}, not created or running; not attaching (podman would re-initialise it)",
                 other.map_or_else(|| "in no state".to_owned(), |s| s.to_string())
             ))),
+        }
+    }
+}
+
+/// Whether a reply failed to parse only because a container was in Podman's `stopped` state: its process has
+/// exited and Podman has not yet cleaned up (a few milliseconds; longer under load). The Docker API has no such
+/// state and the API client cannot read it, so a list or inspect that meets it fails as a whole.
+fn is_podman_stopped(e: &BollardError) -> bool {
+    matches!(e, BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. })
+        && e.to_string().contains("unknown variant `stopped`")
+}
+
+/// Runs a list or inspect again while it fails on Podman's transitional `stopped` state (see
+/// [`is_podman_stopped`]): every 50 ms, at most 40 times; the caller's timeout bounds it too. Without this, a
+/// list fails whenever any of berth's containers is between its exit and Podman's cleanup, which under a burst
+/// of exits is most of the time, and berth's view goes stale.
+async fn past_stopped<T, F, Fut>(call: F) -> Result<T, BollardError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BollardError>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(e) if is_podman_stopped(&e) && tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
         }
     }
 }
@@ -230,7 +267,7 @@ impl Runtime for DockerRuntime {
     async fn list(&self, ns: &LabelNamespace) -> Result<Vec<ObservedContainer>, RuntimeError> {
         let filters = label_filter(ns);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let list = self.docker.list_containers(Some(opts)).await.map_err(map_err)?;
+        let list = past_stopped(|| self.docker.list_containers(Some(opts.clone()))).await.map_err(map_err)?;
         Ok(list
             .into_iter()
             .filter_map(|c| {
@@ -251,7 +288,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn inspect(&self, ns: &LabelNamespace, id: &ContainerId) -> Result<Option<ObservedContainer>, RuntimeError> {
-        let info = match self.docker.inspect_container(id.as_str(), None).await.map_err(map_err) {
+        let info = match past_stopped(|| self.docker.inspect_container(id.as_str(), None)).await.map_err(map_err) {
             Ok(info) => info,
             Err(RuntimeError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
@@ -386,7 +423,7 @@ impl Runtime for DockerRuntime {
     async fn list_peers(&self, ns: &LabelNamespace) -> Result<Vec<PeerContainer>, RuntimeError> {
         let filters = HashMap::from([("label".to_owned(), vec![ns.peer_key()])]);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let list = self.docker.list_containers(Some(opts)).await.map_err(map_err)?;
+        let list = past_stopped(|| self.docker.list_containers(Some(opts.clone()))).await.map_err(map_err)?;
         Ok(list
             .into_iter()
             .filter_map(|c| {
