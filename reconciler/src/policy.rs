@@ -116,6 +116,35 @@ pub struct Profile {
     /// default. Left out of the hash when unset, so profiles without it keep their hash.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// The warm pool of started containers kept ready for this profile (decision 0025). Left out of the hash:
+    /// resizing a pool is no reason to drain it or to call running sessions drifted.
+    #[serde(skip_serializing_if = "PoolPolicy::is_off")]
+    pub pool: PoolPolicy,
+}
+
+/// A profile's warm pool: how many started containers wait for a session, and for how long at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolPolicy {
+    /// Containers kept ready; 0 (the default) keeps no pool.
+    pub size: usize,
+    /// A pooled container older than this is replaced by a fresh one.
+    pub max_age: Duration,
+}
+
+impl PoolPolicy {
+    /// The default maximum age of a pooled container.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+    /// No pool.
+    pub fn is_off(&self) -> bool {
+        self.size == 0
+    }
+}
+
+impl Default for PoolPolicy {
+    fn default() -> Self {
+        Self { size: 0, max_age: Self::DEFAULT_MAX_AGE }
+    }
 }
 
 impl Profile {
@@ -137,13 +166,32 @@ impl Profile {
             logs: LogLimits::default(),
             acknowledged_unsafe: BTreeSet::new(),
             runtime: None,
+            pool: PoolPolicy::default(),
         }
     }
 
-    /// A short stable hash of everything that shapes the container; stamped on containers to show drift.
+    /// A short stable hash of everything that shapes the container; stamped on containers to show drift. The
+    /// pool settings are not part of it: they shape how many containers wait, not what any one of them is.
     pub fn hash(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        hex::encode(&Sha256::digest(&json)[..8])
+        let json = if self.pool.is_off() {
+            serde_json::to_vec(self)
+        } else {
+            serde_json::to_vec(&Self { pool: PoolPolicy::default(), ..self.clone() })
+        };
+        hex::encode(&Sha256::digest(&json.unwrap_or_default())[..8])
+    }
+
+    /// Why this profile cannot keep a warm pool, if it cannot: a pooled container is started before its
+    /// session's settings are known, and berth's launcher delivers them when the session claims it (decision 0025).
+    pub fn not_poolable(&self) -> Option<&'static str> {
+        if self.command.is_none() {
+            // The launcher is the container's entrypoint, which makes Docker drop the image's own command.
+            return Some(
+                "a pooled container runs berth's launcher as its entrypoint, which replaces the image's default \
+                 command: set command to the shell to run",
+            );
+        }
+        None
     }
 }
 

@@ -133,6 +133,15 @@ pub(crate) struct RawProfile {
     #[serde(rename = "unsafe")]
     pub acknowledged_unsafe: Option<Vec<Text>>,
     pub runtime: Option<Text>,
+    pub pool: Option<RawPool>,
+}
+
+/// `profiles.<name>.pool`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub size: Option<Text>,
+    pub max_age: Option<Text>,
 }
 
 /// `profiles.<name>.credentials[]`.
