@@ -178,7 +178,7 @@ impl Profile {
         } else {
             serde_json::to_vec(&Self { pool: PoolPolicy::default(), ..self.clone() })
         };
-        hex::encode(&Sha256::digest(&json.unwrap_or_default())[..8])
+        hex::encode(&Sha256::digest(json.unwrap_or_default())[..8])
     }
 
     /// Why this profile cannot keep a warm pool, if it cannot: a pooled container is started before its
