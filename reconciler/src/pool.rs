@@ -17,6 +17,9 @@ use crate::observed::ContainerState;
 use crate::policy::{Policy, ShutdownMode};
 use crate::time::Timestamp;
 
+mod spec;
+pub use spec::{LAUNCHER_PATH, LAUNCHER_WAITING, pooled_spec, settings_line};
+
 /// One of this replica's pooled containers, as last observed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PooledContainer {
@@ -26,8 +29,11 @@ pub struct PooledContainer {
     pub labels: PoolLabels,
     /// Its state.
     pub state: ContainerState,
-    /// berth holds its attach stream: the launcher's stdin is there to write the settings to.
+    /// berth holds its attach stream.
     pub attached: bool,
+    /// berth has seen the launcher say, on that stream, that it waits ([`LAUNCHER_WAITING`]): its terminal no
+    /// longer echoes, and the settings can be written to its stdin.
+    pub waiting: bool,
     /// The session that claimed it, once claimed (renamed). A claimed container is a session's, never the
     /// pool's again: the pool planner neither counts nor removes it.
     pub claimed_by: Option<SessionId>,
@@ -42,7 +48,7 @@ impl PooledContainer {
             && !matches!(self.state, ContainerState::Removing | ContainerState::Exited | ContainerState::Dead)
     }
 
-    /// Whether a session may claim it now under `policy`: running, attached, unclaimed, from the profile as it
+    /// Whether a session may claim it now under `policy`: running, attached and waiting, unclaimed, from the profile as it
     /// is now, and younger than its maximum age.
     pub fn is_ready(&self, policy: &Policy, now: Timestamp) -> bool {
         self.unclaimed_and_live() && self.state == ContainerState::Running && self.attached && self.fits(policy, now)
@@ -213,7 +219,11 @@ pub fn plan_pool(view: &PoolView, policy: &Policy, now: Timestamp) -> Vec<PoolAc
     if over > 0 {
         let mut candidates: Vec<&PooledContainer> = kept.values().flatten().copied().collect();
         candidates.sort_by_key(|c| {
-            (c.state == ContainerState::Running && c.attached, std::cmp::Reverse(c.labels.created_at), &c.id)
+            (
+                c.state == ContainerState::Running && c.attached && c.waiting,
+                std::cmp::Reverse(c.labels.created_at),
+                &c.id,
+            )
         });
         for c in candidates.into_iter().take(over) {
             remove(&mut out, &mut removed, c, PoolRemoveReason::Displaced);

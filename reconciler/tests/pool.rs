@@ -135,6 +135,7 @@ impl World {
                             labels,
                             state: ContainerState::Created,
                             attached: false,
+                            waiting: false,
                             claimed_by: None,
                             removal_requested: false,
                         };
@@ -164,7 +165,12 @@ impl World {
             match action {
                 PoolAction::Fill { profile, count } => *self.view.creating.entry(profile.clone()).or_default() += count,
                 PoolAction::Attach { container } => self.get(container).attached = true,
-                PoolAction::Start { container } => self.get(container).state = ContainerState::Running,
+                PoolAction::Start { container } => {
+                    // The launcher announces itself as soon as it runs.
+                    let c = self.get(container);
+                    c.state = ContainerState::Running;
+                    c.waiting = true;
+                }
                 PoolAction::Remove { container, .. } => {
                     if finish {
                         self.view.containers.remove(container);

@@ -51,6 +51,7 @@ impl Pool {
             labels,
             state,
             attached: true,
+            waiting: true,
             claimed_by: None,
             removal_requested: false,
         };
