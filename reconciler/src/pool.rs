@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::ids::{ContainerId, ProfileName, SessionId};
-use crate::labels::PoolLabels;
+use crate::labels::{ClaimedName, PoolLabels};
 use crate::observed::ContainerState;
 use crate::policy::{Policy, ShutdownMode};
 use crate::time::Timestamp;
@@ -60,6 +60,19 @@ impl PooledContainer {
             !p.pool.is_off() && p.hash() == self.labels.policy_hash && now < self.labels.created_at.add(p.pool.max_age)
         })
     }
+}
+
+/// A pooled container as a full list reports it: the engine knows nothing of attach streams or launchers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ListedPooled {
+    /// Docker's id.
+    pub id: ContainerId,
+    /// Its pool labels.
+    pub labels: PoolLabels,
+    /// Its state.
+    pub state: ContainerState,
+    /// The session it was renamed to, once claimed.
+    pub claimed: Option<ClaimedName>,
 }
 
 /// What the pool planner reads besides the policy.
