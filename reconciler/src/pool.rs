@@ -306,5 +306,23 @@ pub fn counts(view: &PoolView, policy: &Policy, now: Timestamp) -> BTreeMap<Prof
     out
 }
 
+/// One line per profile with a pool, for `berth policy check` and berth's start: what the pool holds against the
+/// caps, and that this build does not run it yet (decision 0025: the planner, the launcher and the claim's
+/// runtime calls are in; the controller does not drive them), so its sessions start cold.
+pub fn notes(policy: &Policy) -> Vec<String> {
+    policy
+        .profiles
+        .iter()
+        .filter(|(_, p)| !p.pool.is_off())
+        .map(|(name, p)| {
+            format!(
+                "note: profiles.{name}.pool: {} containers would wait, counted against limits.max_sessions ({}); this \
+                 build does not run warm pools yet (decision 0025), so sessions of {name} start cold",
+                p.pool.size, policy.limits.max_sessions
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

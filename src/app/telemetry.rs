@@ -1,4 +1,4 @@
-//! What berth tells about itself: the log setup (with the policy's notes on weakened confinement) and a span
+//! What berth tells about itself: the log setup (with the policy's notes on weakened confinement and warm pools) and a span
 //! for every task the service spawns, so that what a task logs names the task.
 
 use std::future::Future;
@@ -14,6 +14,9 @@ pub(super) fn init(format: LogFormat, policy: &Policy) {
     crate::logging::init(format);
     for note in policy.unsafe_notes() {
         warn!(note = %note, "the policy weakens session confinement");
+    }
+    for note in berth_reconciler::pool::notes(policy) {
+        warn!(note = %note, "the policy asks for a warm pool");
     }
 }
 

@@ -239,3 +239,12 @@ fn a_session_claims_the_oldest_ready_container() {
     assert_eq!(choose(&pool.view, &name("other"), &p, now), None);
     assert_eq!(counts(&pool.view, &p, now), BTreeMap::from([(name("default"), (1, 3))]));
 }
+
+#[test]
+fn a_profile_with_a_pool_is_noted_and_one_without_is_not() {
+    assert_eq!(notes(&policy(0)), Vec::<String>::new());
+    let n = notes(&policy(3));
+    assert_eq!(n.len(), 1);
+    assert!(n[0].starts_with("note: profiles.default.pool: 3 containers would wait"), "{n:?}");
+    assert!(n[0].contains("start cold"), "{n:?}");
+}
