@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::ids::{ContainerId, ProfileName, SessionId};
+use crate::ids::{ContainerId, InstanceId, ProfileName, SessionId};
 use crate::labels::{ClaimedName, PoolLabels};
-use crate::observed::ContainerState;
-use crate::policy::{Policy, ShutdownMode};
+use crate::observed::{ContainerState, Health, ObservedContainer};
+use crate::policy::{Policy, ShutdownMode, StartupMode};
 use crate::time::Timestamp;
 
 mod spec;
@@ -301,6 +301,54 @@ pub fn counts(view: &PoolView, policy: &Policy, now: Timestamp) -> BTreeMap<Prof
         entry.1 += 1;
         if c.is_ready(policy, now) {
             entry.0 += 1;
+        }
+    }
+    out
+}
+
+/// What the first complete list after a start does with the pooled containers an earlier run left.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolStartup {
+    /// Claimed containers, as the session containers they are: the session startup adopts or removes them
+    /// under its mode like any other ([`crate::startup::startup`]).
+    pub claimed: Vec<ObservedContainer>,
+    /// Unclaimed containers kept in the pool: berth attaches to them again (with history, which holds the
+    /// launcher's [`LAUNCHER_WAITING`]), and the planner judges them like any other.
+    pub adopt: Vec<ContainerId>,
+    /// Unclaimed containers to remove.
+    pub remove: Vec<ContainerId>,
+}
+
+/// Sorts this replica's pooled containers at startup by `reconcile.startup`: `remove_all` removes every
+/// unclaimed one, `adopt` keeps the running ones, `conservative` keeps the running ones younger than
+/// `reconcile.stale_age`; stopped ones are always removed. Another replica's pool is never touched: each replica
+/// keeps its own (a dead replica's claimed containers reach their new owner through takeover).
+pub fn startup_pool(listed: &[ListedPooled], owner: &InstanceId, policy: &Policy, now: Timestamp) -> PoolStartup {
+    let mut out = PoolStartup::default();
+    let stale_before = now.sub(policy.reconcile.stale_age);
+    for c in listed.iter().filter(|c| &c.labels.owner == owner) {
+        if let Some(name) = &c.claimed {
+            out.claimed.push(ObservedContainer {
+                id: c.id.clone(),
+                labels: name.managed_labels(&c.labels),
+                state: c.state,
+                exit_code: None,
+                oom_killed: false,
+                health: Health::Unknown,
+                removal_requested: false,
+            });
+            continue;
+        }
+        let running = c.state == ContainerState::Running;
+        let keep = match policy.reconcile.startup {
+            StartupMode::Adopt => running,
+            StartupMode::RemoveAll => false,
+            StartupMode::Conservative => running && c.labels.created_at >= stale_before,
+        };
+        if keep {
+            out.adopt.push(c.id.clone());
+        } else if c.state != ContainerState::Removing {
+            out.remove.push(c.id.clone());
         }
     }
     out

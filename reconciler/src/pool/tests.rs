@@ -1,7 +1,8 @@
 use std::time::Duration;
 
 use super::*;
-use crate::policy::{PoolPolicy, Profile};
+use crate::labels::ClaimedName;
+use crate::policy::{PoolPolicy, Profile, StartupMode};
 
 fn name(s: &str) -> ProfileName {
     s.parse().expect("valid profile name")
@@ -247,4 +248,48 @@ fn a_profile_with_a_pool_is_noted_and_one_without_is_not() {
     assert_eq!(n.len(), 1);
     assert!(n[0].starts_with("note: profiles.default.pool: 3 containers would wait"), "{n:?}");
     assert!(n[0].contains("start cold"), "{n:?}");
+}
+
+fn listed(n: u32, owner: &str, state: ContainerState, at: Timestamp, claimed: Option<ClaimedName>) -> ListedPooled {
+    ListedPooled {
+        id: cid(n),
+        labels: PoolLabels {
+            profile: name("default"),
+            owner: owner.parse().expect("valid"),
+            epoch: 1,
+            created_at: at,
+            policy_hash: "ab".into(),
+        },
+        state,
+        claimed,
+    }
+}
+
+#[test]
+fn startup_keeps_or_removes_unclaimed_containers_by_mode_and_hands_claimed_ones_to_their_sessions() {
+    use crate::desired::SessionKind;
+    let mut p = policy(3);
+    p.reconcile.stale_age = Duration::from_secs(3600);
+    let now = T0.add(Duration::from_secs(7200));
+    let claim =
+        ClaimedName { session: SessionId::from_bytes([4; 16]), kind: SessionKind::Anonymous, resume_hash: None };
+    let list = [
+        listed(1, "a", ContainerState::Running, now, None),
+        listed(2, "a", ContainerState::Running, T0, None),
+        listed(3, "a", ContainerState::Exited, now, None),
+        listed(4, "a", ContainerState::Running, T0, Some(claim.clone())),
+        listed(5, "b", ContainerState::Running, now, None),
+    ];
+    let owner: crate::ids::InstanceId = "a".parse().expect("valid");
+    for (mode, adopt, remove) in [
+        (StartupMode::Adopt, vec![cid(1), cid(2)], vec![cid(3)]),
+        (StartupMode::Conservative, vec![cid(1)], vec![cid(2), cid(3)]),
+        (StartupMode::RemoveAll, vec![], vec![cid(1), cid(2), cid(3)]),
+    ] {
+        p.reconcile.startup = mode;
+        let s = startup_pool(&list, &owner, &p, now);
+        assert_eq!((s.adopt, s.remove), (adopt, remove), "{mode:?}");
+        assert_eq!(s.claimed.len(), 1, "{mode:?}");
+        assert_eq!((s.claimed[0].id.clone(), s.claimed[0].labels.session), (cid(4), claim.session));
+    }
 }
