@@ -129,3 +129,53 @@ async fn a_claim_never_takes_a_name_already_taken() {
     assert!(matches!(second, Err(berth::runtime::RuntimeError::Conflict(_))), "{second:?}");
     assert!(rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list").is_empty());
 }
+
+/// A pooled container whose launcher gets anything but a settings line never runs its command: it exits with
+/// status 120, so a claim whose settings went missing (a crash between the rename and the line) ends its session
+/// rather than giving a shell without the session's settings.
+#[tokio::test]
+async fn a_launcher_given_anything_but_a_settings_line_exits_without_running_the_command() {
+    let rt = common::docker().await;
+    let world = common::World::with_prefix("p");
+    let mut policy = world.policy.clone();
+    let profile = policy.profiles.values_mut().next().expect("the default profile");
+    profile.command = Some(vec!["/bin/sh".into(), "-c".into(), "echo RAN".into()]);
+    let profile = profile.clone();
+    let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
+    let launcher = berth::launcher::install(&dir).expect("install the launcher");
+    let labels = PoolLabels {
+        profile: policy.default_profile.clone(),
+        owner: world.instance.clone(),
+        epoch: 1,
+        created_at: Timestamp::from_millis(1),
+        policy_hash: profile.hash(),
+    };
+    let spec = pooled_spec(&profile, &labels, &policy, 1, &launcher.display().to_string()).expect("poolable");
+    let id = rt.create(&spec).await.expect("create");
+    let result = async {
+        let mut io = rt.attach(&id, false).await.expect("attach");
+        rt.start(&id).await.expect("start");
+        let mut seen = Vec::new();
+        until(&mut io, &mut seen, LAUNCHER_WAITING).await;
+        io.input.write_all(b"ls -la /\n").await.expect("write what a user might type");
+        io.input.flush().await.expect("flush");
+        until(&mut io, &mut seen, b"no valid settings line").await;
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let listed = rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list");
+            if listed.iter().any(|c| c.state == berth::reconciler::ContainerState::Exited) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the launcher did not exit: {listed:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let exit = world.cli(&["inspect", "--format", "{{.State.ExitCode}}", id.as_str()]);
+        assert_eq!(exit, "120");
+        assert!(!String::from_utf8_lossy(&seen).contains("RAN"), "the command ran");
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(90), result).await;
+    rt.remove(&id).await.expect("remove");
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome.expect("bounded");
+    assert!(rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list").is_empty());
+}
