@@ -7,7 +7,9 @@ mod labels;
 
 use std::time::Duration;
 
+use berth_reconciler::ProfileName;
 use berth_reconciler::plan::{ActionKind, RemoveReason};
+use berth_reconciler::pool::PoolRemoveReason;
 use berth_reconciler::{ContainerState, EndReason, Phase};
 use prometheus::{Encoder, Registry, TextEncoder};
 
@@ -28,6 +30,7 @@ pub struct Metrics {
     edge: families::Edge,
     policy: families::Policy,
     peers: families::Peers,
+    pool: families::Pool,
 }
 
 /// A count as a gauge value, saturating.
@@ -48,6 +51,7 @@ impl Metrics {
             edge: families::Edge::new(&registry),
             policy: families::Policy::new(&registry),
             peers: families::Peers::new(&registry),
+            pool: families::Pool::new(&registry),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -165,6 +169,48 @@ impl Metrics {
     /// Counts one client that went away without a close frame.
     pub fn ws_client_reset(&self) {
         self.edge.ws_client_resets.inc();
+    }
+
+    // The warm pool.
+
+    /// Sets a profile's pool: its configured size and how many of its containers are ready.
+    pub fn set_pool(&self, profile: &ProfileName, size: usize, ready: usize) {
+        self.pool.size.with_label_values(&[profile.as_str()]).set(gauge_value(size));
+        self.pool.ready.with_label_values(&[profile.as_str()]).set(gauge_value(ready));
+    }
+
+    /// Forgets the series of a profile that no longer has a pool.
+    pub fn forget_pool(&self, profile: &ProfileName) {
+        let _ = self.pool.size.remove_label_values(&[profile.as_str()]);
+        let _ = self.pool.ready.remove_label_values(&[profile.as_str()]);
+    }
+
+    /// A session claimed a pooled container of `profile`.
+    pub fn pool_claim(&self, profile: &ProfileName) {
+        self.pool.claims.with_label_values(&[profile.as_str()]).inc();
+    }
+
+    /// A session of `profile`, which has a pool, starts cold.
+    pub fn pool_miss(&self, profile: &ProfileName) {
+        self.pool.misses.with_label_values(&[profile.as_str()]).inc();
+    }
+
+    /// A pooled container became ready `took` after its create began.
+    pub fn pool_refilled(&self, took: Duration) {
+        self.pool.refill.with_label_values::<&str>(&[]).observe(took.as_secs_f64());
+    }
+
+    /// A pooled container was removed.
+    pub fn pool_removed(&self, reason: PoolRemoveReason) {
+        self.pool.removed.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// A profile's pool size and ready count (tests).
+    pub fn pool(&self, profile: &ProfileName) -> (i64, i64) {
+        (
+            self.pool.size.with_label_values(&[profile.as_str()]).get(),
+            self.pool.ready.with_label_values(&[profile.as_str()]).get(),
+        )
     }
 
     /// Records the time from a WebSocket connect to its first terminal output byte.

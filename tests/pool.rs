@@ -9,8 +9,10 @@ use std::time::Duration;
 use berth::reconciler::desired::EnvVar;
 use berth::reconciler::pool::{LAUNCHER_WAITING, pooled_spec, settings_line};
 use berth::reconciler::{ClaimedName, PoolLabels, SessionId, SessionKind, Timestamp, resume_hash};
+use berth::reconciler::{Policy, ProfileName};
 use berth::runtime::{AttachIo, Runtime};
 use futures::StreamExt;
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -178,4 +180,131 @@ async fn a_launcher_given_anything_but_a_settings_line_exits_without_running_the
     let _ = std::fs::remove_dir_all(&dir);
     outcome.expect("bounded");
     assert!(rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list").is_empty());
+}
+
+// ----- the pool through a whole berth -----
+
+/// A world whose default profile keeps a pool of `size`, removed at shutdown.
+fn pooled_world(size: usize) -> (common::World, Policy) {
+    let world = common::World::with_prefix("q");
+    let mut policy = world.policy.clone();
+    policy.reconcile.shutdown = berth::reconciler::policy::ShutdownMode::Remove;
+    let profile = policy.profiles.values_mut().next().expect("the default profile");
+    profile.command = Some(vec!["/bin/sh".into(), "-i".into()]);
+    profile.pool.size = size;
+    (world, policy)
+}
+
+/// Waits until `profile`'s pool has `n` ready containers, or fails the test after `LIMIT`.
+async fn pool_ready(server: &berth::app::Server, profile: &ProfileName, n: i64) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while server.metrics.pool(profile).1 < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool of {profile} has {:?}, not {n} ready",
+            server.metrics.pool(profile)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn metric(server: &berth::app::Server, series: &str) -> i64 {
+    let text = server.metrics.render();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).map_or(0, |v| v as i64)
+}
+
+/// Pooled (claimed) and unclaimed containers of the world, by name.
+fn pooled_names(world: &common::World) -> Vec<String> {
+    let filter = format!("label={}", world.ns.pool_key());
+    world.cli(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]).lines().map(str::to_owned).collect()
+}
+
+async fn stop_and_assert_no_leftovers(world: &common::World, server: berth::app::Server) {
+    tokio::time::timeout(LIMIT, server.stop()).await.expect("berth stops");
+    assert_eq!(pooled_names(world), Vec::<String>::new(), "pooled containers left");
+    assert_eq!(world.containers(None), Vec::<String>::new(), "session containers left");
+}
+
+async fn open(server: &berth::app::Server, lang: &str) -> common::client::Client {
+    let mut c = common::client::connect(server.addr).await;
+    c.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "env": {"LANG": lang}})).await;
+    c.until_ready().await;
+    c.until_output("$ ").await;
+    c
+}
+
+#[tokio::test]
+async fn a_pooled_session_gets_its_prompt_and_its_environment_and_the_pool_refills() {
+    let (world, policy) = pooled_world(2);
+    let profile = policy.default_profile.clone();
+    let server = world.serve_with(policy).await;
+    pool_ready(&server, &profile, 2).await;
+
+    let mut c = open(&server, "pooled-lang").await;
+    c.input("echo \"[$LANG]\"\n").await;
+    c.until_output("[pooled-lang]").await;
+    let text = String::from_utf8_lossy(&c.output).into_owned();
+    assert!(
+        !text.contains("berth1") && !text.contains("launcher-waiting"),
+        "launcher traffic reached the client: {text:?}"
+    );
+    assert_eq!(metric(&server, "berth_pool_claims_total{profile=\"default\"}"), 1);
+    assert_eq!(metric(&server, "berth_pool_misses_total{profile=\"default\"}"), 0);
+    let session = c.session.clone().expect("a session id");
+    let names = pooled_names(&world);
+    assert!(names.iter().any(|n| n.contains(&format!("{session}--anonymous--"))), "{names:?}");
+    // The claimed container left the pool, which refills to its size.
+    pool_ready(&server, &profile, 2).await;
+    assert_eq!(pooled_names(&world).len(), 3);
+    drop(c);
+    stop_and_assert_no_leftovers(&world, server).await;
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_the_pool_claims_the_pool_first_and_starts_the_rest_cold() {
+    let (world, policy) = pooled_world(2);
+    let profile = policy.default_profile.clone();
+    let server = world.serve_with(policy).await;
+    pool_ready(&server, &profile, 2).await;
+    let clients =
+        futures::future::join_all((0..4).map(|i| open(&server, if i % 2 == 0 { "even" } else { "odd" }))).await;
+    assert_eq!(clients.len(), 4);
+    assert_eq!(metric(&server, "berth_pool_claims_total{profile=\"default\"}"), 2);
+    assert_eq!(metric(&server, "berth_pool_misses_total{profile=\"default\"}"), 2);
+    assert_eq!(world.containers(None).len(), 2, "two cold sessions carry the session marker");
+    drop(clients);
+    stop_and_assert_no_leftovers(&world, server).await;
+}
+
+#[tokio::test]
+async fn a_profile_change_drains_the_pool_while_claimed_sessions_go_on() {
+    let (world, policy) = pooled_world(2);
+    let profile = policy.default_profile.clone();
+    let server = world.serve_with(policy.clone()).await;
+    pool_ready(&server, &profile, 2).await;
+    let mut c = open(&server, "before").await;
+    let before: Vec<String> = pooled_names(&world).into_iter().filter(|n| n.contains("-pool-")).collect();
+
+    let mut changed = policy.clone();
+    changed.profiles.get_mut(&profile).expect("profile").env.insert("GENERATION".into(), "2".into());
+    server.policy.send_replace(std::sync::Arc::new(changed));
+    // The old pool goes, a new one fills from the new profile.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let now: Vec<String> = pooled_names(&world).into_iter().filter(|n| n.contains("-pool-")).collect();
+        if now.len() == 2 && now.iter().all(|n| !before.contains(n)) && server.metrics.pool(&profile).1 == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the pool was not drained and refilled: {before:?} -> {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(&server, "berth_pool_removed_total{reason=\"drained\"}") >= 2);
+    // The claimed session goes on, on the profile it was claimed under.
+    c.input("echo \"[$LANG|${GENERATION:-old}]\"\n").await;
+    c.until_output("[before|old]").await;
+    let mut d = open(&server, "after").await;
+    d.input("echo \"[$LANG|$GENERATION]\"\n").await;
+    d.until_output("[after|2]").await;
+    drop((c, d));
+    stop_and_assert_no_leftovers(&world, server).await;
 }

@@ -6,6 +6,7 @@ mod dispatch;
 mod handle;
 mod inputs;
 mod peers;
+mod pool;
 mod queue;
 mod sessions;
 mod store;
@@ -50,9 +51,16 @@ pub struct ControllerConfig {
     pub epoch: u64,
 }
 
-/// What one full list found: the managed containers, and the sentinels and claims.
-type ListResult =
-    Result<(Vec<berth_reconciler::ObservedContainer>, Vec<berth_reconciler::peers::PeerContainer>), RuntimeError>;
+/// What one full list found: the managed containers (claimed pooled ones included), the sentinels and claims,
+/// and the pool when one is in play.
+type ListResult = Result<
+    (
+        Vec<berth_reconciler::ObservedContainer>,
+        Vec<berth_reconciler::peers::PeerContainer>,
+        Option<Vec<berth_reconciler::pool::ListedPooled>>,
+    ),
+    RuntimeError,
+>;
 
 /// One full list: its generation, when it began, and what it found.
 type Listed = (u64, Timestamp, ListResult);
@@ -82,6 +90,9 @@ pub struct Controller<R: Runtime> {
     peers: peers::Peers,
     peer_tx: mpsc::Sender<peers::PeerEvent>,
     peer_rx: mpsc::Receiver<peers::PeerEvent>,
+    pool: pool::PoolPart,
+    pool_tx: mpsc::Sender<pool::PoolEvent>,
+    pool_rx: mpsc::Receiver<pool::PoolEvent>,
     list_in_flight: bool,
     ready_tx: watch::Sender<Readiness>,
     started: bool,
@@ -123,6 +134,7 @@ pub fn spawn<R: Runtime>(
     let (term_tx, term_rx) = mpsc::channel(COMMAND_QUEUE);
     let (list_tx, list_rx) = mpsc::channel(4);
     let (peer_tx, peer_rx) = mpsc::channel(64);
+    let (pool_tx, pool_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ready_tx, ready_rx) = watch::channel(Readiness { policy_hash: policy.hash(), ..Readiness::default() });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let terminals = Terminals::new(term_tx, policy.server.replay_bytes);
@@ -169,6 +181,9 @@ pub fn spawn<R: Runtime>(
         peers: peers::Peers::default(),
         peer_tx,
         peer_rx,
+        pool: pool::PoolPart::default(),
+        pool_tx,
+        pool_rx,
         list_in_flight: false,
         ready_tx,
         started: false,
@@ -197,6 +212,7 @@ impl<R: Runtime> Controller<R> {
                 Some(ev) = self.term_rx.recv() => self.on_terminal(ev),
                 Some((g, at, res)) = self.list_rx.recv() => self.on_listed(g, at, res),
                 Some(ev) = self.peer_rx.recv() => self.on_peer_event(ev),
+                Some(ev) = self.pool_rx.recv() => self.on_pool_event(ev),
                 _ = resync.tick() => self.request_list(),
                 Ok(()) = self.policy_rx.changed() => {
                     self.on_policy();
@@ -233,6 +249,8 @@ impl<R: Runtime> Controller<R> {
                 self.on_terminal(ev);
             } else if let Ok(ev) = self.peer_rx.try_recv() {
                 self.on_peer_event(ev);
+            } else if let Ok(ev) = self.pool_rx.try_recv() {
+                self.on_pool_event(ev);
             } else {
                 return;
             }
@@ -344,6 +362,7 @@ impl<R: Runtime> Controller<R> {
         }
         let removing = self.policy.reconcile.shutdown == berth_reconciler::policy::ShutdownMode::Remove;
         self.gate.in_flight() == 0
+            && !self.pool.busy()
             && !(removing && self.peers.removing())
             && (!removing || self.desired.sessions.is_empty() || !self.observed.is_listed())
     }
@@ -383,6 +402,7 @@ impl<R: Runtime> Controller<R> {
         for action in actions {
             self.dispatch(action);
         }
+        self.pool_pass(now);
         self.publish_statuses();
         self.publish_readiness();
         self.admit_waiters();

@@ -101,6 +101,10 @@ impl<R: Runtime> Controller<R> {
         s.env = req.env;
         s.resume_hash = req.resume_hash;
         s.client_ip = req.client_ip;
+        // A warm pool's ready container, when the profile has one; else the planner creates one cold.
+        if !self.desired.draining && self.claim_pooled(&mut s) {
+            self.record(id, "planned", "claim a pooled container".into());
+        }
         self.desired.sessions.insert(id, s);
         let rx = self.table.track(id);
         self.record(id, "observed", "session requested".into());

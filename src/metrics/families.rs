@@ -2,6 +2,7 @@
 //! help texts live here; [`super::Metrics`] records into them.
 
 use berth_reconciler::plan::{ActionKind, RemoveReason};
+use berth_reconciler::pool::PoolRemoveReason;
 use berth_reconciler::{ContainerState, EndReason, Phase};
 use prometheus::core::Collector;
 use prometheus::{
@@ -340,6 +341,62 @@ impl Peers {
         };
         for res in TakeoverResult::ALL {
             m.takeovers.with_label_values(&[res.as_str()]);
+        }
+        m
+    }
+}
+
+/// The warm pool (decision 0025), per profile with a pool.
+#[derive(Debug, Clone)]
+pub(super) struct Pool {
+    /// The pool's configured size.
+    pub size: IntGaugeVec,
+    /// Pooled containers whose launcher waits: what a claim can take now.
+    pub ready: IntGaugeVec,
+    /// Sessions that claimed a pooled container.
+    pub claims: IntCounterVec,
+    /// Sessions of a profile with a pool that started cold (the pool had nothing ready).
+    pub misses: IntCounterVec,
+    /// Time from a refill's create to its launcher waiting.
+    pub refill: HistogramVec,
+    /// Pooled containers removed, by reason.
+    pub removed: IntCounterVec,
+}
+
+impl Pool {
+    pub(super) fn new(r: &Registry) -> Self {
+        let m = Self {
+            size: gauge_vec(r, "berth_pool_size", "The warm pool's configured size, per profile.", &["profile"]),
+            ready: gauge_vec(
+                r,
+                "berth_pool_ready",
+                "Pooled containers whose launcher waits for a session, per profile.",
+                &["profile"],
+            ),
+            claims: counter_vec(
+                r,
+                "berth_pool_claims_total",
+                "Sessions that claimed a pooled container.",
+                &["profile"],
+            ),
+            misses: counter_vec(
+                r,
+                "berth_pool_misses_total",
+                "Sessions of a profile with a pool that started cold: nothing in the pool was ready.",
+                &["profile"],
+            ),
+            refill: hist_vec(
+                r,
+                "berth_pool_refill_seconds",
+                "Time from a pooled container's create to its launcher waiting.",
+                &[],
+                &SLOW,
+            ),
+            removed: counter_vec(r, "berth_pool_removed_total", "Pooled containers removed, by reason.", &["reason"]),
+        };
+        m.refill.with_label_values::<&str>(&[]);
+        for reason in PoolRemoveReason::ALL {
+            m.removed.with_label_values(&[reason.as_str()]);
         }
         m
     }
