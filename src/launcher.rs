@@ -9,11 +9,13 @@ use sha2::{Digest, Sha256};
 /// The launcher binary.
 pub const BINARY: &[u8] = include_bytes!(env!("BERTH_LAUNCHER"));
 
-/// Where berth installs the launcher: `BERTH_LAUNCHER_DIR`, else `berth-launcher` in the temporary directory.
-/// The engine must see the same path (a local engine; under systemd's `PrivateTmp`, set the variable to the state
-/// directory, as `manifests/systemd/berth.service` does).
+/// Where berth installs the launcher: `BERTH_LAUNCHER_DIR`, else `BERTH_STATE_DIR` (which
+/// `manifests/systemd/berth.service` sets: its private `/tmp` is invisible to the engine), else `berth-launcher`
+/// in the temporary directory. The engine must see the same path: a local engine.
 pub fn default_dir() -> PathBuf {
-    std::env::var_os("BERTH_LAUNCHER_DIR").map_or_else(|| std::env::temp_dir().join("berth-launcher"), PathBuf::from)
+    std::env::var_os("BERTH_LAUNCHER_DIR")
+        .or_else(|| std::env::var_os("BERTH_STATE_DIR"))
+        .map_or_else(|| std::env::temp_dir().join("berth-launcher"), PathBuf::from)
 }
 
 /// Writes the launcher into `dir` (created if needed) as `berth-launch-<hash>`, read-only and executable, and

@@ -241,17 +241,14 @@ fn every_shipped_policy_checks_as_shipped() {
     }
 }
 
-/// `berth policy check` says what a warm pool holds against the caps, and that this build starts its sessions
-/// cold; a pool for a profile whose settings the launcher cannot deliver is refused with the reason.
+/// `berth policy check` says what a warm pool holds against the caps; a pool for a profile whose settings the launcher cannot deliver is refused with the reason.
 #[test]
 fn policy_check_explains_the_warm_pool() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/warm-pool.yaml");
     let (ok, out) = berth_cli(&["policy", "check", &path.display().to_string()]);
     assert!(ok, "{out}");
     assert!(
-        out.contains(
-            "note: profiles.default.pool: 10 containers would wait, counted against limits.max_sessions (210)"
-        ),
+        out.contains("note: profiles.default.pool: 10 containers wait, counted against limits.max_sessions (210)"),
         "{out}"
     );
     let dir = TempDir::new();

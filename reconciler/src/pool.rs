@@ -354,9 +354,8 @@ pub fn startup_pool(listed: &[ListedPooled], owner: &InstanceId, policy: &Policy
     out
 }
 
-/// One line per profile with a pool, for `berth policy check` and berth's start: what the pool holds against the
-/// caps, and that this build does not run it yet (decision 0025: the planner, the launcher and the claim's
-/// runtime calls are in; the controller does not drive them), so its sessions start cold.
+/// One line per profile with a pool, for `berth policy check` and berth's start: how many containers wait, and
+/// that they count against `limits.max_sessions`, sessions first.
 pub fn notes(policy: &Policy) -> Vec<String> {
     policy
         .profiles
@@ -364,8 +363,8 @@ pub fn notes(policy: &Policy) -> Vec<String> {
         .filter(|(_, p)| !p.pool.is_off())
         .map(|(name, p)| {
             format!(
-                "note: profiles.{name}.pool: {} containers would wait, counted against limits.max_sessions ({}); this \
-                 build does not run warm pools yet (decision 0025), so sessions of {name} start cold",
+                "note: profiles.{name}.pool: {} containers wait, counted against limits.max_sessions ({}); sessions \
+                 come first, and take the pool's room when they need it",
                 p.pool.size, policy.limits.max_sessions
             )
         })

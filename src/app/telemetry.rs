@@ -5,7 +5,7 @@ use std::future::Future;
 
 use berth_reconciler::Policy;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, Span, info_span, warn};
+use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::cli::LogFormat;
 
@@ -16,7 +16,7 @@ pub(super) fn init(format: LogFormat, policy: &Policy) {
         warn!(note = %note, "the policy weakens session confinement");
     }
     for note in berth_reconciler::pool::notes(policy) {
-        warn!(note = %note, "the policy asks for a warm pool");
+        info!(note = %note, "warm pool");
     }
 }
 

@@ -128,6 +128,10 @@ pub fn spawn<R: Runtime>(
 ) -> (Handle, Terminals, tokio::task::JoinHandle<()>) {
     let policy = policy_rx.borrow().clone();
     metrics.set_capacity(policy.limits.max_sessions);
+    // The pool's series, which an alert reads, exist from the start.
+    for (name, p) in policy.profiles.iter().filter(|(_, p)| !p.pool.is_off()) {
+        metrics.set_pool(name, p.pool.size, 0);
+    }
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (done_tx, done_rx) = mpsc::channel(COMMAND_QUEUE);
     let (obs_tx, obs_rx) = mpsc::channel(COMMAND_QUEUE);

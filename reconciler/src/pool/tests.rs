@@ -246,8 +246,8 @@ fn a_profile_with_a_pool_is_noted_and_one_without_is_not() {
     assert_eq!(notes(&policy(0)), Vec::<String>::new());
     let n = notes(&policy(3));
     assert_eq!(n.len(), 1);
-    assert!(n[0].starts_with("note: profiles.default.pool: 3 containers would wait"), "{n:?}");
-    assert!(n[0].contains("start cold"), "{n:?}");
+    assert!(n[0].starts_with("note: profiles.default.pool: 3 containers wait"), "{n:?}");
+    assert!(n[0].contains("limits.max_sessions (100)"), "{n:?}");
 }
 
 fn listed(n: u32, owner: &str, state: ContainerState, at: Timestamp, claimed: Option<ClaimedName>) -> ListedPooled {
