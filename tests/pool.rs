@@ -308,3 +308,82 @@ async fn a_profile_change_drains_the_pool_while_claimed_sessions_go_on() {
     drop((c, d));
     stop_and_assert_no_leftovers(&world, server).await;
 }
+
+// ----- kill -9 with pooled and claimed containers -----
+
+/// Waits until a metric of the real process reads `value`, or fails the test after `limit`.
+async fn process_metric(berth: &common::process::Berth, series: &str, value: f64, limit: Duration) {
+    berth.wait_metric(series, value, std::time::Instant::now() + limit, series).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_the_claimed_container_is_its_sessions_again_and_the_old_pool_is_replaced() {
+    use common::process::{Berth, TempDir, write_policy};
+    common::docker().await;
+    let world = common::World::with_prefix("q");
+    let dir = TempDir::new("pool");
+    let edits = [
+        ("sessions.resume_grace", "30s"),
+        ("reconcile.startup", "adopt"),
+        ("reconcile.shutdown", "remove"),
+        ("reconcile.resync_interval", "2s"),
+    ];
+    let path = write_policy(dir.path(), &world, &edits);
+    let text = std::fs::read_to_string(&path).expect("read the policy");
+    let text = text.replacen(
+        "    image: berth-session:latest\n",
+        "    image: berth-session:latest\n    command: [/bin/sh, -i]\n    pool: {size: 2, max_age: 10m}\n",
+        1,
+    );
+    std::fs::write(&path, text).expect("write the policy");
+    berth::app::load_policy(&path).expect("the pooled policy is valid");
+    let ready = r#"berth_pool_ready{profile="default"}"#;
+
+    let mut b = Berth::spawn(&path, world.instance.as_str(), dir.path());
+    b.wait_ready(LIMIT).await;
+    process_metric(&b, ready, 2.0, LIMIT).await;
+    let c = common::client::open_marked(b.addr, LIMIT).await;
+    let (session, secret) = (c.session.clone().expect("session"), c.secret.clone().expect("secret"));
+    process_metric(&b, r#"berth_pool_claims_total{profile="default"}"#, 1.0, LIMIT).await;
+    process_metric(&b, ready, 2.0, LIMIT).await;
+    let before = pooled_names(&world);
+    assert_eq!(before.len(), 3, "one claimed, two waiting: {before:?}");
+    let claimed: Vec<&String> = before.iter().filter(|n| n.contains(&format!("{session}--anonymous--"))).collect();
+    assert_eq!(claimed.len(), 1, "{before:?}");
+
+    let status = b.kill9();
+    drop(c);
+    assert!(!status.success());
+    assert_eq!(pooled_names(&world).len(), 3, "the containers outlive the process");
+
+    let mut b = Berth::spawn(&path, world.instance.as_str(), dir.path());
+    b.wait_ready(LIMIT).await;
+    process_metric(&b, r#"berth_sessions{phase="running"}"#, 1.0, LIMIT).await;
+    process_metric(&b, ready, 2.0, LIMIT).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let now = pooled_names(&world);
+        let old_pool_gone = before.iter().filter(|n| n.contains("-pool-")).all(|n| !now.contains(n));
+        if old_pool_gone && now.len() == 3 {
+            assert!(now.contains(claimed[0]), "the claimed container stays: {now:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the old pool was not replaced: {before:?} -> {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The client comes back to the same shell.
+    let mut c = common::client::connect_with(b.addr, &format!("?session={session}"), &[]).await.expect("connect");
+    c.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "resume": {"session": session, "secret": secret}}))
+        .await;
+    c.until_ready().await;
+    let from = c.output.len();
+    c.input("echo \"mark:$MARK\"\r").await;
+    c.until_output_from(from, "mark:42", LIMIT).await;
+    drop(c);
+
+    let status = b.terminate(LIMIT);
+    assert!(status.success(), "berth exits 0 after SIGTERM: {status}; its log:\n{}", b.log_tail(40));
+    assert_eq!(pooled_names(&world), Vec::<String>::new(), "pooled or claimed containers left");
+    assert_eq!(world.containers(None), Vec::<String>::new());
+}
