@@ -256,7 +256,16 @@ async fn a_pooled_session_gets_its_prompt_and_its_environment_and_the_pool_refil
     // The claimed container left the pool, which refills to its size.
     pool_ready(&server, &profile, 2).await;
     assert_eq!(pooled_names(&world).len(), 3);
-    drop(c);
+    // The shell's exit ends the session with its code, as for a cold one, and its container goes; the pool stays.
+    c.input("exit 3\r").await;
+    let exit = c.until_json("exit", LIMIT).await;
+    assert_eq!((exit["reason"].as_str(), exit["code"].as_i64()), (Some("exited"), Some(3)), "{exit}");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while pooled_names(&world).len() != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the claimed container stayed: {:?}", pooled_names(&world));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pooled_names(&world).iter().all(|n| n.contains("-pool-")), "{:?}", pooled_names(&world));
     stop_and_assert_no_leftovers(&world, server).await;
 }
 

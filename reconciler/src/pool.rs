@@ -71,6 +71,8 @@ pub struct ListedPooled {
     pub labels: PoolLabels,
     /// Its state.
     pub state: ContainerState,
+    /// Its exit code, once exited and known.
+    pub exit_code: Option<i64>,
     /// The session it was renamed to, once claimed.
     pub claimed: Option<ClaimedName>,
 }
@@ -332,7 +334,7 @@ pub fn startup_pool(listed: &[ListedPooled], owner: &InstanceId, policy: &Policy
                 id: c.id.clone(),
                 labels: name.managed_labels(&c.labels),
                 state: c.state,
-                exit_code: None,
+                exit_code: c.exit_code,
                 oom_killed: false,
                 health: Health::Unknown,
                 removal_requested: false,

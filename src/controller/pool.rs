@@ -149,7 +149,7 @@ impl<R: Runtime> Controller<R> {
             id: c.id.clone(),
             labels: name.managed_labels(&c.labels),
             state: c.state,
-            exit_code: None,
+            exit_code: c.exit_code,
             oom_killed: false,
             health: Health::Unknown,
             removal_requested: false,
@@ -343,6 +343,7 @@ impl<R: Runtime> Controller<R> {
             id: chosen.clone(),
             labels: ready.labels.clone(),
             state: ContainerState::Running,
+            exit_code: None,
             claimed: Some(name.clone()),
         };
         self.observed.upsert(Self::claimed_observed(&listed, &name));

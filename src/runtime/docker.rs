@@ -391,7 +391,8 @@ impl Runtime for DockerRuntime {
                     }
                 };
                 let claimed = c.names.iter().flatten().find_map(|n| ClaimedName::parse(prefix, n));
-                Some(ListedPooled { id, labels, state: list_state(c.state), claimed })
+                let exit_code = exit_code_from_status(c.status.as_deref().unwrap_or_default());
+                Some(ListedPooled { id, labels, state: list_state(c.state), exit_code, claimed })
             })
             .collect())
     }

@@ -326,9 +326,10 @@ impl Runtime for FakeRuntime {
         let s = self.lock();
         Ok(s.containers
             .iter()
-            .filter_map(|(id, (name, l, st, _))| {
+            .filter_map(|(id, (name, l, st, code))| {
                 let labels = PoolLabels::parse(ns, l).ok()??;
-                Some(ListedPooled { id: id.clone(), labels, state: *st, claimed: ClaimedName::parse(prefix, name) })
+                let claimed = ClaimedName::parse(prefix, name);
+                Some(ListedPooled { id: id.clone(), labels, state: *st, exit_code: *code, claimed })
             })
             .collect())
     }

@@ -261,6 +261,7 @@ fn listed(n: u32, owner: &str, state: ContainerState, at: Timestamp, claimed: Op
             policy_hash: "ab".into(),
         },
         state,
+        exit_code: None,
         claimed,
     }
 }
