@@ -13,7 +13,7 @@ use berth_reconciler::pool::PoolRemoveReason;
 use berth_reconciler::{ContainerState, EndReason, Phase};
 use prometheus::{Encoder, Registry, TextEncoder};
 
-pub use labels::{Direction, REJECT_REASONS, Rejection, ReloadResult, ResumeOutcome, TakeoverResult};
+pub use labels::{Direction, REJECT_REASONS, Rejection, ReloadResult, ResumeOutcome, Start, TakeoverResult};
 
 use crate::controller::Deferred;
 use crate::listener::Dropped;
@@ -213,9 +213,9 @@ impl Metrics {
         )
     }
 
-    /// Records the time from a WebSocket connect to its first terminal output byte.
-    pub fn first_output(&self, took: Duration) {
-        self.edge.first_output.with_label_values::<&str>(&[]).observe(took.as_secs_f64());
+    /// Records the time from a WebSocket connect to its first terminal output byte, by how its session started.
+    pub fn first_output(&self, start: Start, took: Duration) {
+        self.edge.first_output.with_label_values(&[start.as_str()]).observe(took.as_secs_f64());
     }
 
     /// Counts `n` terminal bytes that went `direction`.
@@ -373,7 +373,8 @@ mod tests {
         assert!(text.contains("berth_session_capacity 0"));
         assert!(text.contains("berth_reconcile_duration_seconds_bucket"));
         assert!(text.contains(r#"berth_docker_api_call_duration_seconds_count{op="create"} 0"#));
-        assert!(text.contains("berth_time_to_first_output_seconds_count 0"));
+        assert!(text.contains(r#"berth_time_to_first_output_seconds_count{start="pool"} 0"#));
+        assert!(text.contains(r#"berth_time_to_first_output_seconds_count{start="cold"} 0"#));
         assert!(text.contains(r#"berth_connections_dropped_total{reason="header_timeout"} 0"#));
         assert!(!text.contains("session_id"));
     }

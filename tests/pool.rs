@@ -250,6 +250,8 @@ async fn a_pooled_session_gets_its_prompt_and_its_environment_and_the_pool_refil
     );
     assert_eq!(metric(&server, "berth_pool_claims_total{profile=\"default\"}"), 1);
     assert_eq!(metric(&server, "berth_pool_misses_total{profile=\"default\"}"), 0);
+    assert_eq!(metric(&server, "berth_time_to_first_output_seconds_count{start=\"pool\"}"), 1);
+    assert_eq!(metric(&server, "berth_time_to_first_output_seconds_count{start=\"cold\"}"), 0);
     let session = c.session.clone().expect("a session id");
     let names = pooled_names(&world);
     assert!(names.iter().any(|n| n.contains(&format!("{session}--anonymous--"))), "{names:?}");
@@ -280,6 +282,8 @@ async fn a_burst_larger_than_the_pool_claims_the_pool_first_and_starts_the_rest_
     assert_eq!(clients.len(), 4);
     assert_eq!(metric(&server, "berth_pool_claims_total{profile=\"default\"}"), 2);
     assert_eq!(metric(&server, "berth_pool_misses_total{profile=\"default\"}"), 2);
+    assert_eq!(metric(&server, "berth_time_to_first_output_seconds_count{start=\"pool\"}"), 2);
+    assert_eq!(metric(&server, "berth_time_to_first_output_seconds_count{start=\"cold\"}"), 2);
     assert_eq!(world.containers(None).len(), 2, "two cold sessions carry the session marker");
     drop(clients);
     stop_and_assert_no_leftovers(&world, server).await;

@@ -9,7 +9,7 @@ use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use super::labels::{Direction, Rejection, ReloadResult, ResumeOutcome, TakeoverResult, result};
+use super::labels::{Direction, Rejection, ReloadResult, ResumeOutcome, Start, TakeoverResult, result};
 use crate::runtime::{DockerOp, EventKind};
 
 /// Buckets of fast internal work (a reconcile pass).
@@ -244,8 +244,8 @@ impl Edge {
             first_output: hist_vec(
                 r,
                 "berth_time_to_first_output_seconds",
-                "Time from WebSocket connect to the first terminal output byte sent.",
-                &[],
+                "Time from WebSocket connect to the first terminal output byte sent, by how the session started.",
+                &["start"],
                 &SLOW,
             ),
             ws_open: gauge(r, "berth_websocket_connections", "Open WebSocket connections."),
@@ -270,7 +270,9 @@ impl Edge {
                 &["reason"],
             ),
         };
-        m.first_output.with_label_values::<&str>(&[]);
+        for start in Start::ALL {
+            m.first_output.with_label_values(&[start.as_str()]);
+        }
         for d in Direction::ALL {
             m.bytes.with_label_values(&[d.as_str()]);
         }
