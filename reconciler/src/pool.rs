@@ -111,6 +111,8 @@ pub enum PoolRemoveReason {
     Failed,
     /// The replica is shutting down and its shutdown mode removes containers.
     Shutdown,
+    /// A dead replica's pool, removed by the replica that took it over.
+    DeadPeer,
 }
 
 impl PoolRemoveReason {
@@ -123,12 +125,13 @@ impl PoolRemoveReason {
             Self::Displaced => "displaced",
             Self::Failed => "failed",
             Self::Shutdown => "shutdown",
+            Self::DeadPeer => "dead_peer",
         }
     }
 
     /// Every value, for pre-creating metric series.
-    pub const ALL: [Self; 6] =
-        [Self::Shrunk, Self::Drained, Self::Expired, Self::Displaced, Self::Failed, Self::Shutdown];
+    pub const ALL: [Self; 7] =
+        [Self::Shrunk, Self::Drained, Self::Expired, Self::Displaced, Self::Failed, Self::Shutdown, Self::DeadPeer];
 }
 
 /// One thing to do to the pool.

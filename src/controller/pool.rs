@@ -206,8 +206,26 @@ impl<R: Runtime> Controller<R> {
     /// The unclaimed pooled containers a full list found (claimed ones went into the session list).
     pub(super) fn on_pool_listed(&mut self, list: Vec<ListedPooled>) {
         let owner = self.desired.owner.clone();
+        // A dead replica's pool (or this one's, from epochs another replica has claimed) is the claimer's to
+        // remove: nobody else would (each replica keeps its own pool).
+        let taken: Vec<ContainerId> = list
+            .iter()
+            .filter(|c| c.claimed.is_none())
+            .filter(|c| {
+                let (o, e) = (&c.labels.owner, c.labels.epoch);
+                if *o == owner { false } else { self.desired.claimed.get(o).is_some_and(|through| e <= *through) }
+            })
+            .map(|c| c.id.clone())
+            .collect();
+        for id in taken {
+            self.remove_pooled(id, PoolRemoveReason::DeadPeer);
+        }
+        let disowned = self.desired.disowned_through;
         let mut unclaimed = Vec::new();
-        for c in list.into_iter().filter(|c| c.labels.owner == owner && c.claimed.is_none()) {
+        for c in list
+            .into_iter()
+            .filter(|c| c.labels.owner == owner && c.claimed.is_none() && disowned.is_none_or(|e| c.labels.epoch > e))
+        {
             if let Some(r) = self.pool.ready.get_mut(&c.id) {
                 r.state = c.state;
             }
