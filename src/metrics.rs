@@ -177,6 +177,9 @@ impl Metrics {
     pub fn set_pool(&self, profile: &ProfileName, size: usize, ready: usize) {
         self.pool.size.with_label_values(&[profile.as_str()]).set(gauge_value(size));
         self.pool.ready.with_label_values(&[profile.as_str()]).set(gauge_value(ready));
+        // The profile's counters exist from its first report, at zero.
+        self.pool.claims.with_label_values(&[profile.as_str()]);
+        self.pool.misses.with_label_values(&[profile.as_str()]);
     }
 
     /// Forgets the series of a profile that no longer has a pool.

@@ -331,7 +331,7 @@ async fn process_metric(berth: &common::process::Berth, series: &str, value: f64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kill_9_the_claimed_container_is_its_sessions_again_and_the_old_pool_is_replaced() {
-    use common::process::{Berth, TempDir, write_policy};
+    use common::process::{Berth, TempDir, write_pooled_policy};
     common::docker().await;
     let world = common::World::with_prefix("q");
     let dir = TempDir::new("pool");
@@ -341,15 +341,7 @@ async fn after_a_kill_9_the_claimed_container_is_its_sessions_again_and_the_old_
         ("reconcile.shutdown", "remove"),
         ("reconcile.resync_interval", "2s"),
     ];
-    let path = write_policy(dir.path(), &world, &edits);
-    let text = std::fs::read_to_string(&path).expect("read the policy");
-    let text = text.replacen(
-        "    image: berth-session:latest\n",
-        "    image: berth-session:latest\n    command: [/bin/sh, -i]\n    pool: {size: 2, max_age: 10m}\n",
-        1,
-    );
-    std::fs::write(&path, text).expect("write the policy");
-    berth::app::load_policy(&path).expect("the pooled policy is valid");
+    let path = write_pooled_policy(dir.path(), &world, &edits, 2);
     let ready = r#"berth_pool_ready{profile="default"}"#;
 
     let mut b = Berth::spawn(&path, world.instance.as_str(), dir.path());
