@@ -365,8 +365,11 @@ impl<R: Runtime> Controller<R> {
             return true;
         }
         let removing = self.policy.reconcile.shutdown == berth_reconciler::policy::ShutdownMode::Remove;
+        if self.pool.busy() {
+            // Fills, claims and pool removals in flight finish first.
+            return false;
+        }
         self.gate.in_flight() == 0
-            && !self.pool.busy()
             && !(removing && self.peers.removing())
             && (!removing || self.desired.sessions.is_empty() || !self.observed.is_listed())
     }
