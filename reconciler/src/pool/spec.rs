@@ -15,7 +15,8 @@ use crate::policy::{Policy, Profile};
 pub const LAUNCHER_PATH: &str = "/sbin/berth-launch";
 
 /// What the launcher prints once its terminal no longer echoes: berth writes the settings only after seeing it.
-/// An OSC sequence, which terminals ignore; it is never part of a session's output.
+/// An OSC sequence, which terminals ignore: a claim hands the terminals only what follows it, though a replay
+/// from the container's log after a restart shows it to the page, which draws nothing.
 pub const LAUNCHER_WAITING: &[u8] = b"\x1b]berth;launcher-waiting\x07";
 
 /// The spec of a new pooled container of `profile`, named with `nonce` and served by the launcher at
