@@ -21,8 +21,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
 /// Printed once the terminal no longer echoes: berth writes the settings only after it has seen this. An OSC
-/// sequence, which terminals ignore.
-const READY: &[u8] = b"\x1b]berth;launcher-waiting\x07";
+/// sequence, which terminals ignore, then a newline: the engine's log keeps a line only once it ends, and a
+/// restarted berth finds the announcement in that log.
+const READY: &[u8] = b"\x1b]berth;launcher-waiting\x07\n";
 /// The first word of a settings line.
 const VERSION: &str = "berth1";
 /// The longest settings line read.

@@ -113,6 +113,8 @@ pub enum PoolRemoveReason {
     Shutdown,
     /// A dead replica's pool, removed by the replica that took it over.
     DeadPeer,
+    /// An earlier run's, removed at start by the startup mode.
+    Startup,
 }
 
 impl PoolRemoveReason {
@@ -126,12 +128,21 @@ impl PoolRemoveReason {
             Self::Failed => "failed",
             Self::Shutdown => "shutdown",
             Self::DeadPeer => "dead_peer",
+            Self::Startup => "startup",
         }
     }
 
     /// Every value, for pre-creating metric series.
-    pub const ALL: [Self; 7] =
-        [Self::Shrunk, Self::Drained, Self::Expired, Self::Displaced, Self::Failed, Self::Shutdown, Self::DeadPeer];
+    pub const ALL: [Self; 8] = [
+        Self::Shrunk,
+        Self::Drained,
+        Self::Expired,
+        Self::Displaced,
+        Self::Failed,
+        Self::Shutdown,
+        Self::DeadPeer,
+        Self::Startup,
+    ];
 }
 
 /// One thing to do to the pool.

@@ -148,7 +148,7 @@ impl<R: Runtime> Controller<R> {
         let timeout = self.policy.reconcile.docker_timeout;
         let tx = self.list_tx.clone();
         let metrics = self.metrics.clone();
-        let pool_prefix = self.pool.active(&self.policy).then(|| self.policy.docker.name_prefix.clone());
+        let pool_prefix = self.pool.lists(&self.policy).then(|| self.policy.docker.name_prefix.clone());
         tokio::spawn(
             async move {
                 let res = match timed(&metrics, crate::runtime::DockerOp::List, timeout, runtime.list(&ns)).await {

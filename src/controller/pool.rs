@@ -11,7 +11,7 @@ use berth_reconciler::desired::DesiredSession;
 use berth_reconciler::ids::ProfileName;
 use berth_reconciler::pool::{
     LAUNCHER_WAITING, ListedPooled, PoolAction, PoolRemoveReason, PoolView, PooledContainer, choose, counts, plan_pool,
-    pooled_spec, settings_line,
+    pooled_spec, settings_line, startup_pool,
 };
 use berth_reconciler::{ClaimedName, ContainerSpec, Health, ObservedContainer, PoolLabels};
 use futures::StreamExt;
@@ -25,6 +25,8 @@ use crate::runtime::{AttachIo, DockerOp};
 pub(super) enum PoolEvent {
     /// A fill finished: a container whose launcher waits, with its held stream, or the reason it failed.
     Filled { profile: ProfileName, result: Result<(ContainerId, PoolLabels, AttachIo), RuntimeError> },
+    /// An earlier run's container was attached again (or removed, when that failed).
+    Adopted { container: ContainerId, labels: PoolLabels, result: Result<AttachIo, RuntimeError> },
     /// A pooled container was removed (or was already gone).
     Removed { container: ContainerId, result: Result<(), RuntimeError> },
     /// A claim finished: the container is the session's, its stream with the terminals.
@@ -54,6 +56,8 @@ pub(super) struct PoolPart {
     /// Claimed by this run: never the pool's again.
     claimed: HashSet<ContainerId>,
     claiming: usize,
+    /// An earlier run's containers being attached again.
+    adopting: HashSet<ContainerId>,
     /// Profiles whose pool series the metrics show.
     reported: Vec<ProfileName>,
 }
@@ -73,9 +77,18 @@ impl PoolPart {
             || !self.claimed.is_empty()
     }
 
+    /// Whether a full list also lists the pool: while one is in play, and always until the first pass after a
+    /// start has seen what an earlier run left (a pool since removed from the policy included).
+    pub(super) fn lists(&self, policy: &Policy) -> bool {
+        self.started_at.is_none() || self.active(policy)
+    }
+
     /// Tasks of the pool still running: shutdown waits for them.
     pub(super) fn busy(&self) -> bool {
-        self.creating.values().sum::<usize>() > 0 || !self.removing.is_empty() || self.claiming > 0
+        self.creating.values().sum::<usize>() > 0
+            || !self.removing.is_empty()
+            || self.claiming > 0
+            || !self.adopting.is_empty()
     }
 
     fn view(&self, desired: &Desired, owner_sessions: usize) -> PoolView {
@@ -115,22 +128,7 @@ async fn fill<R: Runtime>(
     let res = async {
         let mut io = timed(&metrics, DockerOp::Attach, timeout, rt.attach(&id, false)).await?;
         timed(&metrics, DockerOp::Start, timeout, rt.start(&id)).await?;
-        let waited = tokio::time::timeout(wait, async {
-            let mut seen = Vec::new();
-            while !seen.windows(LAUNCHER_WAITING.len()).any(|w| w == LAUNCHER_WAITING) {
-                match io.output.next().await {
-                    Some(Ok(b)) if seen.len() < 64 * 1024 => seen.extend_from_slice(&b),
-                    _ => return false,
-                }
-            }
-            true
-        })
-        .await;
-        match waited {
-            Ok(true) => Ok(io),
-            Ok(false) => Err(RuntimeError::Other("the launcher ended before it waited for settings".into())),
-            Err(_) => Err(RuntimeError::Other(format!("the launcher did not wait for settings within {wait:?}"))),
-        }
+        wait_launcher(&mut io, wait).await.map(|()| io)
     }
     .await;
     match res {
@@ -139,6 +137,54 @@ async fn fill<R: Runtime>(
             let _ = timed(&metrics, DockerOp::Remove, timeout, rt.remove(&id)).await;
             Err(e)
         }
+    }
+}
+
+/// An earlier run's pooled container, kept by the startup mode: attached again with its history, which holds the
+/// launcher's announcement. A failure removes it.
+async fn adopt<R: Runtime>(
+    rt: R,
+    id: ContainerId,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    wait: Duration,
+) -> Result<AttachIo, RuntimeError> {
+    let res = async {
+        let mut io = timed(&metrics, DockerOp::Attach, timeout, rt.attach(&id, true)).await?;
+        wait_launcher(&mut io, wait).await.map(|()| io)
+    }
+    .await;
+    if res.is_err() {
+        let _ = timed(&metrics, DockerOp::Remove, timeout, rt.remove(&id)).await;
+    }
+    res
+}
+
+/// Whether `seen` holds the launcher's announcement and the end of its line (the launcher prints nothing more
+/// before its settings, so nothing of it is left for the session).
+fn announced(seen: &[u8]) -> bool {
+    seen.windows(LAUNCHER_WAITING.len())
+        .position(|w| w == LAUNCHER_WAITING)
+        .is_some_and(|at| seen[at + LAUNCHER_WAITING.len()..].contains(&b'\n'))
+}
+
+/// Reads a pooled container's stream until its launcher says it waits, within `wait`.
+async fn wait_launcher(io: &mut AttachIo, wait: Duration) -> Result<(), RuntimeError> {
+    let waited = tokio::time::timeout(wait, async {
+        let mut seen = Vec::new();
+        while !announced(&seen) {
+            match io.output.next().await {
+                Some(Ok(b)) if seen.len() < 64 * 1024 => seen.extend_from_slice(&b),
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await;
+    match waited {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(RuntimeError::Other("the launcher ended before it waited for settings".into())),
+        Err(_) => Err(RuntimeError::Other(format!("the launcher did not wait for settings within {wait:?}"))),
     }
 }
 
@@ -169,6 +215,22 @@ impl<R: Runtime> Controller<R> {
                         self.pool.ready.insert(id, Ready { labels, io, state: ContainerState::Running });
                     }
                     Err(e) => warn!(profile = %profile, error = %e, "pool fill failed"),
+                }
+            }
+            PoolEvent::Adopted { container, labels, result } => {
+                self.pool.adopting.remove(&container);
+                if let Some(n) = self.pool.creating.get_mut(&labels.profile) {
+                    *n = n.saturating_sub(1);
+                }
+                match result {
+                    Ok(io) => {
+                        info!(container = %container.short(), profile = %labels.profile, "pooled container adopted");
+                        self.pool.ready.insert(container, Ready { labels, io, state: ContainerState::Running });
+                    }
+                    Err(e) => {
+                        warn!(container = %container.short(), error = %e, "pooled container not adopted; removed");
+                        self.metrics.pool_removed(PoolRemoveReason::Failed);
+                    }
                 }
             }
             PoolEvent::Removed { container, result } => {
@@ -258,13 +320,24 @@ impl<R: Runtime> Controller<R> {
         if !self.pool.listed {
             return;
         }
-        let started_at = *self.pool.started_at.get_or_insert(now);
+        let started_at = match self.pool.started_at {
+            Some(t) => t,
+            None => {
+                self.pool.started_at = Some(now);
+                self.pool_startup(now);
+                now
+            }
+        };
         // An earlier run's unclaimed containers have no stream here: they are replaced, not adopted.
         let stale: Vec<ContainerId> = self
             .pool
             .last_list
             .iter()
-            .filter(|c| !self.pool.ready.contains_key(&c.id) && !self.pool.claimed.contains(&c.id))
+            .filter(|c| {
+                !self.pool.ready.contains_key(&c.id)
+                    && !self.pool.claimed.contains(&c.id)
+                    && !self.pool.adopting.contains(&c.id)
+            })
             .filter(|c| {
                 c.labels.created_at < started_at
                     || matches!(c.state, ContainerState::Exited | ContainerState::Dead)
@@ -296,6 +369,34 @@ impl<R: Runtime> Controller<R> {
             self.metrics.forget_pool(gone);
         }
         self.pool.reported = counts.into_keys().collect();
+    }
+
+    /// The first pass after a start: the earlier run's unclaimed containers are kept (attached again) or removed
+    /// as `reconcile.startup` says ([`startup_pool`]).
+    fn pool_startup(&mut self, now: Timestamp) {
+        let owner = self.desired.owner.clone();
+        let s = startup_pool(&self.pool.last_list, &owner, &self.policy, now);
+        info!(mode = ?self.policy.reconcile.startup, adopting = s.adopt.len(), removing = s.remove.len(), "startup: an earlier run's pool");
+        for id in s.remove {
+            self.remove_pooled(id, PoolRemoveReason::Startup);
+        }
+        for id in s.adopt {
+            let Some(labels) = self.pool.last_list.iter().find(|c| c.id == id).map(|c| c.labels.clone()) else {
+                continue;
+            };
+            self.pool.adopting.insert(id.clone());
+            *self.pool.creating.entry(labels.profile.clone()).or_default() += 1;
+            let (rt, metrics, tx) = (self.runtime.clone(), self.metrics.clone(), self.pool_tx.clone());
+            let timeout = self.policy.reconcile.docker_timeout;
+            let wait = self.policy.reconcile.start_timeout;
+            tokio::spawn(
+                async move {
+                    let result = adopt(rt, id.clone(), metrics, timeout, wait).await;
+                    let _ = tx.send(PoolEvent::Adopted { container: id, labels, result }).await;
+                }
+                .instrument(info_span!("pool_adopt")),
+            );
+        }
     }
 
     fn fill(&mut self, profile: &ProfileName, count: usize, now: Timestamp) {
@@ -408,5 +509,22 @@ impl<R: Runtime> Controller<R> {
             .get(session)
             .and_then(|s| s.container.as_ref())
             .is_some_and(|c| self.pool.claimed.contains(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launcher_has_announced_itself_once_its_line_has_ended() {
+        let mut seen = b"\r\n".to_vec();
+        assert!(!announced(&seen));
+        seen.extend_from_slice(LAUNCHER_WAITING);
+        assert!(!announced(&seen), "the line has not ended: a restarted berth would not find it in the log");
+        seen.extend_from_slice(b"\r");
+        assert!(!announced(&seen));
+        seen.extend_from_slice(b"\n");
+        assert!(announced(&seen));
     }
 }

@@ -14,7 +14,8 @@ use crate::policy::{Policy, Profile};
 /// Where the launcher is mounted in a pooled container.
 pub const LAUNCHER_PATH: &str = "/sbin/berth-launch";
 
-/// What the launcher prints once its terminal no longer echoes: berth writes the settings only after seeing it.
+/// What the launcher prints once its terminal no longer echoes, followed by a newline: berth writes the settings
+/// only after seeing it and the end of its line.
 /// An OSC sequence, which terminals ignore: a claim hands the terminals only what follows it, though a replay
 /// from the container's log after a restart shows it to the page, which draws nothing.
 pub const LAUNCHER_WAITING: &[u8] = b"\x1b]berth;launcher-waiting\x07";
