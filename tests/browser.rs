@@ -20,6 +20,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 /// The whole browser script's bound; its own steps time out well before.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
 
+/// One browser at a time: the script's steps have time bounds, and two Chromiums on a small machine share it.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Checks that node, Chromium and playwright-core are installed, or fails with what to run.
 fn browser_tools(root: &Path) -> PathBuf {
     let chromium = std::env::var_os("BERTH_CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
@@ -57,6 +60,7 @@ fn browser_tools(root: &Path) -> PathBuf {
 /// berth stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_runs_a_pooled_shell_in_chromium() {
+    let _one = ONE_BROWSER.lock().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     browser_tools(root);
     common::docker().await;
@@ -107,6 +111,7 @@ async fn the_page_runs_a_pooled_shell_in_chromium() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_runs_a_shell_in_chromium_against_the_real_binary() {
+    let _one = ONE_BROWSER.lock().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     browser_tools(root);
     common::docker().await;
