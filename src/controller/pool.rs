@@ -58,6 +58,8 @@ pub(super) struct PoolPart {
     claiming: usize,
     /// An earlier run's containers being attached again.
     adopting: HashSet<ContainerId>,
+    /// Where the launcher was installed, once it was.
+    launcher: Option<String>,
     /// Profiles whose pool series the metrics show.
     reported: Vec<ProfileName>,
 }
@@ -214,7 +216,11 @@ impl<R: Runtime> Controller<R> {
                         self.metrics.pool_refilled(self.now().since(labels.created_at));
                         self.pool.ready.insert(id, Ready { labels, io, state: ContainerState::Running });
                     }
-                    Err(e) => warn!(profile = %profile, error = %e, "pool fill failed"),
+                    Err(e) => {
+                        warn!(profile = %profile, error = %e, "pool fill failed");
+                        // The next fill installs the launcher again, in case the file went (a temp cleaner).
+                        self.pool.launcher = None;
+                    }
                 }
             }
             PoolEvent::Adopted { container, labels, result } => {
@@ -404,12 +410,15 @@ impl<R: Runtime> Controller<R> {
         // Refills share the engine with sessions: no more of them in flight than the executor's concurrency.
         let in_flight: usize = self.pool.creating.values().sum();
         let count = count.min(self.policy.reconcile.concurrency.saturating_sub(in_flight));
-        let launcher = match crate::launcher::install(&crate::launcher::default_dir()) {
-            Ok(path) => path.display().to_string(),
-            Err(e) => {
-                warn!(error = %e, "cannot install the pool's launcher; no pool");
-                return;
-            }
+        let launcher = match &self.pool.launcher {
+            Some(path) => path.clone(),
+            None => match crate::launcher::install(&crate::launcher::default_dir()) {
+                Ok(path) => self.pool.launcher.insert(path.display().to_string()).clone(),
+                Err(e) => {
+                    warn!(error = %e, "cannot install the pool's launcher; no pool");
+                    return;
+                }
+            },
         };
         for _ in 0..count {
             let labels = PoolLabels {
