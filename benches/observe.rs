@@ -200,6 +200,18 @@ impl Runtime for Counting {
         self.inner.list_peers(ns).await
     }
 
+    async fn list_pool(
+        &self,
+        ns: &LabelNamespace,
+        prefix: &str,
+    ) -> Result<Vec<berth::reconciler::pool::ListedPooled>, RuntimeError> {
+        self.inner.list_pool(ns, prefix).await
+    }
+
+    async fn rename(&self, id: &ContainerId, name: &str) -> Result<(), RuntimeError> {
+        self.inner.rename(id, name).await
+    }
+
     async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {
         count(&self.calls.markers);
         self.inner.create_marker(spec).await

@@ -6,6 +6,8 @@
 #
 # BERTH_LEAK_RUNTIME=runsc runs the sessions on that OCI runtime (the profile's `runtime`; it must be registered
 # with the engine: scripts/ensure-runsc.sh for runsc).
+# BERTH_LEAK_POOL=N keeps a warm pool of N (decision 0025): sessions claim pooled containers first, the pool
+# refills during the run, and the pool is removed at shutdown; pooled and claimed containers count as leftovers.
 source "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
 
@@ -23,13 +25,17 @@ cleanup() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   ids="$(docker ps -aq --filter "label=$ns.managed=true" 2>/dev/null || true)
-$(docker ps -aq --filter "label=$ns.peer" 2>/dev/null || true)"
+$(docker ps -aq --filter "label=$ns.peer" 2>/dev/null || true)
+$(docker ps -aq --filter "label=$ns.pool" 2>/dev/null || true)"
   # shellcheck disable=SC2086
   [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
+# A pool is removed at shutdown, so that nothing of the run is left; sessions are all closed by then either way.
+shutdown_mode=leave
+[ -z "${BERTH_LEAK_POOL:-}" ] || shutdown_mode=remove
 cat >"$work/policy.yaml" <<YAML
 apiVersion: berth.dev/v1
 kind: Policy
@@ -46,18 +52,21 @@ sessions:
 reconcile:
   concurrency: 6
   resync_interval: 2s
+  shutdown: $shutdown_mode
 docker:
   namespace: $ns
   name_prefix: leak-$tag
 YAML
-if [ -n "${BERTH_LEAK_RUNTIME:-}" ]; then
-  log "leak run on the runtime ${BERTH_LEAK_RUNTIME}"
-  cat >>"$work/policy.yaml" <<YAML
-profiles:
-  default:
-    image: berth-session:latest
-    runtime: ${BERTH_LEAK_RUNTIME}
-YAML
+if [ -n "${BERTH_LEAK_RUNTIME:-}${BERTH_LEAK_POOL:-}" ]; then
+  [ -z "${BERTH_LEAK_RUNTIME:-}" ] || log "leak run on the runtime ${BERTH_LEAK_RUNTIME}"
+  [ -z "${BERTH_LEAK_POOL:-}" ] || log "leak run with a warm pool of ${BERTH_LEAK_POOL}"
+  {
+    echo "profiles:"
+    echo "  default:"
+    echo "    image: berth-session:latest"
+    [ -z "${BERTH_LEAK_RUNTIME:-}" ] || echo "    runtime: ${BERTH_LEAK_RUNTIME}"
+    [ -z "${BERTH_LEAK_POOL:-}" ] || printf '    command: [/bin/sh, -i]\n    pool: {size: %s}\n' "$BERTH_LEAK_POOL"
+  } >>"$work/policy.yaml"
 fi
 
 start_berth target/debug/berth "$work" "leak-$tag" || exit 1
@@ -70,8 +79,8 @@ timeout --signal=TERM --kill-after=10 300 target/debug/examples/loadgen --url "$
 # A graceful stop removes berth's sentinel too: afterwards nothing of this namespace may be left.
 kill -TERM "$pid"
 for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-left="$( (docker ps -aq --filter "label=$ns.managed=true"; docker ps -aq --filter "label=$ns.peer") | wc -l)"
-log "leak run${BERTH_LEAK_RUNTIME:+ on ${BERTH_LEAK_RUNTIME}}: loadgen exit $rc, $left container(s) left (sessions, sentinel, claims) after berth stopped"
+left="$( (docker ps -aq --filter "label=$ns.managed=true"; docker ps -aq --filter "label=$ns.peer"; docker ps -aq --filter "label=$ns.pool") | wc -l)"
+log "leak run${BERTH_LEAK_RUNTIME:+ on ${BERTH_LEAK_RUNTIME}}${BERTH_LEAK_POOL:+ with a pool of ${BERTH_LEAK_POOL}}: loadgen exit $rc, $left container(s) left (sessions, sentinel, claims, pool) after berth stopped"
 if [ "$rc" -ne 0 ] || [ "$left" -ne 0 ]; then
   keep="${TMPDIR:-/tmp}/berth-leak-$tag.log"
   cp "$work/berth.log" "$keep" 2>/dev/null && log "berth's log kept at $keep"
@@ -79,7 +88,8 @@ fi
 if [ "$left" -ne 0 ]; then
   # What was left, and what berth said about sentinels, claims and removals: enough to tell the cause from CI's log.
   (docker ps -a --filter "label=$ns.managed=true" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}'
-    docker ps -a --filter "label=$ns.peer" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}') >&2
+    docker ps -a --filter "label=$ns.peer" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}'
+    docker ps -a --filter "label=$ns.pool" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}') >&2
   grep -iE 'sentinel|claim|remov|warn|error' "$work/berth.log" | tail -20 >&2
 fi
 [ "$rc" -eq 0 ] && [ "$left" -eq 0 ]

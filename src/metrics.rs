@@ -7,12 +7,14 @@ mod labels;
 
 use std::time::Duration;
 
+use berth_reconciler::ProfileName;
 use berth_reconciler::plan::{ActionKind, RemoveReason};
+use berth_reconciler::pool::PoolRemoveReason;
 use berth_reconciler::{ContainerState, EndReason, Phase};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 pub use labels::{
-    Direction, REJECT_REASONS, RecordingFailureKind, Rejection, ReloadResult, ResumeOutcome, TakeoverResult,
+    Direction, REJECT_REASONS, RecordingFailureKind, Rejection, ReloadResult, ResumeOutcome, Start, TakeoverResult,
 };
 
 use crate::controller::{Deferred, Role};
@@ -32,6 +34,7 @@ pub struct Metrics {
     peers: families::Peers,
     recordings: families::Recordings,
     sharing: families::Sharing,
+    pool: families::Pool,
 }
 
 /// A count as a gauge value, saturating.
@@ -54,6 +57,7 @@ impl Metrics {
             peers: families::Peers::new(&registry),
             recordings: families::Recordings::new(&registry),
             sharing: families::Sharing::new(&registry),
+            pool: families::Pool::new(&registry),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -257,9 +261,54 @@ impl Metrics {
         self.edge.ws_client_resets.inc();
     }
 
-    /// Records the time from a WebSocket connect to its first terminal output byte.
-    pub fn first_output(&self, took: Duration) {
-        self.edge.first_output.with_label_values::<&str>(&[]).observe(took.as_secs_f64());
+    // The warm pool.
+
+    /// Sets a profile's pool: its configured size and how many of its containers are ready.
+    pub fn set_pool(&self, profile: &ProfileName, size: usize, ready: usize) {
+        self.pool.size.with_label_values(&[profile.as_str()]).set(gauge_value(size));
+        self.pool.ready.with_label_values(&[profile.as_str()]).set(gauge_value(ready));
+        // The profile's counters exist from its first report, at zero.
+        self.pool.claims.with_label_values(&[profile.as_str()]);
+        self.pool.misses.with_label_values(&[profile.as_str()]);
+    }
+
+    /// Forgets the series of a profile that no longer has a pool.
+    pub fn forget_pool(&self, profile: &ProfileName) {
+        let _ = self.pool.size.remove_label_values(&[profile.as_str()]);
+        let _ = self.pool.ready.remove_label_values(&[profile.as_str()]);
+    }
+
+    /// A session claimed a pooled container of `profile`.
+    pub fn pool_claim(&self, profile: &ProfileName) {
+        self.pool.claims.with_label_values(&[profile.as_str()]).inc();
+    }
+
+    /// A session of `profile`, which has a pool, starts cold.
+    pub fn pool_miss(&self, profile: &ProfileName) {
+        self.pool.misses.with_label_values(&[profile.as_str()]).inc();
+    }
+
+    /// A pooled container became ready `took` after its create began.
+    pub fn pool_refilled(&self, took: Duration) {
+        self.pool.refill.with_label_values::<&str>(&[]).observe(took.as_secs_f64());
+    }
+
+    /// A pooled container was removed.
+    pub fn pool_removed(&self, reason: PoolRemoveReason) {
+        self.pool.removed.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// A profile's pool size and ready count (tests).
+    pub fn pool(&self, profile: &ProfileName) -> (i64, i64) {
+        (
+            self.pool.size.with_label_values(&[profile.as_str()]).get(),
+            self.pool.ready.with_label_values(&[profile.as_str()]).get(),
+        )
+    }
+
+    /// Records the time from a WebSocket connect to its first terminal output byte, by how its session started.
+    pub fn first_output(&self, start: Start, took: Duration) {
+        self.edge.first_output.with_label_values(&[start.as_str()]).observe(took.as_secs_f64());
     }
 
     /// Counts `n` terminal bytes that went `direction`.
@@ -417,7 +466,8 @@ mod tests {
         assert!(text.contains("berth_session_capacity 0"));
         assert!(text.contains("berth_reconcile_duration_seconds_bucket"));
         assert!(text.contains(r#"berth_docker_api_call_duration_seconds_count{op="create"} 0"#));
-        assert!(text.contains("berth_time_to_first_output_seconds_count 0"));
+        assert!(text.contains(r#"berth_time_to_first_output_seconds_count{start="pool"} 0"#));
+        assert!(text.contains(r#"berth_time_to_first_output_seconds_count{start="cold"} 0"#));
         assert!(text.contains(r#"berth_connections_dropped_total{reason="header_timeout"} 0"#));
         assert!(!text.contains("session_id"));
     }

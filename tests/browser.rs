@@ -15,14 +15,72 @@ use std::time::{Duration, Instant};
 use common::World;
 use common::browser::browser_tools;
 use common::lb::free_port;
-use common::process::{Berth, TempDir, sample, write_policy};
+use common::process::{Berth, TempDir, sample, write_policy, write_pooled_policy};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// The whole browser script's bound; its own steps time out well before.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
 
+/// One browser at a time: the script's steps have time bounds, and two Chromiums on a small machine share it.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The page on a berth whose profile keeps a warm pool (decision 0025): the page's session claims a pooled
+/// container, runs the same script (commands, resize, reload into the same shell), and nothing is left after
+/// berth stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_runs_a_pooled_shell_in_chromium() {
+    let _one = ONE_BROWSER.lock().await;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    browser_tools(root);
+    common::docker().await;
+    let w = World::with_prefix("b");
+    let dir = TempDir::new("browser-pool");
+    let policy = write_pooled_policy(dir.path(), &w, &[("reconcile.shutdown", "remove")], 1);
+    let mut berth = Berth::spawn(&policy, w.instance.as_str(), dir.path());
+    berth.wait_ready(Duration::from_secs(30)).await;
+    let ready = r#"berth_pool_ready{profile="default"}"#;
+    berth.wait_metric(ready, 1.0, Instant::now() + Duration::from_secs(30), "the pool is ready").await;
+
+    let artifacts = root.join("ci-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("creating ci-artifacts/");
+    let screenshot = artifacts.join("browser-terminal-pooled.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let url = format!("http://{}/", berth.addr);
+    let script = root.join("web/test/browser.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(&url)
+        .arg(&screenshot)
+        .current_dir(root.join("web"))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(SCRIPT_LIMIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("{} did not finish within {SCRIPT_LIMIT:?}", script.display()))
+        .expect("running node");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("--- node {} {url} ({})\n{stdout}{stderr}---", script.display(), out.status);
+    assert!(out.status.success(), "the pooled browser test failed; its output is above");
+    let text = berth.metrics().await;
+    assert_eq!(
+        sample(&text, r#"berth_pool_claims_total{profile="default"}"#),
+        Some(1.0),
+        "the page's session was pooled"
+    );
+    assert_eq!(sample(&text, r#"berth_pool_misses_total{profile="default"}"#), Some(0.0));
+    assert_eq!(sample(&text, r#"berth_time_to_first_output_seconds_count{start="pool"}"#), Some(1.0));
+
+    let status = berth.terminate(Duration::from_secs(30));
+    assert!(status.success(), "berth exits 0 after SIGTERM, got {status}; its log:\n{}", berth.log_tail(40));
+    assert!(w.containers(None).is_empty(), "no session container is left");
+    let pool = w.cli(&["ps", "-aq", "--filter", &format!("label={}", w.ns.pool_key())]);
+    assert!(pool.is_empty(), "no pooled or claimed container is left: {pool}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_runs_a_shell_in_chromium_against_the_real_binary() {
+    let _one = ONE_BROWSER.lock().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     browser_tools(root);
     common::docker().await;
@@ -117,6 +175,7 @@ async fn the_page_runs_a_shell_in_chromium_against_the_real_binary() {
 /// pages go to `ci-artifacts/browser-share-{owner,viewer}.png`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_session_shows_in_a_second_page_read_only() {
+    let _one = ONE_BROWSER.lock().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     browser_tools(root);
     common::docker().await;

@@ -251,6 +251,26 @@ fn every_shipped_policy_checks_as_shipped() {
     }
 }
 
+/// `berth policy check` says what a warm pool holds against the caps; a pool for a profile whose settings the launcher cannot deliver is refused with the reason.
+#[test]
+fn policy_check_explains_the_warm_pool() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/examples/warm-pool.yaml");
+    let (ok, out) = berth_cli(&["policy", "check", &path.display().to_string()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("note: profiles.default.pool: 10 containers wait, counted against limits.max_sessions (210)"),
+        "{out}"
+    );
+    let dir = TempDir::new();
+    let broken = dir.0.join("no-command.yaml");
+    let text = std::fs::read_to_string(&path).expect("read").replace("    command: [/bin/sh, -i]\n", "");
+    std::fs::write(&broken, text).expect("write");
+    let (ok, out) = berth_cli(&["policy", "check", &broken.display().to_string()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("profiles.default.pool.size: this profile cannot keep a pool"), "{out}");
+    assert!(out.contains("set command to the shell to run"), "{out}");
+}
+
 /// The placeholder key in the JWT example is a real RSA public key: berth refuses tokens with it for their
 /// signature, not for an unusable key.
 #[test]

@@ -23,7 +23,7 @@ use serde_json::Value;
 const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
 
 /// The alerts berth-rules.yml must define, each with a runbook section in docs/operations.md.
-const ALERTS: [&str; 9] = [
+const ALERTS: [&str; 10] = [
     "BerthDockerDown",
     "BerthContainerLeak",
     "BerthReconcileErrors",
@@ -33,6 +33,7 @@ const ALERTS: [&str; 9] = [
     "BerthPolicyDrift",
     "BerthSentinelDown",
     "BerthPeerTakenOver",
+    "BerthPoolEmpty",
 ];
 
 fn repo(rel: &str) -> PathBuf {
@@ -77,7 +78,10 @@ fn run_ok(cmd: &mut Command) -> Output {
 
 /// Every metric name a fresh berth exposes on /metrics (histograms as `_bucket`, `_sum` and `_count`).
 fn exported_metric_names() -> BTreeSet<String> {
-    berth::metrics::Metrics::new()
+    let metrics = berth::metrics::Metrics::new();
+    // A berth whose policy keeps a warm pool creates that profile's pool series when it starts.
+    metrics.set_pool(&"default".parse().expect("profile name"), 10, 0);
+    metrics
         .render()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

@@ -51,6 +51,11 @@ impl LabelNamespace {
     pub fn peer_key(&self) -> String {
         self.key(PEER)
     }
+
+    /// The key that marks a warm-pool container (its value is the profile); list filters use `label=<pool key>`.
+    pub fn pool_key(&self) -> String {
+        self.key(POOL)
+    }
 }
 
 impl fmt::Debug for LabelNamespace {
@@ -95,6 +100,10 @@ const EPOCH: &str = "epoch";
 const PEER: &str = "peer";
 const CLAIMED: &str = "claimed";
 const CLAIMED_EPOCH: &str = "claimed-epoch";
+const POOL: &str = "pool";
+
+mod pool;
+pub use pool::{ClaimedName, PoolLabels, pooled_name};
 
 /// The longest label value every engine berth may run on accepts: Kubernetes' limit (decision 0019).
 pub const MAX_LABEL_VALUE: usize = 63;

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod policy_diff;
 pub mod policy_file;
 mod policy_unsafe;
+pub mod pool;
 pub mod retention;
 pub mod retry;
 pub mod startup;
@@ -25,7 +26,9 @@ pub mod time;
 
 pub use desired::{Attachment, Desired, DesiredSession, EnvVar, SessionKind};
 pub use ids::{ContainerId, IdError, InstanceId, ProfileName, SessionId};
-pub use labels::{LabelNamespace, ManagedLabels, PeerLabels, PeerRole, resume_hash, resume_hash_matches};
+pub use labels::{
+    ClaimedName, LabelNamespace, ManagedLabels, PeerLabels, PeerRole, PoolLabels, resume_hash, resume_hash_matches,
+};
 pub use observed::{ContainerState, Health, Observed, ObservedContainer};
 pub use plan::{Action, ActionKind, ContainerSpec, Plan, RemoveReason, plan};
 pub use policy::Policy;

@@ -45,6 +45,10 @@ pub struct ContainerSpec {
     pub logs: LogLimits,
     /// The engine's OCI runtime; `None` is the engine's default.
     pub runtime: Option<String>,
+    /// For a warm-pool container: where berth's launcher is on the engine's host. It is mounted read-only at
+    /// [`crate::pool::LAUNCHER_PATH`] and runs as the entrypoint, with `command` as its arguments (decision 0025).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub launcher: Option<String>,
 }
 
 impl ContainerSpec {
@@ -102,6 +106,7 @@ impl ContainerSpec {
             healthcheck: profile.healthcheck.clone(),
             logs: profile.logs.clone(),
             runtime: profile.runtime.clone(),
+            launcher: None,
         }
     }
 

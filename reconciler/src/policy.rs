@@ -128,6 +128,35 @@ pub struct Profile {
     /// left out of the serialized policy while off.
     #[serde(skip_serializing_if = "ProfileSharing::is_off")]
     pub sharing: ProfileSharing,
+    /// The warm pool of started containers kept ready for this profile (decision 0025). Left out of the hash:
+    /// resizing a pool is no reason to drain it or to call running sessions drifted.
+    #[serde(skip_serializing_if = "PoolPolicy::is_off")]
+    pub pool: PoolPolicy,
+}
+
+/// A profile's warm pool: how many started containers wait for a session, and for how long at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PoolPolicy {
+    /// Containers kept ready; 0 (the default) keeps no pool.
+    pub size: usize,
+    /// A pooled container older than this is replaced by a fresh one.
+    pub max_age: Duration,
+}
+
+impl PoolPolicy {
+    /// The default maximum age of a pooled container.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+    /// No pool.
+    pub fn is_off(&self) -> bool {
+        self.size == 0
+    }
+}
+
+impl Default for PoolPolicy {
+    fn default() -> Self {
+        Self { size: 0, max_age: Self::DEFAULT_MAX_AGE }
+    }
 }
 
 impl Profile {
@@ -151,15 +180,35 @@ impl Profile {
             runtime: None,
             recording: ProfileRecording::default(),
             sharing: ProfileSharing::default(),
+            pool: PoolPolicy::default(),
         }
     }
 
     /// A short stable hash of everything that shapes the container; stamped on containers to show drift.
-    /// Recording and sharing do not shape the container, and are left out.
+    /// Recording, sharing and the pool do not shape the container, and are left out (the pool shapes how many
+    /// containers wait, not what any one of them is).
     pub fn hash(&self) -> String {
-        let shape = Self { recording: ProfileRecording::default(), sharing: ProfileSharing::default(), ..self.clone() };
+        let shape = Self {
+            recording: ProfileRecording::default(),
+            sharing: ProfileSharing::default(),
+            pool: PoolPolicy::default(),
+            ..self.clone()
+        };
         let json = serde_json::to_vec(&shape).unwrap_or_default();
         hex::encode(&Sha256::digest(&json)[..8])
+    }
+
+    /// Why this profile cannot keep a warm pool, if it cannot: a pooled container is started before its
+    /// session's settings are known, and berth's launcher delivers them when the session claims it (decision 0025).
+    pub fn not_poolable(&self) -> Option<&'static str> {
+        if self.command.is_none() {
+            // The launcher is the container's entrypoint, which makes Docker drop the image's own command.
+            return Some(
+                "a pooled container runs berth's launcher as its entrypoint, which replaces the image's default \
+                 command: set command to the shell to run",
+            );
+        }
+        None
     }
 }
 

@@ -309,6 +309,7 @@ fn creates_a_hardened_labelled_container_named_after_a_new_session() {
         healthcheck: None,
         logs: LogLimits::default(),
         runtime: None,
+        launcher: None,
     };
     assert_eq!(
         world.plan(),

@@ -107,6 +107,34 @@ fn the_gvisor_example_runs_its_default_profile_on_runsc_and_notes_what_it_drops(
 }
 
 #[test]
+fn the_warm_pool_example_keeps_a_pool_of_10_under_limits_that_let_200_sessions_through() {
+    let policy = parse_manifest(&manifests().join("examples/warm-pool.yaml")).expect("parses");
+    let profile = &policy.profiles[&policy.default_profile];
+    assert_eq!(profile.pool.size, 10);
+    assert_eq!(profile.not_poolable(), None);
+    let l = &policy.limits;
+    assert!(l.max_sessions >= 200 + profile.pool.size, "the pool counts against max_sessions");
+    assert!(l.max_anonymous >= 200 && l.max_per_ip >= 200 && policy.server.max_pending_per_ip >= 200);
+}
+
+#[test]
+fn a_pool_is_refused_for_a_profile_whose_settings_the_launcher_cannot_deliver() {
+    let text = read(&manifests().join("examples/warm-pool.yaml"));
+    let broken = corrupt(&text, "    command: [/bin/sh, -i]\n", "");
+    let err = parse_policy(&broken, "copy.yaml").expect_err("refused");
+    assert_eq!(err.errors.len(), 1, "{err}");
+    let e = &err.errors[0];
+    assert_eq!(e.line, line_of(&broken, "size: 10"), "{err}");
+    assert!(e.message.starts_with("profiles.default.pool.size: this profile cannot keep a pool"), "{err}");
+    assert!(e.message.contains("set command"), "{err}");
+    let off = corrupt(&broken, "      size: 10\n", "      size: 0\n");
+    assert!(parse_policy(&off, "copy.yaml").is_ok(), "size 0 keeps no pool, so nothing needs delivering");
+    let young = corrupt(&text, "      max_age: 30m\n", "      max_age: 1s\n");
+    let err = parse_policy(&young, "copy.yaml").expect_err("refused");
+    assert!(err.errors[0].message.starts_with("profiles.default.pool.max_age"), "{err}");
+}
+
+#[test]
 fn a_bad_duration_in_a_copy_of_the_default_is_located() {
     let text = read(&manifests().join("policy.yaml"));
     let broken = corrupt(&text, "  hello_timeout: 10s\n", "  hello_timeout: 10 seconds\n");

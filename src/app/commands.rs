@@ -23,6 +23,9 @@ pub(super) fn policy_check(file: &Path) -> ExitCode {
             for note in berth_reconciler::isolation::notes(&policy) {
                 println!("{note}");
             }
+            for note in berth_reconciler::pool::notes(&policy) {
+                println!("{note}");
+            }
             println!("ok");
             ExitCode::SUCCESS
         }

@@ -1,11 +1,11 @@
-//! What berth tells about itself: the log setup (with the policy's notes on weakened confinement) and a span
+//! What berth tells about itself: the log setup (with the policy's notes on weakened confinement and warm pools) and a span
 //! for every task the service spawns, so that what a task logs names the task.
 
 use std::future::Future;
 
 use berth_reconciler::Policy;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, Span, info_span, warn};
+use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::cli::LogFormat;
 
@@ -14,6 +14,9 @@ pub(super) fn init(format: LogFormat, policy: &Policy) {
     crate::logging::init(format);
     for note in policy.unsafe_notes() {
         warn!(note = %note, "the policy weakens session confinement");
+    }
+    for note in berth_reconciler::pool::notes(policy) {
+        info!(note = %note, "warm pool");
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Ticket {
     pub status: watch::Receiver<Status>,
     /// Identifies this holder; a later resume takes over with a new lease.
     pub lease: u64,
+    /// How the session came to its container: claimed from the warm pool, created cold, or resumed.
+    pub start: crate::metrics::Start,
 }
 
 /// The answer to an open request.

@@ -126,7 +126,13 @@ impl<R: Runtime> Controller<R> {
 
     pub(super) fn on_terminal(&mut self, ev: TerminalEvent) {
         match ev {
-            TerminalEvent::Lost(session) => self.observed.set_attached(session, false),
+            TerminalEvent::Lost(session) => {
+                self.observed.set_attached(session, false);
+                // No event reports a pooled container's exit: a list does.
+                if self.is_claimed_container(&session) {
+                    self.request_list();
+                }
+            }
             TerminalEvent::RecordingFailed(session, why) => {
                 if let Some(s) = self.desired.sessions.get_mut(&session)
                     && s.ending.is_none()
@@ -153,6 +159,7 @@ impl<R: Runtime> Controller<R> {
         let timeout = self.policy.reconcile.docker_timeout;
         let tx = self.list_tx.clone();
         let metrics = self.metrics.clone();
+        let pool_prefix = self.pool.lists(&self.policy).then(|| self.policy.docker.name_prefix.clone());
         tokio::spawn(
             async move {
                 let res = match timed(&metrics, crate::runtime::DockerOp::List, timeout, runtime.list(&ns)).await {
@@ -163,6 +170,21 @@ impl<R: Runtime> Controller<R> {
                     }
                     Err(e) => Err(e),
                 };
+                // Claimed pooled containers are session containers: they join the session list (decision 0025).
+                let res = match (res, pool_prefix) {
+                    (Ok((mut containers, peers)), Some(prefix)) => {
+                        let op = crate::runtime::DockerOp::ListPool;
+                        timed(&metrics, op, timeout, runtime.list_pool(&ns, &prefix)).await.map(|pooled| {
+                            for c in &pooled {
+                                if let Some(name) = &c.claimed {
+                                    containers.push(Self::claimed_observed(c, name));
+                                }
+                            }
+                            (containers, peers, Some(pooled))
+                        })
+                    }
+                    (res, _) => res.map(|(containers, peers)| (containers, peers, None)),
+                };
                 let _ = tx.send((generation, at, res)).await;
             }
             .instrument(info_span!("list")),
@@ -172,8 +194,9 @@ impl<R: Runtime> Controller<R> {
     pub(super) fn on_listed(&mut self, generation: u64, at: Timestamp, res: ListResult) {
         self.list_in_flight = false;
         match res {
-            Ok((list, peers)) => {
+            Ok((list, peers, pooled)) => {
                 self.observed.apply_list(list, generation, at);
+                self.on_pool_listed(pooled.unwrap_or_default());
                 self.on_peers_listed(peers);
                 self.bind_unbound();
                 // Backoff for things that no longer exist is dropped, so the map stays bounded.

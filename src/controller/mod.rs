@@ -8,6 +8,7 @@ mod grants;
 mod handle;
 mod inputs;
 mod peers;
+mod pool;
 mod queue;
 mod sessions;
 mod store;
@@ -55,9 +56,16 @@ pub struct ControllerConfig {
     pub audit: Option<crate::recording::audit::AuditLog>,
 }
 
-/// What one full list found: the managed containers, and the sentinels and claims.
-type ListResult =
-    Result<(Vec<berth_reconciler::ObservedContainer>, Vec<berth_reconciler::peers::PeerContainer>), RuntimeError>;
+/// What one full list found: the managed containers (claimed pooled ones included), the sentinels and claims,
+/// and the pool when one is in play.
+type ListResult = Result<
+    (
+        Vec<berth_reconciler::ObservedContainer>,
+        Vec<berth_reconciler::peers::PeerContainer>,
+        Option<Vec<berth_reconciler::pool::ListedPooled>>,
+    ),
+    RuntimeError,
+>;
 
 /// One full list: its generation, when it began, and what it found.
 type Listed = (u64, Timestamp, ListResult);
@@ -91,6 +99,9 @@ pub struct Controller<R: Runtime> {
     peers: peers::Peers,
     peer_tx: mpsc::Sender<peers::PeerEvent>,
     peer_rx: mpsc::Receiver<peers::PeerEvent>,
+    pool: pool::PoolPart,
+    pool_tx: mpsc::Sender<pool::PoolEvent>,
+    pool_rx: mpsc::Receiver<pool::PoolEvent>,
     list_in_flight: bool,
     ready_tx: watch::Sender<Readiness>,
     started: bool,
@@ -126,12 +137,17 @@ pub fn spawn<R: Runtime>(
 ) -> (Handle, Terminals, tokio::task::JoinHandle<()>) {
     let policy = policy_rx.borrow().clone();
     metrics.set_capacity(policy.limits.max_sessions);
+    // The pool's series, which an alert reads, exist from the start.
+    for (name, p) in policy.profiles.iter().filter(|(_, p)| !p.pool.is_off()) {
+        metrics.set_pool(name, p.pool.size, 0);
+    }
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (done_tx, done_rx) = mpsc::channel(COMMAND_QUEUE);
     let (obs_tx, obs_rx) = mpsc::channel(COMMAND_QUEUE);
     let (term_tx, term_rx) = mpsc::channel(COMMAND_QUEUE);
     let (list_tx, list_rx) = mpsc::channel(4);
     let (peer_tx, peer_rx) = mpsc::channel(64);
+    let (pool_tx, pool_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ready_tx, ready_rx) = watch::channel(Readiness { policy_hash: policy.hash(), ..Readiness::default() });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let terminals = Terminals::new(term_tx, policy.server.replay_bytes);
@@ -180,6 +196,9 @@ pub fn spawn<R: Runtime>(
         peers: peers::Peers::default(),
         peer_tx,
         peer_rx,
+        pool: pool::PoolPart::default(),
+        pool_tx,
+        pool_rx,
         list_in_flight: false,
         ready_tx,
         started: false,
@@ -208,6 +227,7 @@ impl<R: Runtime> Controller<R> {
                 Some(ev) = self.term_rx.recv() => self.on_terminal(ev),
                 Some((g, at, res)) = self.list_rx.recv() => self.on_listed(g, at, res),
                 Some(ev) = self.peer_rx.recv() => self.on_peer_event(ev),
+                Some(ev) = self.pool_rx.recv() => self.on_pool_event(ev),
                 _ = resync.tick() => self.request_list(),
                 Ok(()) = self.policy_rx.changed() => {
                     self.on_policy();
@@ -244,6 +264,8 @@ impl<R: Runtime> Controller<R> {
                 self.on_terminal(ev);
             } else if let Ok(ev) = self.peer_rx.try_recv() {
                 self.on_peer_event(ev);
+            } else if let Ok(ev) = self.pool_rx.try_recv() {
+                self.on_pool_event(ev);
             } else {
                 return;
             }
@@ -354,6 +376,10 @@ impl<R: Runtime> Controller<R> {
             return true;
         }
         let removing = self.policy.reconcile.shutdown == berth_reconciler::policy::ShutdownMode::Remove;
+        if self.pool.busy() {
+            // Fills, claims and pool removals in flight finish first.
+            return false;
+        }
         self.gate.in_flight() == 0
             && !(removing && self.peers.removing())
             && (!removing || self.desired.sessions.is_empty() || !self.observed.is_listed())
@@ -394,6 +420,7 @@ impl<R: Runtime> Controller<R> {
         for action in actions {
             self.dispatch(action);
         }
+        self.pool_pass(now);
         self.publish_statuses();
         self.publish_readiness();
         self.admit_waiters();

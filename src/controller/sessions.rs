@@ -200,12 +200,19 @@ impl<R: Runtime> Controller<R> {
         s.env = req.env;
         s.resume_hash = req.resume_hash;
         s.client_ip = req.client_ip;
+        // A warm pool's ready container, when the profile has one; else the planner creates one cold.
+        let start = if !self.desired.draining && self.claim_pooled(&mut s) {
+            self.record(id, "planned", "claim a pooled container".into());
+            crate::metrics::Start::Pool
+        } else {
+            crate::metrics::Start::Cold
+        };
         self.audit.started(&s, req.identity, &self.metrics);
         self.desired.sessions.insert(id, s);
         let rx = self.table.track(id);
         self.record(id, "observed", "session requested".into());
         debug!(session = %id, "session admitted");
-        Ok(Ticket { id, status: rx, lease: self.table.new_lease(id) })
+        Ok(Ticket { id, status: rx, lease: self.table.new_lease(id), start })
     }
 
     pub(super) fn resume(&mut self, id: SessionId, secret: &str) -> Result<Ticket, ResumeError> {
@@ -235,7 +242,7 @@ impl<R: Runtime> Controller<R> {
         self.metrics.resume(ResumeOutcome::Ok);
         let status = self.table.subscribe(&id).ok_or(ResumeError::Refused)?;
         self.record(id, "observed", "client resumed".into());
-        Ok(Ticket { id, status, lease: self.table.new_lease(id) })
+        Ok(Ticket { id, status, lease: self.table.new_lease(id), start: crate::metrics::Start::Resume })
     }
 
     /// Drops waiters that left or ran out of time, then admits every waiter that fits, the first admissible one

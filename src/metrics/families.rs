@@ -2,13 +2,16 @@
 //! help texts live here; [`super::Metrics`] records into them.
 
 use berth_reconciler::plan::{ActionKind, RemoveReason};
+use berth_reconciler::pool::PoolRemoveReason;
 use berth_reconciler::{ContainerState, EndReason, Phase};
 use prometheus::core::Collector;
 use prometheus::{
     Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use super::labels::{Direction, RecordingFailureKind, Rejection, ReloadResult, ResumeOutcome, TakeoverResult, result};
+use super::labels::{
+    Direction, RecordingFailureKind, Rejection, ReloadResult, ResumeOutcome, Start, TakeoverResult, result,
+};
 use crate::runtime::{DockerOp, EventKind};
 
 /// Buckets of fast internal work (a reconcile pass).
@@ -243,8 +246,8 @@ impl Edge {
             first_output: hist_vec(
                 r,
                 "berth_time_to_first_output_seconds",
-                "Time from WebSocket connect to the first terminal output byte sent.",
-                &[],
+                "Time from WebSocket connect to the first terminal output byte sent, by how the session started.",
+                &["start"],
                 &SLOW,
             ),
             ws_open: gauge(r, "berth_websocket_connections", "Open WebSocket connections."),
@@ -269,7 +272,9 @@ impl Edge {
                 &["reason"],
             ),
         };
-        m.first_output.with_label_values::<&str>(&[]);
+        for start in Start::ALL {
+            m.first_output.with_label_values(&[start.as_str()]);
+        }
         for d in Direction::ALL {
             m.bytes.with_label_values(&[d.as_str()]);
         }
@@ -430,6 +435,62 @@ impl Sharing {
             m.viewers.with_label_values(&[role.as_str()]);
             m.grants.with_label_values(&[role.as_str()]);
             m.revoked.with_label_values(&[role.as_str()]);
+        }
+        m
+    }
+}
+
+/// The warm pool (decision 0025), per profile with a pool.
+#[derive(Debug, Clone)]
+pub(super) struct Pool {
+    /// The pool's configured size.
+    pub size: IntGaugeVec,
+    /// Pooled containers whose launcher waits: what a claim can take now.
+    pub ready: IntGaugeVec,
+    /// Sessions that claimed a pooled container.
+    pub claims: IntCounterVec,
+    /// Sessions of a profile with a pool that started cold (the pool had nothing ready).
+    pub misses: IntCounterVec,
+    /// Time from a refill's create to its launcher waiting.
+    pub refill: HistogramVec,
+    /// Pooled containers removed, by reason.
+    pub removed: IntCounterVec,
+}
+
+impl Pool {
+    pub(super) fn new(r: &Registry) -> Self {
+        let m = Self {
+            size: gauge_vec(r, "berth_pool_size", "The warm pool's configured size, per profile.", &["profile"]),
+            ready: gauge_vec(
+                r,
+                "berth_pool_ready",
+                "Pooled containers whose launcher waits for a session, per profile.",
+                &["profile"],
+            ),
+            claims: counter_vec(
+                r,
+                "berth_pool_claims_total",
+                "Sessions that claimed a pooled container.",
+                &["profile"],
+            ),
+            misses: counter_vec(
+                r,
+                "berth_pool_misses_total",
+                "Sessions of a profile with a pool that started cold: nothing in the pool was ready.",
+                &["profile"],
+            ),
+            refill: hist_vec(
+                r,
+                "berth_pool_refill_seconds",
+                "Time from a pooled container's create to its launcher waiting.",
+                &[],
+                &SLOW,
+            ),
+            removed: counter_vec(r, "berth_pool_removed_total", "Pooled containers removed, by reason.", &["reason"]),
+        };
+        m.refill.with_label_values::<&str>(&[]);
+        for reason in PoolRemoveReason::ALL {
+            m.removed.with_label_values(&[reason.as_str()]);
         }
         m
     }

@@ -8,6 +8,31 @@ pub(super) fn result(ok: bool) -> &'static str {
     if ok { "ok" } else { "error" }
 }
 
+/// How a connection's session came to its terminal: the `start` label of `berth_time_to_first_output_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new session that claimed a warm-pool container (decision 0025).
+    Pool,
+    /// A new session whose container was created for it.
+    Cold,
+    /// A resume of an existing session.
+    Resume,
+}
+
+impl Start {
+    /// Every value, for pre-creating the series.
+    pub const ALL: [Self; 3] = [Self::Pool, Self::Cold, Self::Resume];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pool => "pool",
+            Self::Cold => "cold",
+            Self::Resume => "resume",
+        }
+    }
+}
+
 /// Why an admission is refused: the `reason` label of `berth_admissions_rejected_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {

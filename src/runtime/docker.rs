@@ -11,17 +11,20 @@ use berth_reconciler::isolation::drops_pids_limit;
 use berth_reconciler::observed::{ContainerState, Health};
 use berth_reconciler::peers::{MarkerSpec, PeerContainer};
 use berth_reconciler::policy::Ulimit;
+use berth_reconciler::pool::{LAUNCHER_PATH, ListedPooled};
+use berth_reconciler::{ClaimedName, PoolLabels};
 use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer, PeerLabels};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HealthConfig, HealthStatusEnum,
-    HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, ResourcesUlimits, RestartPolicy,
+    HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount, MountType, ResourcesUlimits, RestartPolicy,
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, info, info_span, warn};
@@ -441,6 +444,33 @@ impl Runtime for DockerRuntime {
             .collect())
     }
 
+    async fn list_pool(&self, ns: &LabelNamespace, prefix: &str) -> Result<Vec<ListedPooled>, RuntimeError> {
+        let filters = HashMap::from([("label".to_owned(), vec![ns.pool_key()])]);
+        let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(map_err)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let id: ContainerId = c.id.as_deref()?.parse().ok()?;
+                let labels = match PoolLabels::parse(ns, c.labels.as_ref()?) {
+                    Ok(l) => l?,
+                    Err(e) => {
+                        warn!(container = %id.short(), error = %e, "pooled container with unreadable labels; ignoring it");
+                        return None;
+                    }
+                };
+                let claimed = c.names.iter().flatten().find_map(|n| ClaimedName::parse(prefix, n));
+                let exit_code = exit_code_from_status(c.status.as_deref().unwrap_or_default());
+                Some(ListedPooled { id, labels, state: list_state(c.state), exit_code, claimed })
+            })
+            .collect())
+    }
+
+    async fn rename(&self, id: &ContainerId, name: &str) -> Result<(), RuntimeError> {
+        let opts = RenameContainerOptionsBuilder::default().name(name).build();
+        self.docker.rename_container(id.as_str(), opts).await.map_err(map_err)
+    }
+
     async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {
         let opts = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let resp = self.docker.create_container(Some(opts), marker_body(spec)).await.map_err(map_err)?;
@@ -574,8 +604,25 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         start_period: Some(secs_to_nanos(h.start_period)),
         start_interval: None,
     });
+    // A warm-pool container runs berth's launcher, mounted read-only like Docker's own --init, ahead of the
+    // profile's command (decision 0025).
+    let (entrypoint, mounts) = match &spec.launcher {
+        Some(path) => (
+            Some(vec![LAUNCHER_PATH.to_owned()]),
+            Some(vec![Mount {
+                target: Some(LAUNCHER_PATH.to_owned()),
+                source: Some(path.clone()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+        ),
+        None => (None, None),
+    };
+    let host_config = HostConfig { mounts, ..host_config };
     ContainerCreateBody {
         image: Some(spec.image.clone()),
+        entrypoint,
         cmd: spec.command.clone(),
         env: Some(spec.env.iter().map(|e| format!("{}={}", e.name, e.value)).collect()),
         labels: Some(spec.labels.clone().into_iter().collect()),

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use berth_reconciler::observed::{ContainerState, Health};
 use berth_reconciler::peers::{MarkerSpec, PeerContainer};
+use berth_reconciler::pool::ListedPooled;
+use berth_reconciler::{ClaimedName, PoolLabels};
 use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer, PeerLabels};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -317,6 +319,32 @@ impl Runtime for FakeRuntime {
                 Some(PeerContainer { id: id.clone(), labels, state: *st })
             })
             .collect())
+    }
+
+    async fn list_pool(&self, ns: &LabelNamespace, prefix: &str) -> Result<Vec<ListedPooled>, RuntimeError> {
+        self.enter("list_pool")?;
+        let s = self.lock();
+        Ok(s.containers
+            .iter()
+            .filter_map(|(id, (name, l, st, code))| {
+                let labels = PoolLabels::parse(ns, l).ok()??;
+                let claimed = ClaimedName::parse(prefix, name);
+                Some(ListedPooled { id: id.clone(), labels, state: *st, exit_code: *code, claimed })
+            })
+            .collect())
+    }
+
+    async fn rename(&self, id: &ContainerId, name: &str) -> Result<(), RuntimeError> {
+        self.enter("rename")?;
+        let mut s = self.lock();
+        if s.containers.values().any(|c| c.0 == name) {
+            return Err(RuntimeError::Conflict(format!("the name {name} is already in use")));
+        }
+        match s.containers.get_mut(id) {
+            Some(c) => c.0 = name.to_owned(),
+            None => return Err(RuntimeError::NotFound(id.to_string())),
+        }
+        Ok(())
     }
 
     async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {

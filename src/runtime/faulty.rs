@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use berth_reconciler::peers::{MarkerSpec, PeerContainer};
+use berth_reconciler::pool::ListedPooled;
 use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ObservedContainer};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -36,11 +37,13 @@ pub enum Op {
     Events,
     /// `list_peers`, `create_marker` and `run_sentinel`.
     Peers,
+    /// `list_pool` and `rename`: the warm pool's own calls.
+    Pool,
 }
 
 impl Op {
     /// Every operation.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Ping,
         Self::List,
         Self::Inspect,
@@ -51,6 +54,7 @@ impl Op {
         Self::Attach,
         Self::Events,
         Self::Peers,
+        Self::Pool,
     ];
 
     /// The name used in errors and metrics.
@@ -66,6 +70,7 @@ impl Op {
             Self::Attach => "attach",
             Self::Events => "events",
             Self::Peers => "peers",
+            Self::Pool => "pool",
         }
     }
 
@@ -365,6 +370,16 @@ impl<R: Runtime> Runtime for FaultyRuntime<R> {
     async fn list_peers(&self, ns: &LabelNamespace) -> Result<Vec<PeerContainer>, RuntimeError> {
         self.enter(Op::Peers).await?;
         self.inner.list_peers(ns).await
+    }
+
+    async fn list_pool(&self, ns: &LabelNamespace, prefix: &str) -> Result<Vec<ListedPooled>, RuntimeError> {
+        self.enter(Op::Pool).await?;
+        self.inner.list_pool(ns, prefix).await
+    }
+
+    async fn rename(&self, id: &ContainerId, name: &str) -> Result<(), RuntimeError> {
+        self.enter(Op::Pool).await?;
+        self.inner.rename(id, name).await
     }
 
     async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {

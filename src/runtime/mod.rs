@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use berth_reconciler::peers::{MarkerSpec, PeerContainer};
+use berth_reconciler::pool::ListedPooled;
 use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ObservedContainer};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -50,11 +51,15 @@ pub enum DockerOp {
     RunSentinel,
     /// The engine's registered runtimes (`GET /info`).
     Info,
+    /// Warm-pool containers (`label=<ns>.pool`).
+    ListPool,
+    /// A claim's rename of a pooled container to its session's name.
+    Rename,
 }
 
 impl DockerOp {
     /// Every operation, for pre-creating metric series.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::Ping,
         Self::List,
         Self::Inspect,
@@ -68,6 +73,8 @@ impl DockerOp {
         Self::CreateMarker,
         Self::RunSentinel,
         Self::Info,
+        Self::ListPool,
+        Self::Rename,
     ];
 
     /// The label value.
@@ -86,6 +93,8 @@ impl DockerOp {
             Self::CreateMarker => "create_marker",
             Self::RunSentinel => "run_sentinel",
             Self::Info => "info",
+            Self::ListPool => "list_pool",
+            Self::Rename => "rename",
         }
     }
 }
@@ -261,6 +270,17 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Creates, attaches to and starts a sentinel. Its stdin stays open as long as the returned [`Sentinel`] is
     /// held, and closes with the process however it ends, which stops the sentinel.
     fn run_sentinel(&self, spec: &MarkerSpec) -> impl Future<Output = Result<Sentinel, RuntimeError>> + Send;
+
+    /// Every warm-pool container of the namespace (`label=<ns>.pool`), claimed ones with the session their name
+    /// under `prefix` gives (decision 0025).
+    fn list_pool(
+        &self,
+        ns: &LabelNamespace,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<ListedPooled>, RuntimeError>> + Send;
+
+    /// Renames a container: the atomic step of a claim. A name already taken is a `Conflict`.
+    fn rename(&self, id: &ContainerId, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 }
 
 /// A running sentinel: hold it for the replica's life.

@@ -493,7 +493,7 @@ impl Conn {
                 self.edge.metrics.bytes(Direction::Out, n);
                 if !a.first_output {
                     a.first_output = true;
-                    self.edge.metrics.first_output(self.connected.elapsed());
+                    self.edge.metrics.first_output(a.ticket.start, self.connected.elapsed());
                 }
                 Ok(None)
             }

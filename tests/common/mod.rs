@@ -144,7 +144,8 @@ impl Drop for World {
     fn drop(&mut self) {
         // Leave nothing behind, whatever the test did. Never panic here: this also runs while a failed test
         // unwinds, perhaps with its engine gone, and a second panic would abort before other guards run.
-        for filter in [self.marker_filter(), format!("label={}", self.ns.peer_key())] {
+        let (peers, pool) = (format!("label={}", self.ns.peer_key()), format!("label={}", self.ns.pool_key()));
+        for filter in [self.marker_filter(), peers, pool] {
             let Ok(out) = self.docker_cmd().args(["ps", "-aq", "--no-trunc", "--filter", filter.as_str()]).output()
             else {
                 return;

@@ -59,6 +59,19 @@ pub fn write_policy(dir: &Path, world: &World, edits: &[(&str, &str)]) -> PathBu
     path
 }
 
+/// [`write_policy`], with a warm pool of `size` on the default profile (which then names its shell as its
+/// `command`, as a pool needs; decision 0025).
+pub fn write_pooled_policy(dir: &Path, world: &World, edits: &[(&str, &str)], size: usize) -> PathBuf {
+    let path = write_policy(dir, world, edits);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let pooled = format!("    image: berth-session:latest\n    command: [/bin/sh, -i]\n    pool: {{size: {size}}}\n");
+    assert!(text.contains("    image: berth-session:latest\n"), "the default profile's image line");
+    std::fs::write(&path, text.replacen("    image: berth-session:latest\n", &pooled, 1))
+        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    berth::app::load_policy(&path).unwrap_or_else(|e| panic!("the test's pooled policy is invalid:\n{e}"));
+    path
+}
+
 /// Replaces the value of `section.key` in a policy file laid out like `manifests/policy.yaml` (sections at
 /// column 0, their keys indented by two spaces). Panics when the key is not there.
 pub fn set_key(yaml: &str, path: &str, value: &str) -> String {

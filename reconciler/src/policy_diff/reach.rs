@@ -78,6 +78,10 @@ pub const REACH: &[(&str, Reach)] = &[
     ("profiles.<name>.network", NewSessions),
     ("profiles.<name>.unsafe", NewSessions),
     ("profiles.<name>.runtime", NewSessions),
+    // The pool planner reads them on its next pass: the pool grows, shrinks or is recycled at once.
+    ("profiles.<name>.pool", NewSessions),
+    ("profiles.<name>.pool.size", NewSessions),
+    ("profiles.<name>.pool.max_age", NewSessions),
     ("profiles.<name>.healthcheck", NewSessions),
     ("profiles.<name>.healthcheck.command", NewSessions),
     ("profiles.<name>.healthcheck.interval", NewSessions),

@@ -8,8 +8,9 @@ use super::ctx::{Ctx, MIN_POSITIVE, loc};
 use super::raw::{RawCredential, RawHealthCheck, RawProfile, RawSecurity, Text};
 use super::units::{parse_count, parse_cpus, parse_size};
 use crate::policy::{
-    CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, Profile, ProfileRecording,
-    ProfileSharing, RecordingMode, Resources, Security, Tmpfs, Ulimit, UnhealthyAction, UnsafeSetting,
+    CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, PoolPolicy, Profile,
+    ProfileRecording, ProfileSharing, RecordingMode, Resources, Security, Tmpfs, Ulimit, UnhealthyAction,
+    UnsafeSetting,
 };
 
 /// Default tmpfs options when a mount gives none.
@@ -228,9 +229,23 @@ pub(crate) fn profile(cx: &mut Ctx<'_>, path: &str, name: &Text, raw: &RawProfil
             anonymous: cx.boolean(&sh.anonymous, &at("sharing.anonymous"), d.anonymous),
         };
     }
+    if let Some(pool) = &raw.pool {
+        p.pool = PoolPolicy {
+            size: usize::try_from(cx.count(&pool.size, &at("pool.size"), 0, 0, MAX_POOL)).unwrap_or(0),
+            max_age: cx.duration(&pool.max_age, &at("pool.max_age"), PoolPolicy::DEFAULT_MAX_AGE, MIN_POOL_AGE),
+        };
+        if let (false, Some(why), Some(t)) = (p.pool.is_off(), p.not_poolable(), &pool.size) {
+            cx.bad(t, &at("pool.size"), format!("this profile cannot keep a pool: {why}"));
+        }
+    }
     refuse_unacknowledged(cx, path, name, raw, &p);
     p
 }
+
+/// The largest warm pool of one profile.
+const MAX_POOL: u64 = 1000;
+/// The shortest `pool.max_age`: a pool recycled faster than this does little but churn.
+const MIN_POOL_AGE: Duration = Duration::from_secs(10);
 
 /// Linux's default ceiling on open files (`fs.nr_open`).
 const MAX_NOFILE: u64 = 1 << 20;

@@ -137,6 +137,15 @@ pub(crate) struct RawProfile {
     pub runtime: Option<Text>,
     pub recording: Option<RawRecording>,
     pub sharing: Option<RawSharing>,
+    pub pool: Option<RawPool>,
+}
+
+/// `profiles.<name>.pool`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub size: Option<Text>,
+    pub max_age: Option<Text>,
 }
 
 /// `profiles.<name>.recording`.

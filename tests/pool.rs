@@ -1,0 +1,391 @@
+//! The warm pool against a real Docker engine (decision 0025): a pooled container built from the launcher waits
+//! for its settings without echoing them, a claim renames it to the session's name (which a later list reads
+//! back), and the session's environment reaches the shell. Bounded, and no container is left behind.
+
+mod common;
+
+use std::time::Duration;
+
+use berth::reconciler::desired::EnvVar;
+use berth::reconciler::pool::{LAUNCHER_WAITING, pooled_spec, settings_line};
+use berth::reconciler::{ClaimedName, PoolLabels, SessionId, SessionKind, Timestamp, resume_hash};
+use berth::reconciler::{Policy, ProfileName};
+use berth::runtime::{AttachIo, Runtime};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Reads the attach stream into `seen` until it holds `needle`, or fails the test after `LIMIT`.
+async fn until(io: &mut AttachIo, seen: &mut Vec<u8>, needle: &[u8]) {
+    let found = tokio::time::timeout(LIMIT, async {
+        while !seen.windows(needle.len()).any(|w| w == needle) {
+            match io.output.next().await {
+                Some(Ok(b)) => seen.extend_from_slice(&b),
+                other => panic!("the stream ended before {:?}: {other:?}", String::from_utf8_lossy(needle)),
+            }
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "no {:?} within {LIMIT:?}; saw {:?}",
+        String::from_utf8_lossy(needle),
+        String::from_utf8_lossy(seen)
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_container_takes_its_settings_silently_and_is_recognised_as_its_sessions_after_the_claim() {
+    let rt = common::docker().await;
+    let world = common::World::with_prefix("p");
+    let mut policy = world.policy.clone();
+    let profile = policy.profiles.values_mut().next().expect("the default profile");
+    profile.command = Some(vec!["/bin/sh".into(), "-i".into()]);
+    profile.env.insert("FIXED".into(), "from-the-profile".into());
+    let profile = profile.clone();
+    let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
+    let launcher = berth::launcher::install(&dir).expect("install the launcher");
+    let labels = PoolLabels {
+        profile: policy.default_profile.clone(),
+        owner: world.instance.clone(),
+        epoch: 1,
+        created_at: Timestamp::from_millis(1),
+        policy_hash: profile.hash(),
+    };
+    let spec = pooled_spec(&profile, &labels, &policy, 1, &launcher.display().to_string()).expect("poolable");
+
+    let id = rt.create(&spec).await.expect("create");
+    let result = async {
+        let mut io = rt.attach(&id, false).await.expect("attach");
+        rt.start(&id).await.expect("start");
+        let mut seen = Vec::new();
+        until(&mut io, &mut seen, LAUNCHER_WAITING).await;
+
+        let listed = rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].labels.clone(), listed[0].claimed.clone()), (labels.clone(), None));
+        assert!(world.containers(None).is_empty(), "a pooled container carries no session marker");
+
+        // The claim: the rename is the commit point, then the settings line.
+        let claimed = ClaimedName {
+            session: SessionId::generate().expect("id"),
+            kind: SessionKind::Authenticated,
+            resume_hash: Some(resume_hash("the secret")),
+        };
+        rt.rename(&id, &claimed.render(&policy.docker.name_prefix)).await.expect("rename");
+        let listed = rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list");
+        assert_eq!(listed[0].claimed.as_ref(), Some(&claimed), "the claim reads back from the name");
+        let identity = claimed.managed_labels(&listed[0].labels);
+        assert_eq!((identity.session, identity.kind), (claimed.session, SessionKind::Authenticated));
+
+        let env = [EnvVar { name: "TOKEN".into(), value: "s3cret value".into(), sensitive: true }];
+        let line = settings_line(&env);
+        io.input.write_all(&line).await.expect("write settings");
+        io.input.write_all(b"echo \"[$TOKEN|$FIXED]\"\n").await.expect("write a command");
+        io.input.flush().await.expect("flush");
+        until(&mut io, &mut seen, b"[s3cret value|from-the-profile]").await;
+        let text = String::from_utf8_lossy(&seen);
+        let hex = String::from_utf8_lossy(&line[7..20]).into_owned();
+        assert!(!text.contains(&hex) && !text.contains("berth1"), "the settings line was echoed: {text:?}");
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(90), result).await;
+    rt.remove(&id).await.expect("remove");
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome.expect("bounded");
+    let left = rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list");
+    assert!(left.is_empty(), "leftovers: {left:?}");
+}
+
+#[tokio::test]
+async fn a_claim_never_takes_a_name_already_taken() {
+    let rt = common::docker().await;
+    let world = common::World::with_prefix("p");
+    let mut policy = world.policy.clone();
+    let profile = policy.profiles.values_mut().next().expect("the default profile");
+    profile.command = Some(vec!["/bin/sh".into(), "-i".into()]);
+    let profile = profile.clone();
+    let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
+    let launcher = berth::launcher::install(&dir).expect("install the launcher");
+    let labels = PoolLabels {
+        profile: policy.default_profile.clone(),
+        owner: world.instance.clone(),
+        epoch: 1,
+        created_at: Timestamp::from_millis(1),
+        policy_hash: profile.hash(),
+    };
+    let path = launcher.display().to_string();
+    let a = rt.create(&pooled_spec(&profile, &labels, &policy, 1, &path).expect("poolable")).await.expect("create");
+    let b = rt.create(&pooled_spec(&profile, &labels, &policy, 2, &path).expect("poolable")).await.expect("create");
+    let name =
+        ClaimedName { session: SessionId::generate().expect("id"), kind: SessionKind::Anonymous, resume_hash: None }
+            .render(&policy.docker.name_prefix);
+    let first = rt.rename(&a, &name).await;
+    let second = rt.rename(&b, &name).await;
+    for id in [&a, &b] {
+        rt.remove(id).await.expect("remove");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    first.expect("the first claim");
+    assert!(matches!(second, Err(berth::runtime::RuntimeError::Conflict(_))), "{second:?}");
+    assert!(rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list").is_empty());
+}
+
+/// A pooled container whose launcher gets anything but a settings line never runs its command: it exits with
+/// status 120, so a claim whose settings went missing (a crash between the rename and the line) ends its session
+/// rather than giving a shell without the session's settings.
+#[tokio::test]
+async fn a_launcher_given_anything_but_a_settings_line_exits_without_running_the_command() {
+    let rt = common::docker().await;
+    let world = common::World::with_prefix("p");
+    let mut policy = world.policy.clone();
+    let profile = policy.profiles.values_mut().next().expect("the default profile");
+    profile.command = Some(vec!["/bin/sh".into(), "-c".into(), "echo RAN".into()]);
+    let profile = profile.clone();
+    let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
+    let launcher = berth::launcher::install(&dir).expect("install the launcher");
+    let labels = PoolLabels {
+        profile: policy.default_profile.clone(),
+        owner: world.instance.clone(),
+        epoch: 1,
+        created_at: Timestamp::from_millis(1),
+        policy_hash: profile.hash(),
+    };
+    let spec = pooled_spec(&profile, &labels, &policy, 1, &launcher.display().to_string()).expect("poolable");
+    let id = rt.create(&spec).await.expect("create");
+    let result = async {
+        let mut io = rt.attach(&id, false).await.expect("attach");
+        rt.start(&id).await.expect("start");
+        let mut seen = Vec::new();
+        until(&mut io, &mut seen, LAUNCHER_WAITING).await;
+        io.input.write_all(b"ls -la /\n").await.expect("write what a user might type");
+        io.input.flush().await.expect("flush");
+        until(&mut io, &mut seen, b"no valid settings line").await;
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let listed = rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list");
+            if listed.iter().any(|c| c.state == berth::reconciler::ContainerState::Exited) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the launcher did not exit: {listed:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let exit = world.cli(&["inspect", "--format", "{{.State.ExitCode}}", id.as_str()]);
+        assert_eq!(exit, "120");
+        assert!(!String::from_utf8_lossy(&seen).contains("RAN"), "the command ran");
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(90), result).await;
+    rt.remove(&id).await.expect("remove");
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome.expect("bounded");
+    assert!(rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list").is_empty());
+}
+
+// ----- the pool through a whole berth -----
+
+/// A world whose default profile keeps a pool of `size`, removed at shutdown.
+fn pooled_world(size: usize) -> (common::World, Policy) {
+    let world = common::World::with_prefix("q");
+    let mut policy = world.policy.clone();
+    policy.reconcile.shutdown = berth::reconciler::policy::ShutdownMode::Remove;
+    let profile = policy.profiles.values_mut().next().expect("the default profile");
+    profile.command = Some(vec!["/bin/sh".into(), "-i".into()]);
+    profile.pool.size = size;
+    (world, policy)
+}
+
+/// Waits until `profile`'s pool has `n` ready containers, or fails the test after `LIMIT`.
+async fn pool_ready(server: &berth::app::Server, profile: &ProfileName, n: i64) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while server.metrics.pool(profile).1 < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool of {profile} has {:?}, not {n} ready",
+            server.metrics.pool(profile)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn metric(server: &berth::app::Server, series: &str) -> i64 {
+    let text = server.metrics.render();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).map_or(0, |v| v as i64)
+}
+
+/// Pooled (claimed) and unclaimed containers of the world, by name.
+fn pooled_names(world: &common::World) -> Vec<String> {
+    let filter = format!("label={}", world.ns.pool_key());
+    world.cli(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]).lines().map(str::to_owned).collect()
+}
+
+async fn stop_and_assert_no_leftovers(world: &common::World, server: berth::app::Server) {
+    tokio::time::timeout(LIMIT, server.stop()).await.expect("berth stops");
+    assert_eq!(pooled_names(world), Vec::<String>::new(), "pooled containers left");
+    assert_eq!(world.containers(None), Vec::<String>::new(), "session containers left");
+}
+
+async fn open(server: &berth::app::Server, lang: &str) -> common::client::Client {
+    let mut c = common::client::connect(server.addr).await;
+    c.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "env": {"LANG": lang}})).await;
+    c.until_ready().await;
+    c.until_output("$ ").await;
+    c
+}
+
+#[tokio::test]
+async fn a_pooled_session_gets_its_prompt_and_its_environment_and_the_pool_refills() {
+    let (world, policy) = pooled_world(2);
+    let profile = policy.default_profile.clone();
+    let server = world.serve_with(policy).await;
+    pool_ready(&server, &profile, 2).await;
+
+    let mut c = open(&server, "pooled-lang").await;
+    c.input("echo \"[$LANG]\"\n").await;
+    c.until_output("[pooled-lang]").await;
+    let text = String::from_utf8_lossy(&c.output).into_owned();
+    assert!(
+        !text.contains("berth1") && !text.contains("launcher-waiting"),
+        "launcher traffic reached the client: {text:?}"
+    );
+    assert_eq!(metric(&server, "berth_pool_claims_total{profile=\"default\"}"), 1);
+    assert_eq!(metric(&server, "berth_pool_misses_total{profile=\"default\"}"), 0);
+    assert_eq!(metric(&server, "berth_time_to_first_output_seconds_count{start=\"pool\"}"), 1);
+    assert_eq!(metric(&server, "berth_time_to_first_output_seconds_count{start=\"cold\"}"), 0);
+    let session = c.session.clone().expect("a session id");
+    let names = pooled_names(&world);
+    assert!(names.iter().any(|n| n.contains(&format!("{session}--anonymous--"))), "{names:?}");
+    // The claimed container left the pool, which refills to its size.
+    pool_ready(&server, &profile, 2).await;
+    assert_eq!(pooled_names(&world).len(), 3);
+    // The shell's exit ends the session with its code, as for a cold one, and its container goes; the pool stays.
+    c.input("exit 3\r").await;
+    let exit = c.until_json("exit", LIMIT).await;
+    assert_eq!((exit["reason"].as_str(), exit["code"].as_i64()), (Some("exited"), Some(3)), "{exit}");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while pooled_names(&world).len() != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the claimed container stayed: {:?}", pooled_names(&world));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pooled_names(&world).iter().all(|n| n.contains("-pool-")), "{:?}", pooled_names(&world));
+    stop_and_assert_no_leftovers(&world, server).await;
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_the_pool_claims_the_pool_first_and_starts_the_rest_cold() {
+    let (world, policy) = pooled_world(2);
+    let profile = policy.default_profile.clone();
+    let server = world.serve_with(policy).await;
+    pool_ready(&server, &profile, 2).await;
+    let clients =
+        futures::future::join_all((0..4).map(|i| open(&server, if i % 2 == 0 { "even" } else { "odd" }))).await;
+    assert_eq!(clients.len(), 4);
+    assert_eq!(metric(&server, "berth_pool_claims_total{profile=\"default\"}"), 2);
+    assert_eq!(metric(&server, "berth_pool_misses_total{profile=\"default\"}"), 2);
+    assert_eq!(metric(&server, "berth_time_to_first_output_seconds_count{start=\"pool\"}"), 2);
+    assert_eq!(metric(&server, "berth_time_to_first_output_seconds_count{start=\"cold\"}"), 2);
+    assert_eq!(world.containers(None).len(), 2, "two cold sessions carry the session marker");
+    drop(clients);
+    stop_and_assert_no_leftovers(&world, server).await;
+}
+
+#[tokio::test]
+async fn a_profile_change_drains_the_pool_while_claimed_sessions_go_on() {
+    let (world, policy) = pooled_world(2);
+    let profile = policy.default_profile.clone();
+    let server = world.serve_with(policy.clone()).await;
+    pool_ready(&server, &profile, 2).await;
+    let mut c = open(&server, "before").await;
+    let before: Vec<String> = pooled_names(&world).into_iter().filter(|n| n.contains("-pool-")).collect();
+
+    let mut changed = policy.clone();
+    changed.profiles.get_mut(&profile).expect("profile").env.insert("GENERATION".into(), "2".into());
+    server.policy.send_replace(std::sync::Arc::new(changed));
+    // The old pool goes, a new one fills from the new profile.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let now: Vec<String> = pooled_names(&world).into_iter().filter(|n| n.contains("-pool-")).collect();
+        if now.len() == 2 && now.iter().all(|n| !before.contains(n)) && server.metrics.pool(&profile).1 == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the pool was not drained and refilled: {before:?} -> {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metric(&server, "berth_pool_removed_total{reason=\"drained\"}") >= 2);
+    // The claimed session goes on, on the profile it was claimed under.
+    c.input("echo \"[$LANG|${GENERATION:-old}]\"\n").await;
+    c.until_output("[before|old]").await;
+    let mut d = open(&server, "after").await;
+    d.input("echo \"[$LANG|$GENERATION]\"\n").await;
+    d.until_output("[after|2]").await;
+    drop((c, d));
+    stop_and_assert_no_leftovers(&world, server).await;
+}
+
+// ----- kill -9 with pooled and claimed containers -----
+
+/// Waits until a metric of the real process reads `value`, or fails the test after `limit`.
+async fn process_metric(berth: &common::process::Berth, series: &str, value: f64, limit: Duration) {
+    berth.wait_metric(series, value, std::time::Instant::now() + limit, series).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_the_claimed_container_is_its_sessions_again_and_the_pool_is_adopted() {
+    use common::process::{Berth, TempDir, write_pooled_policy};
+    common::docker().await;
+    let world = common::World::with_prefix("q");
+    let dir = TempDir::new("pool");
+    let edits = [
+        ("sessions.resume_grace", "30s"),
+        ("reconcile.startup", "adopt"),
+        ("reconcile.shutdown", "remove"),
+        ("reconcile.resync_interval", "2s"),
+    ];
+    let path = write_pooled_policy(dir.path(), &world, &edits, 2);
+    let ready = r#"berth_pool_ready{profile="default"}"#;
+
+    let mut b = Berth::spawn(&path, world.instance.as_str(), dir.path());
+    b.wait_ready(LIMIT).await;
+    process_metric(&b, ready, 2.0, LIMIT).await;
+    let c = common::client::open_marked(b.addr, LIMIT).await;
+    let (session, secret) = (c.session.clone().expect("session"), c.secret.clone().expect("secret"));
+    process_metric(&b, r#"berth_pool_claims_total{profile="default"}"#, 1.0, LIMIT).await;
+    process_metric(&b, ready, 2.0, LIMIT).await;
+    let before = pooled_names(&world);
+    assert_eq!(before.len(), 3, "one claimed, two waiting: {before:?}");
+    let claimed: Vec<&String> = before.iter().filter(|n| n.contains(&format!("{session}--anonymous--"))).collect();
+    assert_eq!(claimed.len(), 1, "{before:?}");
+
+    let status = b.kill9();
+    drop(c);
+    assert!(!status.success());
+    assert_eq!(pooled_names(&world).len(), 3, "the containers outlive the process");
+
+    let mut b = Berth::spawn(&path, world.instance.as_str(), dir.path());
+    b.wait_ready(LIMIT).await;
+    process_metric(&b, r#"berth_sessions{phase="running"}"#, 1.0, LIMIT).await;
+    process_metric(&b, ready, 2.0, LIMIT).await;
+    // `reconcile.startup: adopt`: the same containers, the pool's and the claimed one, and nothing new.
+    let mut now = pooled_names(&world);
+    now.sort();
+    let mut was = before.clone();
+    was.sort();
+    assert_eq!(now, was, "the earlier run's pool is adopted, not replaced");
+    let text = b.metrics().await;
+    assert_eq!(common::process::sample(&text, r#"berth_pool_removed_total{reason="startup"}"#), Some(0.0));
+
+    // The client comes back to the same shell.
+    let mut c = common::client::connect_with(b.addr, &format!("?session={session}"), &[]).await.expect("connect");
+    c.send_json(json!({"type": "hello", "cols": 80, "rows": 24, "resume": {"session": session, "secret": secret}}))
+        .await;
+    c.until_ready().await;
+    let from = c.output.len();
+    c.input("echo \"mark:$MARK\"\r").await;
+    c.until_output_from(from, "mark:42", LIMIT).await;
+    drop(c);
+
+    let status = b.terminate(LIMIT);
+    assert!(status.success(), "berth exits 0 after SIGTERM: {status}; its log:\n{}", b.log_tail(40));
+    assert_eq!(pooled_names(&world), Vec::<String>::new(), "pooled or claimed containers left");
+    assert_eq!(world.containers(None), Vec::<String>::new());
+}
