@@ -389,3 +389,50 @@ async fn after_a_kill_9_the_claimed_container_is_its_sessions_again_and_the_pool
     assert_eq!(pooled_names(&world), Vec::<String>::new(), "pooled or claimed containers left");
     assert_eq!(world.containers(None), Vec::<String>::new());
 }
+
+/// A recorded profile keeps its recordings with a pool: the claimed session's recording begins at the claim (its
+/// stream reaches the terminal without an attach action), holds the session's output, and none of the launcher's.
+#[tokio::test]
+async fn a_pooled_session_of_a_recorded_profile_is_recorded_from_its_claim() {
+    let (world, mut policy) = pooled_world(1);
+    let dir = common::process::TempDir::new("pool-rec");
+    policy.recordings.dir = Some(dir.path().to_path_buf());
+    for p in policy.profiles.values_mut() {
+        p.recording.mode = berth::reconciler::policy::RecordingMode::Required;
+    }
+    let profile = policy.default_profile.clone();
+    let server = world.serve_with(policy).await;
+    pool_ready(&server, &profile, 1).await;
+    let mut c = open(&server, "rec").await;
+    assert_eq!(metric(&server, "berth_pool_claims_total{profile=\"default\"}"), 1, "the session was pooled");
+    c.input("echo pooled-$((40+2))\r").await;
+    c.until_output("pooled-42").await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let (name, text) = loop {
+        let casts: Vec<_> = std::fs::read_dir(dir.path())
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if let [one] = casts.as_slice() {
+            let text = std::fs::read_to_string(one).unwrap_or_default();
+            if text.contains("pooled-42") {
+                break (one.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(), text);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recording with the echo in {}: {casts:?}",
+            dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let session = c.session.clone().expect("a session id");
+    assert!(name.starts_with(&format!("{session}-")), "{name}");
+    let (_, events) = berth::recording::asciicast::parse(&text).expect("a valid asciicast v2 file");
+    let output: String = events.iter().map(|e| e.data.as_str()).collect();
+    assert!(output.contains("$ "), "the first prompt is recorded: {output:?}");
+    let waiting = String::from_utf8_lossy(LAUNCHER_WAITING);
+    assert!(!output.contains(waiting.trim()) && !output.contains("berth1"), "launcher traffic recorded: {output:?}");
+    c.send_json(json!({"type": "release"})).await;
+    let _ = c.until_closed(LIMIT).await;
+    stop_and_assert_no_leftovers(&world, server).await;
+}

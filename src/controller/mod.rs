@@ -500,8 +500,15 @@ impl<R: Runtime> Controller<R> {
 
     /// Tells the terminal how `session` is recorded, as its profile says, before its terminal is attached.
     fn plan_recording(&self, session: SessionId) {
-        let Some(s) = self.desired.sessions.get(&session) else { return };
-        let Some(profile) = self.policy.profiles.get(&s.profile) else { return };
+        if let Some(s) = self.desired.sessions.get(&session) {
+            self.plan_recording_as(session, &s.profile);
+        }
+    }
+
+    /// [`Controller::plan_recording`] for a session of `profile` (also one not yet in the desired state: a claim
+    /// of a pooled container, whose stream reaches the terminal without an attach action).
+    pub(super) fn plan_recording_as(&self, session: SessionId, profile_name: &berth_reconciler::ProfileName) {
+        let Some(profile) = self.policy.profiles.get(profile_name) else { return };
         let rec = profile.recording;
         let mode = match rec.mode {
             berth_reconciler::policy::RecordingMode::Off => return,
@@ -518,7 +525,7 @@ impl<R: Runtime> Controller<R> {
             metrics: Some(self.metrics.clone()),
         };
         self.terminals
-            .plan_recording(session, crate::terminal::RecordingPlan { config, title: Some(s.profile.to_string()) });
+            .plan_recording(session, crate::terminal::RecordingPlan { config, title: Some(profile_name.to_string()) });
     }
 
     /// Each session's containers (those this instance manages), indexed once per pass.

@@ -479,6 +479,8 @@ impl<R: Runtime> Controller<R> {
         let keys = vec![Key::Session(session.id), Key::Container(chosen.clone())];
         self.gate.begin(keys);
         self.pool.claiming += 1;
+        // The claim's stream reaches the terminal without an attach action: plan the recording here.
+        self.plan_recording_as(session.id, &session.profile);
         let line = settings_line(&session.env);
         let new_name = name.render(&self.policy.docker.name_prefix);
         let (rt, metrics, tx) = (self.runtime.clone(), self.metrics.clone(), self.pool_tx.clone());

@@ -8,9 +8,8 @@ use super::ctx::{Ctx, MIN_POSITIVE, loc};
 use super::raw::{RawCredential, RawHealthCheck, RawProfile, RawSecurity, Text};
 use super::units::{parse_count, parse_cpus, parse_size};
 use crate::policy::{
-    CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, PoolPolicy, Profile,
-    ProfileRecording, ProfileSharing, RecordingMode, Resources, Security, Tmpfs, Ulimit, UnhealthyAction,
-    UnsafeSetting,
+    CredentialMapping, CredentialSource, DEFAULT_IMAGE, HealthCheck, LogLimits, PoolPolicy, Profile, ProfileRecording,
+    ProfileSharing, RecordingMode, Resources, Security, Tmpfs, Ulimit, UnhealthyAction, UnsafeSetting,
 };
 
 /// Default tmpfs options when a mount gives none.
