@@ -222,7 +222,15 @@ async fn sessions_converge_while_creates_fail_and_half_the_events_are_lost() {
         until(t, Phase::Gone).await;
     }
     assert_eq!(fake.count(None), 0, "nothing left");
-    assert!(h.list().await.is_empty());
+    // A removal whose `destroy` event was dropped is verified by an inspect after a short wait (decision
+    // record 0027); until then the session is still listed.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !h.list().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every session is forgotten once its removal is verified");
 }
 
 // Deadlines on tokio's paused clock: minutes of policy time run in milliseconds, and the bounds are exact.
