@@ -371,8 +371,8 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
     };
     // This instance's containers grouped by session: a stable sort keeps container id order within a group.
     // Sessions, groups and attachments are all in session order, so one merge pass pairs them up.
-    let mut ours: Vec<Member<'_>> =
-        observed.containers.values().filter(|c| desired.manages(&c.labels)).map(Member::new).collect();
+    let mut ours: Vec<Member<'_>> = Vec::with_capacity(observed.containers.len());
+    ours.extend(observed.containers.values().filter(|c| desired.manages(&c.labels)).map(Member::new));
     ours.sort_by_key(|m| m.session);
     let mut rest: &[Member<'_>] = &ours;
     let mut attached_ids = observed.attached.iter().map(|id| order_key(*id)).peekable();
