@@ -9,7 +9,11 @@
 //! - `observe/plan`: the planner alone on that view;
 //! - the calls of one idle pass, counted by a wrapper around the runtime, twice: that pass with the real executor
 //!   applying its (empty) plan, and the real controller loop asked to resync, as a peer instance that owns none
-//!   of the fleet. Each must make one list call and nothing else.
+//!   of the fleet. Each must make one list call and nothing else;
+//! - the calls per session of the cold path: the real controller opens [`LIFECYCLE`] sessions (create, attach,
+//!   start), waits until each runs, releases them and waits until each is gone, counting every call it makes on
+//!   the way (decision record 0027). The terminal's resize to the client's size is made by the terminal on the
+//!   attach stream, outside the runtime's calls, and comes on top: one per session.
 //!
 //! `cargo bench --bench observe` uses 1,000 containers; `cargo test --all-targets` (no `--bench`) runs each
 //! benchmark once over 50. Both need a Docker engine with the `berth-session:latest` image and fail loudly
@@ -20,13 +24,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth::controller::{self, ControllerConfig, ObservedStore};
+use berth::controller::{self, ControllerConfig, ObservedStore, SessionRequest};
 use berth::executor::{AttachSink, Executor};
 use berth::metrics::Metrics;
 use berth::reconciler::peers::{MarkerSpec, PeerContainer};
 use berth::reconciler::{
-    ContainerId, ContainerSpec, Desired, DesiredSession, InstanceId, LabelNamespace, ObservedContainer, Plan, Policy,
-    SessionId, SessionKind, Timestamp, plan,
+    ContainerId, ContainerSpec, Desired, DesiredSession, EndReason, InstanceId, LabelNamespace, ObservedContainer,
+    Phase, Plan, Policy, SessionId, SessionKind, Timestamp, plan,
 };
 use berth::runtime::docker::DockerRuntime;
 use berth::runtime::{AttachIo, Runtime, RuntimeError, RuntimeEvent, Sentinel};
@@ -38,6 +42,8 @@ use tokio::sync::watch;
 /// Containers in the fleet under `cargo bench`, and under `cargo test`.
 const FULL: usize = 1_000;
 const QUICK: usize = 50;
+/// Sessions opened and ended for the calls-per-session count.
+const LIFECYCLE: usize = 10;
 /// Docker creates in flight while the fleet is built.
 const CREATE_CONCURRENCY: usize = 8;
 
@@ -331,15 +337,7 @@ async fn controller_idle_pass(rt: DockerRuntime, policy: &Policy, tag: &str) -> 
         .expect("controller ready within 60 s")
         .expect("controller alive");
     // Quiet: nothing is in flight once no call has been made for a while.
-    let mut seen = (u64::MAX, u64::MAX);
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = (Calls::get(&calls.list_done), calls.writes() + calls.other_reads());
-        if now == seen {
-            break;
-        }
-        seen = now;
-    }
+    quiet(&calls).await;
     calls.reset();
     let passes = metrics.reconcile_passes();
     handle.resync().await;
@@ -350,6 +348,71 @@ async fn controller_idle_pass(rt: DockerRuntime, policy: &Policy, tag: &str) -> 
     }
     // Anything the pass dispatched has started by now. Counted before the shutdown, which removes the sentinel.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let counted = Arc::new(calls.snapshot());
+    handle.shutdown().await;
+    let _ = task.await;
+    counted
+}
+
+/// Waits until no call has been made for a while.
+async fn quiet(calls: &Calls) {
+    let mut seen = (u64::MAX, u64::MAX);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = (Calls::get(&calls.list_done), calls.writes() + calls.other_reads());
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// The real controller opens `k` sessions, waits until each runs, ends them and waits until each is gone.
+async fn controller_lifecycle(rt: DockerRuntime, policy: &Policy, tag: &str, k: usize) -> Arc<Calls> {
+    let calls = Arc::new(Calls::default());
+    let counting = Counting { inner: rt, calls: calls.clone() };
+    let (_policy_tx, policy_rx) = watch::channel(Arc::new(policy.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let instance: InstanceId = format!("observe-life-{tag}").parse().expect("instance id");
+    let (handle, _terminals, task) =
+        controller::spawn(counting, ControllerConfig { instance, epoch: 1, audit: None }, policy_rx, metrics.clone());
+    let mut ready = handle.readiness();
+    tokio::time::timeout(Duration::from_secs(60), ready.wait_for(|r| r.is_ready()))
+        .await
+        .expect("controller ready within 60 s")
+        .expect("controller alive");
+    quiet(&calls).await;
+    calls.reset();
+    let within = |phase: Phase, mut t: berth::controller::Ticket| async move {
+        tokio::time::timeout(Duration::from_secs(60), t.status.wait_for(|s| s.phase == phase))
+            .await
+            .unwrap_or_else(|_| panic!("a session reaches {phase:?} within 60 s"))
+            .expect("controller alive");
+        t
+    };
+    let tickets = futures::future::join_all((0..k).map(|_| async {
+        let req = SessionRequest {
+            profile: None,
+            kind: SessionKind::Anonymous,
+            env: vec![],
+            resume_hash: None,
+            client_ip: None,
+            id: None,
+            identity: None,
+        };
+        within(Phase::Running, handle.open_and_wait(req).await.expect("admitted")).await
+    }))
+    .await;
+    for t in &tickets {
+        handle.release(t.id, EndReason::Released).await;
+    }
+    futures::future::join_all(tickets.into_iter().map(|t| within(Phase::Gone, t))).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !handle.list().await.is_empty() {
+        assert!(Instant::now() < deadline, "sessions forgotten within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    quiet(&calls).await;
     let counted = Arc::new(calls.snapshot());
     handle.shutdown().await;
     let _ = task.await;
@@ -417,6 +480,33 @@ fn main() {
     assert_eq!(Calls::get(&ctl.peers), 1, "and lists the sentinels and claims once");
     assert_eq!(ctl.writes() + ctl.other_reads(), 0, "the controller's idle pass makes no other call");
     println!("controller idle resync: 1 list call, 1 peer list call, 0 writes ({n} containers of a peer)");
+
+    // The cold path's calls per session, in a namespace of its own.
+    let mut life = policy.clone();
+    life.docker.namespace = format!("bench.observe.{tag}.life").parse().expect("namespace");
+    life.docker.name_prefix = format!("observe-life-{tag}");
+    let life_fleet = Fleet { ns: life.docker.namespace.clone() };
+    let lc = rt.block_on(controller_lifecycle(docker.clone(), &life, &tag, LIFECYCLE));
+    drop(life_fleet);
+    let per = |c: &AtomicU64| Calls::get(c) as f64 / LIFECYCLE as f64;
+    let total = Calls::get(&lc.create)
+        + Calls::get(&lc.start)
+        + Calls::get(&lc.stop)
+        + Calls::get(&lc.remove)
+        + Calls::get(&lc.inspect)
+        + Calls::get(&lc.attach);
+    eprintln!("observe bench: {LIFECYCLE} sessions opened and ended: {}", lc.describe());
+    println!(
+        "cold path: {:.1} calls per session (create {:.1}, attach {:.1}, start {:.1}, stop {:.1}, remove {:.1}, inspect {:.1}), plus the terminal's resize; {} list call(s) over {LIFECYCLE} sessions",
+        total as f64 / LIFECYCLE as f64,
+        per(&lc.create),
+        per(&lc.attach),
+        per(&lc.start),
+        per(&lc.stop),
+        per(&lc.remove),
+        per(&lc.inspect),
+        Calls::get(&lc.list),
+    );
 
     let mut group = c.benchmark_group("observe");
     group

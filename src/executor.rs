@@ -15,6 +15,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::expected::Expected;
 use crate::metrics::Metrics;
 use crate::runtime::{AttachIo, DockerOp, Runtime, RuntimeError};
 
@@ -99,7 +100,13 @@ pub struct Executor<R> {
     concurrency: usize,
     metrics: Arc<Metrics>,
     sink: Arc<dyn AttachSink>,
+    /// The changes being made, shared with the observer so it skips their events' inspects.
+    expected: Arc<Expected>,
 }
+
+/// How long a removal waits for its `destroy` event before inspecting instead (events can be missed across a
+/// reconnect; the periodic list is the last safety net).
+const DESTROY_WAIT: Duration = Duration::from_secs(2);
 
 impl<R> std::fmt::Debug for Executor<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,6 +128,7 @@ where
             concurrency: self.concurrency,
             metrics: self.metrics.clone(),
             sink: self.sink.clone(),
+            expected: self.expected.clone(),
         }
     }
 }
@@ -145,7 +153,16 @@ impl<R: Runtime> Executor<R> {
             concurrency: n,
             metrics,
             sink,
+            expected: Arc::default(),
         }
+    }
+
+    /// Shares `expected` with the observer: berth's own changes are noted there, and removals are verified by
+    /// their `destroy` event while the observer follows events.
+    #[must_use]
+    pub fn with_expected(mut self, expected: Arc<Expected>) -> Self {
+        self.expected = expected;
+        self
     }
 
     /// Changes the timeout and concurrency for actions started from now on.
@@ -173,25 +190,25 @@ impl<R: Runtime> Executor<R> {
             Action::Attach { session, container } => self.attach(*session, container).await,
             Action::Start { container, .. } => {
                 let _permit = self.permits.acquire().await;
-                self.call(DockerOp::Start, self.runtime.start(container))
-                    .await
-                    .map(|()| Outcome::Started { container: container.clone() })
+                let noted = self.expected.starting(container);
+                let r = self.call(DockerOp::Start, self.runtime.start(container)).await;
+                self.expected.done(noted, r.is_ok());
+                r.map(|()| Outcome::Started { container: container.clone() })
             }
             Action::Stop { container, timeout, .. } => {
                 let _permit = self.permits.acquire().await;
                 let t = *timeout + self.timeout;
-                timed(&self.metrics, DockerOp::Stop, t, self.runtime.stop(container, *timeout))
-                    .await
-                    .map(|()| Outcome::Stopped { container: container.clone() })
+                let noted = self.expected.ending(container);
+                let r = timed(&self.metrics, DockerOp::Stop, t, self.runtime.stop(container, *timeout)).await;
+                self.expected.done(noted, r.is_ok());
+                r.map(|()| Outcome::Stopped { container: container.clone() })
             }
             Action::Remove { container, .. } => {
-                let _permit = self.remove_permits.acquire().await;
                 self.remove_verified(container).await.map(|()| Outcome::Removed { containers: vec![container.clone()] })
             }
             Action::BulkRemove { containers, .. } => {
                 let results: Vec<(ContainerId, Result<(), RuntimeError>)> = futures::stream::iter(containers.clone())
                     .map(|id| async move {
-                        let _permit = self.remove_permits.acquire().await;
                         let r = self.remove_verified(&id).await;
                         (id, r)
                     })
@@ -221,7 +238,10 @@ impl<R: Runtime> Executor<R> {
             return Err(RuntimeError::Rejected("refusing to create a container without berth's marker".into()));
         }
         let _permit = self.permits.acquire().await;
-        let id = self.call(DockerOp::Create, self.runtime.create(spec)).await?;
+        let noted = self.expected.creating(&spec.name);
+        let res = self.call(DockerOp::Create, self.runtime.create(spec)).await;
+        self.expected.done(noted, res.is_ok());
+        let id = res?;
         let labels: std::collections::HashMap<String, String> = spec.labels.clone().into_iter().collect();
         let labels = ManagedLabels::parse(&self.ns, &labels)
             .ok()
@@ -251,9 +271,26 @@ impl<R: Runtime> Executor<R> {
         Ok(Outcome::Attached { session })
     }
 
-    /// Force-removes and then inspects until Docker says 404.
+    /// Force-removes, then waits for the `destroy` event while the observer follows events; without one (or
+    /// none within [`DESTROY_WAIT`]) inspects until Docker says 404. The wait holds no removal permit: it makes
+    /// no call.
     async fn remove_verified(&self, id: &ContainerId) -> Result<(), RuntimeError> {
-        self.call(DockerOp::Remove, self.runtime.remove(id)).await?;
+        let destroyed = self.expected.following().then(|| self.expected.await_destroy(id));
+        let permit = self.remove_permits.acquire().await;
+        let noted = self.expected.ending(id);
+        let res = self.call(DockerOp::Remove, self.runtime.remove(id)).await;
+        self.expected.done(noted, res.is_ok());
+        res?;
+        let _permit = match destroyed {
+            Some(rx) => {
+                drop(permit);
+                if let Ok(Ok(())) = tokio::time::timeout(DESTROY_WAIT, rx).await {
+                    return Ok(());
+                }
+                self.remove_permits.acquire().await
+            }
+            None => permit,
+        };
         let deadline = Instant::now() + self.timeout;
         let mut wait = Duration::from_millis(20);
         loop {

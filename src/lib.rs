@@ -11,6 +11,7 @@ pub mod auth;
 pub mod clock;
 pub mod controller;
 pub mod executor;
+pub mod expected;
 pub mod launcher;
 pub mod limits;
 pub mod listener;

@@ -237,6 +237,16 @@ impl Metrics {
         self.docker.events.with_label_values(&[kind.as_str()]).inc();
     }
 
+    /// Counts one Docker event for a change berth itself made, whose inspect was skipped.
+    pub fn docker_event_expected(&self) {
+        self.docker.events_expected.inc();
+    }
+
+    /// Docker events whose inspect was skipped, for tests.
+    pub fn docker_events_expected(&self) -> u64 {
+        self.docker.events_expected.get()
+    }
+
     /// Sets whether the engine answers.
     pub fn set_docker_up(&self, up: bool) {
         self.docker.up.set(i64::from(up));

@@ -1,6 +1,10 @@
 //! The observer: follows Docker's event stream for managed containers and turns each event into an
 //! authoritative container state (by inspecting it), reconnecting with backoff when the engine goes away.
 //!
+//! Events for changes berth itself is making or just made (noted in [`Expected`] by the executor) are not
+//! inspected: the executor's outcome brings that state to the store. `destroy` events also wake the executor's
+//! removals waiting for them (decision record 0027).
+//!
 //! Lists are run by the controller; this task tells it when one is needed (at connect and reconnect).
 
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::executor::timed;
+use crate::expected::Expected;
 use crate::metrics::Metrics;
 use crate::runtime::{EventKind, Runtime};
 
@@ -37,6 +42,8 @@ pub struct ObserverConfig {
     pub timeout: Duration,
     /// Longest wait between reconnect attempts.
     pub max_backoff: Duration,
+    /// The changes berth is making, shared with the executor.
+    pub expected: Arc<Expected>,
 }
 
 /// Runs until `shutdown` flips to true or the controller goes away.
@@ -75,6 +82,7 @@ pub async fn run<R: Runtime>(
         info!("docker engine reachable; following events");
         metrics.set_docker_up(true);
         backoff = Duration::from_millis(100);
+        cfg.expected.set_following(true);
         if tx.send(ObserverMsg::Connected).await.is_err() {
             return;
         }
@@ -95,6 +103,10 @@ pub async fn run<R: Runtime>(
                 }
             };
             metrics.docker_event(&ev.kind);
+            if cfg.expected.on_event(&ev) {
+                metrics.docker_event_expected();
+                continue;
+            }
             let msg = match ev.kind {
                 EventKind::Other => continue,
                 EventKind::Destroy => ObserverMsg::Gone(ev.container),
@@ -118,6 +130,7 @@ pub async fn run<R: Runtime>(
                 return;
             }
         }
+        cfg.expected.set_following(false);
         metrics.set_docker_up(false);
         if tx.send(ObserverMsg::Disconnected).await.is_err() {
             return;

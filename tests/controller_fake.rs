@@ -222,7 +222,15 @@ async fn sessions_converge_while_creates_fail_and_half_the_events_are_lost() {
         until(t, Phase::Gone).await;
     }
     assert_eq!(fake.count(None), 0, "nothing left");
-    assert!(h.list().await.is_empty());
+    // A removal whose `destroy` event was dropped is verified by an inspect after a short wait (decision
+    // record 0027); until then the session is still listed.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !h.list().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("every session is forgotten once its removal is verified");
 }
 
 // Deadlines on tokio's paused clock: minutes of policy time run in milliseconds, and the bounds are exact.
@@ -299,4 +307,37 @@ async fn a_failed_create_is_retried_after_the_backoff_and_not_sooner() {
     until_within(&mut t, Phase::Running, Duration::from_secs(2)).await;
     assert_eq!(fake.calls("create"), 2);
     assert!(started.elapsed() >= Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn berths_own_changes_are_not_inspected_and_a_crash_is() {
+    // Decision record 0027: the events of berth's own create, start and removal are applied from the calls'
+    // outcomes; a container dying by itself is still inspected (its exit code is the session's end reason).
+    let fake = FakeRuntime::default();
+    let mut p = policy();
+    p.reconcile.resync_interval = Duration::from_secs(3600);
+    let (h, metrics) = start(&fake, p).await;
+    let before = fake.calls("inspect");
+    let mut a = open(&h).await;
+    until(&mut a, Phase::Running).await;
+    h.release(a.id, EndReason::Released).await;
+    until(&mut a, Phase::Gone).await;
+    assert_eq!(fake.calls("inspect"), before, "no inspect for berth's own create, start and removal");
+    assert!(metrics.docker_events_expected() >= 2, "the create and start events were matched");
+
+    let mut b = open(&h).await;
+    until(&mut b, Phase::Running).await;
+    let id = b.status.borrow().container.clone().expect("a container");
+    fake.kill(&id, 137);
+    let s = until(&mut b, Phase::Gone).await;
+    assert_eq!(s.reason, Some(EndReason::Killed { signal: 9 }), "the crash was read from Docker");
+    assert!(fake.calls("inspect") > before, "the die berth did not cause was inspected");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !h.list().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the removal is verified and the session forgotten");
+    assert_eq!(fake.count(None), 0);
 }

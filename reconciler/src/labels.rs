@@ -36,6 +36,12 @@ impl LabelNamespace {
         format!("{}.{suffix}", self.0)
     }
 
+    /// The keys of the labels in which two containers of one profile, created in one plan, differ (besides the
+    /// name): the planner builds one spec per profile and changes only these.
+    pub(crate) fn session_keys(&self) -> SessionKeys {
+        SessionKeys { session: self.key(SESSION), kind: self.key(KIND), resume_hash: self.key(SECRET_HASH) }
+    }
+
     /// The managed-marker key; Docker list and event filters use `<marker>=true`.
     pub fn marker(&self) -> String {
         self.key(MANAGED)
@@ -89,6 +95,14 @@ impl FromStr for LabelNamespace {
 }
 
 const MANAGED: &str = "managed";
+/// The label keys [`LabelNamespace::session_keys`] gives.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionKeys {
+    pub(crate) session: String,
+    pub(crate) kind: String,
+    pub(crate) resume_hash: String,
+}
+
 const SESSION: &str = "session";
 const OWNER: &str = "owner";
 const CREATED: &str = "created";

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::desired::{Attachment, Desired, DesiredSession, EnvVar};
 use crate::ids::{ContainerId, ProfileName, SessionId};
-use crate::labels::{LabelNamespace, ManagedLabels};
+use crate::labels::{LabelNamespace, ManagedLabels, SessionKeys};
 use crate::observed::{ContainerState, Health, Observed, ObservedContainer};
 use crate::policy::{HealthCheck, LogLimits, Policy, Profile, Resources, Security, UnhealthyAction};
 use crate::status::EndReason;
@@ -86,12 +86,8 @@ impl ContainerSpec {
             resume_hash: session.resume_hash.clone(),
             epoch: desired.epoch,
         };
-        let mut env: Vec<EnvVar> =
-            profile.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: v.clone(), sensitive: false }).collect();
-        for var in &session.env {
-            env.retain(|e| e.name != var.name);
-            env.push(var.clone());
-        }
+        let mut env = profile_env(profile);
+        add_session_env(&mut env, session);
         Self {
             name: format!("{}-{}", policy.docker.name_prefix, session.id),
             image: profile.image.clone(),
@@ -110,9 +106,51 @@ impl ContainerSpec {
         }
     }
 
+    /// This spec (built by [`Self::with_hash`] for another session of the same profile in the same plan) made
+    /// over for `session`: what [`Self::with_hash`] gives for it, without formatting every label again.
+    fn for_session(&self, session: &DesiredSession, profile: &Profile, policy: &Policy, keys: &SessionKeys) -> Self {
+        let mut spec = Self {
+            name: format!("{}-{}", policy.docker.name_prefix, session.id),
+            env: profile_env(profile),
+            ..self.clone()
+        };
+        set_label(&mut spec.labels, &keys.session, session.id.to_string());
+        set_label(&mut spec.labels, &keys.kind, session.kind.as_str().to_owned());
+        match &session.resume_hash {
+            Some(h) => set_label(&mut spec.labels, &keys.resume_hash, h.clone()),
+            None => {
+                spec.labels.remove(&keys.resume_hash);
+            }
+        }
+        add_session_env(&mut spec.env, session);
+        spec
+    }
+
     /// The label namespace marker is present: a sanity check the runtime makes before creating.
     pub fn is_marked(&self, ns: &LabelNamespace) -> bool {
         self.labels.get(&ns.marker()).map(String::as_str) == Some("true")
+    }
+}
+
+/// The profile's fixed environment.
+fn profile_env(profile: &Profile) -> Vec<EnvVar> {
+    profile.env.iter().map(|(k, v)| EnvVar { name: k.clone(), value: v.clone(), sensitive: false }).collect()
+}
+
+/// The session's own variables over the profile's.
+fn add_session_env(env: &mut Vec<EnvVar>, session: &DesiredSession) {
+    for var in &session.env {
+        env.retain(|e| e.name != var.name);
+        env.push(var.clone());
+    }
+}
+
+fn set_label(labels: &mut BTreeMap<String, String>, key: &str, value: String) {
+    match labels.get_mut(key) {
+        Some(v) => *v = value,
+        None => {
+            labels.insert(key.to_owned(), value);
+        }
     }
 }
 
@@ -376,13 +414,15 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
     };
     // This instance's containers grouped by session: a stable sort keeps container id order within a group.
     // Sessions, groups and attachments are all in session order, so one merge pass pairs them up.
-    let mut ours: Vec<Member<'_>> =
-        observed.containers.values().filter(|c| desired.manages(&c.labels)).map(Member::new).collect();
+    let mut ours: Vec<Member<'_>> = Vec::with_capacity(observed.containers.len());
+    ours.extend(observed.containers.values().filter(|c| desired.manages(&c.labels)).map(Member::new));
     ours.sort_by_key(|m| m.session);
     let mut rest: &[Member<'_>] = &ours;
     let mut attached_ids = observed.attached.iter().map(|id| order_key(*id)).peekable();
     let mut orphans: Vec<ContainerId> = Vec::new();
-    let mut hashes: BTreeMap<&ProfileName, String> = BTreeMap::new();
+    // One spec per profile, built in full for its first create in this pass; the others are made from it.
+    let mut templates: BTreeMap<&ProfileName, ContainerSpec> = BTreeMap::new();
+    let keys = policy.docker.namespace.session_keys();
     let mut collect_orphans = |group: &[Member<'_>]| {
         let stray = live(group).filter(|m| m.container.labels.created_at < listed_at);
         orphans.extend(stray.map(|m| m.id().clone()));
@@ -427,11 +467,15 @@ pub fn plan(desired: &Desired, observed: &Observed, policy: &Policy, now: Timest
                     out.ends.push((session.id, EndReason::CreateFailed { error }));
                 }
             } else if let Some(profile) = policy.profiles.get(&session.profile) {
-                let hash = hashes.entry(&session.profile).or_insert_with(|| profile.hash()).clone();
-                out.actions.push(Action::Create {
-                    session: session.id,
-                    spec: Box::new(ContainerSpec::with_hash(desired, session, profile, policy, now, hash)),
-                });
+                let spec = match templates.get(&session.profile) {
+                    Some(t) => t.for_session(session, profile, policy, &keys),
+                    None => {
+                        let spec = ContainerSpec::with_hash(desired, session, profile, policy, now, profile.hash());
+                        templates.insert(&session.profile, spec.clone());
+                        spec
+                    }
+                };
+                out.actions.push(Action::Create { session: session.id, spec: Box::new(spec) });
             } else {
                 out.ends.push((
                     session.id,

@@ -318,6 +318,37 @@ fn creates_a_hardened_labelled_container_named_after_a_new_session() {
 }
 
 #[test]
+fn every_create_of_one_profile_in_one_pass_gets_its_own_full_spec() {
+    // The planner builds the first spec of a profile in full and makes the others from it: each must equal the
+    // spec built for its session alone (kind, resume hash and env differ here).
+    let mut world = World::new().policy(|p| {
+        let d = p.profiles.get_mut(&ProfileName::default_name()).expect("default profile");
+        d.env.insert("FIXED".into(), "1".into());
+        d.env.insert("OVERRIDDEN".into(), "profile".into());
+    });
+    for n in 1..=4u8 {
+        let mut s = session(n);
+        if n % 2 == 0 {
+            s.0.kind = SessionKind::Authenticated;
+            s.0.resume_hash = Some(format!("{n:02x}").repeat(32));
+        }
+        if n == 3 {
+            s.0.env = vec![EnvVar { name: "OVERRIDDEN".into(), value: "client".into(), sensitive: false }];
+        }
+        world = world.desired(s);
+    }
+    let plan = world.plan();
+    assert_eq!(plan.actions.len(), 4, "{plan:?}");
+    let profile = world.policy.profiles.get(&ProfileName::default_name()).expect("default profile");
+    for action in &plan.actions {
+        let Action::Create { session, spec } = action else { panic!("expected creates, got {action:?}") };
+        let s = &world.desired.sessions[session];
+        let alone = ContainerSpec::build(&world.desired, s, profile, &world.policy, world.now);
+        assert_eq!(**spec, alone, "session {session}");
+    }
+}
+
+#[test]
 fn the_default_profile_confines_new_containers() {
     let world = World::new().desired(session(1));
     let plan = world.plan();

@@ -151,6 +151,7 @@ pub fn spawn<R: Runtime>(
     let (ready_tx, ready_rx) = watch::channel(Readiness { policy_hash: policy.hash(), ..Readiness::default() });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let terminals = Terminals::new(term_tx, policy.server.replay_bytes);
+    let expected = Arc::new(crate::expected::Expected::default());
     let executor = Executor::new(
         runtime.clone(),
         policy.docker.namespace.clone(),
@@ -158,7 +159,8 @@ pub fn spawn<R: Runtime>(
         policy.reconcile.concurrency,
         metrics.clone(),
         Arc::new(TerminalSink(terminals.clone())),
-    );
+    )
+    .with_expected(expected.clone());
     let mut desired = Desired::new(cfg.instance.clone());
     desired.epoch = cfg.epoch;
     // Nothing is created before this replica's sentinel runs (see `Desired::sentinel_up`).
@@ -167,6 +169,7 @@ pub fn spawn<R: Runtime>(
         ns: policy.docker.namespace.clone(),
         timeout: policy.reconcile.docker_timeout,
         max_backoff: Duration::from_secs(5),
+        expected,
     };
     tokio::spawn(
         observer::run(runtime.clone(), obs_cfg, obs_tx, metrics.clone(), shutdown_rx)

@@ -183,6 +183,8 @@ pub(super) struct Docker {
     pub up: IntGauge,
     /// Docker events seen, by kind.
     pub events: IntCounterVec,
+    /// Events for changes berth itself made, not inspected.
+    pub events_expected: IntCounter,
 }
 
 impl Docker {
@@ -203,6 +205,11 @@ impl Docker {
             ),
             up: gauge(r, "berth_docker_up", "1 when the Docker engine answers, else 0."),
             events: counter_vec(r, "berth_docker_events_total", "Docker events seen, by kind.", &["kind"]),
+            events_expected: counter(
+                r,
+                "berth_docker_events_expected_total",
+                "Docker events for changes berth itself made, not inspected.",
+            ),
         };
         for op in DockerOp::ALL {
             m.latency.with_label_values(&[op.as_str()]);

@@ -413,10 +413,12 @@ impl Runtime for DockerRuntime {
                 match ev {
                     Err(e) => Some(Err(map_err(e))),
                     Ok(msg) => {
-                        let id: ContainerId = msg.actor.as_ref()?.id.as_deref()?.parse().ok()?;
+                        let actor = msg.actor.as_ref()?;
+                        let id: ContainerId = actor.id.as_deref()?.parse().ok()?;
+                        let name = actor.attributes.as_ref().and_then(|a| a.get("name")).cloned();
                         let action = msg.action.unwrap_or_default();
                         let kind = event_kind(&action);
-                        Some(Ok(RuntimeEvent { container: id, kind }))
+                        Some(Ok(RuntimeEvent { container: id, kind, name }))
                     }
                 }
             })

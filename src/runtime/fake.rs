@@ -80,7 +80,8 @@ impl FakeRuntime {
     }
 
     fn emit(&self, container: &ContainerId, kind: EventKind) {
-        let _ = self.events.send(RuntimeEvent { container: container.clone(), kind });
+        let name = self.lock().containers.get(container).map(|c| c.0.clone());
+        let _ = self.events.send(RuntimeEvent { container: container.clone(), kind, name });
     }
 
     /// How many times `op` was called.

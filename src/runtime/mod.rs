@@ -151,7 +151,7 @@ impl RuntimeError {
 }
 
 /// What a Docker event told us about one managed container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
     /// The container was created.
     Create,
@@ -199,6 +199,8 @@ pub struct RuntimeEvent {
     pub container: ContainerId,
     /// What happened.
     pub kind: EventKind,
+    /// The container's name, when the event carries it (Docker's and Podman's do).
+    pub name: Option<String>,
 }
 
 /// Resizes a TTY to (columns, rows).
