@@ -119,7 +119,7 @@ fn draw(series: &BTreeMap<(u64, String), Vec<f64>>, out: &str) -> Result<(), Box
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;

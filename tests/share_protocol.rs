@@ -239,3 +239,44 @@ async fn a_join_hello_is_checked_like_any_hello() {
     assert_eq!(closed(&mut c).await, (Some(4005), Some("bad_json".into())));
     server.stop().await;
 }
+
+/// Joined before the shell runs: a writer's input is kept and reaches the shell after `ready`, as the owner's
+/// does; a viewer that types is told `read_only` after its `ready`, where the protocol puts warnings.
+#[tokio::test(start_paused = true)]
+async fn a_writer_typing_before_the_shell_runs_is_heard_and_a_viewer_is_told_after_ready() {
+    let w = World::new();
+    let fake = FakeRuntime::default();
+    let server = serve(&w, &fake, sharing).await;
+    // The first create fails (retried after the backoff): the session stays unstarted while the others join.
+    fake.fail_next("create", berth::runtime::RuntimeError::Unreachable("held for the test".into()));
+    let mut owner = connect(server.addr).await;
+    owner.send_json(json!({"type": "hello", "cols": 80, "rows": 24})).await;
+    owner.until_json("session", T).await;
+    let session = owner.session.clone().expect("session");
+    let wr = share(&mut owner, "writer", json!({})).await;
+    let vw = share(&mut owner, "viewer", json!({})).await;
+    assert!(owner.messages.iter().all(|m| m["type"] != "ready"), "shared before the shell runs");
+
+    let mut writer = join(&server, &session, wr["grant"].as_str().expect("grant")).await;
+    writer.until_json("joined", T).await;
+    writer.input("echo early-writer\r").await;
+    let mut viewer = join(&server, &session, vw["grant"].as_str().expect("grant")).await;
+    viewer.until_json("joined", T).await;
+    viewer.input("early-viewer\r").await;
+
+    writer.until_ready().await;
+    owner.until_ready().await;
+    owner.until_output("early-writer").await;
+    viewer.until_ready().await;
+    let warn = viewer.until_json("warning", T).await;
+    assert_eq!(warn["code"], "read_only");
+    let at = |c: &Client, what: &str| c.messages.iter().position(|m| m["type"] == what || m["code"] == what);
+    assert!(at(&viewer, "ready") < at(&viewer, "read_only"), "the warning comes after ready: {:?}", viewer.messages);
+    owner.input("echo marker\r").await;
+    owner.until_output("marker").await;
+    assert!(!String::from_utf8_lossy(&owner.output).contains("early-viewer"), "a viewer's input never arrives");
+    assert_eq!(fake.calls("create"), 2, "the first create failed and was retried");
+    owner.send_json(json!({"type": "release"})).await;
+    assert_eq!(closed(&mut writer).await.0, Some(4000));
+    server.stop().await;
+}

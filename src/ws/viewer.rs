@@ -29,6 +29,12 @@ pub(super) struct Watching {
     size: (u32, u32),
     /// Whether the viewer was told its input is dropped.
     told_read_only: bool,
+    /// A viewer typed before `ready`: it is told after `ready`, where the protocol puts warnings.
+    read_only_due: bool,
+    /// A writer's input before the shell runs, delivered after `ready` (as the owner's is), within
+    /// `server.input_buffer_bytes`.
+    early: Vec<Bytes>,
+    early_bytes: usize,
 }
 
 /// The next presence when it changes; never resolves when there is none to watch (or its sender is gone).
@@ -79,7 +85,16 @@ impl Conn {
             expires_at: joined.expires_at.as_millis() / 1000,
         })
         .await?;
-        Ok(State::Watching(Box::new(Watching { id, status, joined, size: asked.size, told_read_only: false })))
+        Ok(State::Watching(Box::new(Watching {
+            id,
+            status,
+            joined,
+            size: asked.size,
+            told_read_only: false,
+            read_only_due: false,
+            early: Vec::new(),
+            early_bytes: 0,
+        })))
     }
 
     /// The owner's `share`: a grant, its secret told once.
@@ -122,6 +137,12 @@ impl Conn {
             self.send_json(&ServerMsg::Ready { offset: reader.offset(), missed: 0 }).await?;
             if w.joined.role == Role::Writer {
                 let _ = resize(&self.edge.metrics, &term, w.size).await;
+                for data in std::mem::take(&mut w.early) {
+                    let _ = term.write(data).await;
+                }
+            }
+            if w.read_only_due && !w.told_read_only {
+                self.tell_read_only(&mut w).await?;
             }
             self.watch_pump(&mut w, &term, &mut reader, &mut revoked, expiry.as_mut()).await
         }
@@ -225,13 +246,26 @@ impl Conn {
     ) -> Result<(), End> {
         let writer = w.joined.role == Role::Writer;
         match incoming {
-            Incoming::Input(data) if writer => {
-                if let Some(t) = term
-                    && t.write(data).await.is_err()
-                {
-                    debug!("input dropped: terminal not attached");
+            Incoming::Input(data) if writer => match term {
+                Some(t) => {
+                    if t.write(data).await.is_err() {
+                        debug!("input dropped: terminal not attached");
+                    }
                 }
-            }
+                None if w.early_bytes + data.len() <= self.policy.server.input_buffer_bytes => {
+                    w.early_bytes += data.len();
+                    w.early.push(data);
+                }
+                None => {
+                    self.send_json(&ServerMsg::Warning {
+                        code: "input_overflow",
+                        message: "input before the shell started exceeded the buffer; some was dropped".into(),
+                        seconds: None,
+                        names: None,
+                    })
+                    .await?;
+                }
+            },
             Incoming::Msg(ClientMsg::Resize(r)) if writer => {
                 w.size = (r.cols, r.rows);
                 if let Some(t) = term
@@ -241,15 +275,10 @@ impl Conn {
                 }
             }
             Incoming::Input(_) | Incoming::Msg(ClientMsg::Resize(_)) => {
-                if !w.told_read_only {
-                    w.told_read_only = true;
-                    self.send_json(&ServerMsg::Warning {
-                        code: "read_only",
-                        message: "this connection joined as a viewer: its input and resizes are dropped".into(),
-                        seconds: None,
-                        names: None,
-                    })
-                    .await?;
+                if term.is_none() {
+                    w.read_only_due = true;
+                } else if !w.told_read_only {
+                    self.tell_read_only(w).await?;
                 }
             }
             Incoming::Msg(ClientMsg::Share(_) | ClientMsg::Revoke(_) | ClientMsg::Release) => {
@@ -263,6 +292,20 @@ impl Conn {
             Incoming::Nothing => {}
         }
         Ok(())
+    }
+}
+
+impl Conn {
+    /// Tells a viewer, once, that its input and resizes are dropped.
+    async fn tell_read_only(&self, w: &mut Watching) -> Result<(), End> {
+        w.told_read_only = true;
+        self.send_json(&ServerMsg::Warning {
+            code: "read_only",
+            message: "this connection joined as a viewer: its input and resizes are dropped".into(),
+            seconds: None,
+            names: None,
+        })
+        .await
     }
 }
 
