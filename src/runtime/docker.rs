@@ -376,13 +376,16 @@ impl Runtime for DockerRuntime {
         let output = res.output.map_ok(|chunk| chunk.into_bytes()).map_err(map_err).boxed();
         let docker = self.docker.clone();
         let cid = id.clone();
-        let resend_after = self.flavour.get().and_then(|f| f.resize_resend_after());
+        let flavour = self.flavour.clone();
         // Counts resizes, so that a repeat goes out only after the last of a burst.
         let latest = Arc::new(AtomicU64::new(0));
         let resize = Box::new(move |cols: u16, rows: u16| {
             let docker = docker.clone();
             let cid = cid.clone();
             let latest = latest.clone();
+            // Read at each resize, not at the attach: the flavour is learned beside the first ping, and the first
+            // sessions attach before Podman's slow version call returns. Until it is known, repeat (harmless).
+            let resend_after = flavour.get().map_or(Some(EngineFlavour::RESIZE_RESEND), |f| f.resize_resend_after());
             Box::pin(async move {
                 let this = latest.fetch_add(1, Ordering::Relaxed) + 1;
                 let opts = ResizeContainerTTYOptionsBuilder::default().w(i32::from(cols)).h(i32::from(rows)).build();

@@ -41,8 +41,11 @@ impl EngineFlavour {
     /// conmon has not yet read the one before is lost. Sent again after a quiet spell, the last size arrives in
     /// a read of its own. A repeated size changes nothing (the kernel signals only a change).
     pub fn resize_resend_after(self) -> Option<std::time::Duration> {
-        (self == Self::Podman).then_some(std::time::Duration::from_millis(250))
+        (self == Self::Podman).then_some(Self::RESIZE_RESEND)
     }
+
+    /// How long after a resize it is sent again where that is needed (see [`EngineFlavour::resize_resend_after`]).
+    pub const RESIZE_RESEND: std::time::Duration = std::time::Duration::from_millis(250);
 }
 
 #[cfg(test)]
