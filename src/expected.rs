@@ -179,7 +179,7 @@ mod tests {
     }
 
     fn ev(n: u8, kind: EventKind, name: Option<&str>) -> RuntimeEvent {
-        RuntimeEvent { container: id(n), kind, name: name.map(str::to_owned) }
+        RuntimeEvent { container: id(n), kind, name: name.map(str::to_owned), pooled: false }
     }
 
     #[tokio::test(start_paused = true)]

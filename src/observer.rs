@@ -5,7 +5,11 @@
 //! inspected: the executor's outcome brings that state to the store. `destroy` events also wake the executor's
 //! removals waiting for them (decision record 0027).
 //!
-//! Lists are run by the controller; this task tells it when one is needed (at connect and reconnect).
+//! Pooled containers (claimed ones included) carry the pool key instead of the session marker: their events come
+//! on a second stream, and their state from a list, which this task asks for when one stops or goes.
+//!
+//! Lists are run by the controller; this task tells it when one is needed (at connect and reconnect, and after
+//! such an event).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,8 @@ pub enum ObserverMsg {
     Upsert(ObservedContainer),
     /// A container no longer exists.
     Gone(ContainerId),
+    /// A pooled container (claimed or not) stopped or went: its state comes from a list.
+    PoolChanged(ContainerId),
 }
 
 /// Settings for the observer task.
@@ -108,6 +114,10 @@ pub async fn run<R: Runtime>(
                 continue;
             }
             let msg = match ev.kind {
+                EventKind::Die | EventKind::Oom | EventKind::Destroy | EventKind::Settled if ev.pooled => {
+                    ObserverMsg::PoolChanged(ev.container)
+                }
+                _ if ev.pooled => continue,
                 EventKind::Other => continue,
                 EventKind::Destroy => ObserverMsg::Gone(ev.container),
                 _ => match timed(

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use berth::reconciler::{ClaimedName, Policy};
 use berth::runtime::docker::DockerRuntime;
 use berth::runtime::faulty::{Faults, FaultyRuntime, Op};
 use common::World;
@@ -53,17 +54,50 @@ fn seed(test: &str) -> u64 {
     seed
 }
 
-/// Session id → container id, for this world's containers, read from their labels.
+/// Session id → container id, for this world's session containers, read from their labels; and, with
+/// `claimed`, from the names of claimed pooled containers (which carry the pool key, not the session marker).
 fn containers_by_session(w: &World) -> BTreeMap<String, String> {
     let filter = w.marker_filter();
     // `.Label`, not `index .Labels`: the CLI runs the template once even when nothing matches, and `index` fails
     // there.
     let format = format!("{{{{.ID}}}} {{{{.Label \"{}\"}}}}", w.ns.key("session"));
-    w.cli(&["ps", "-a", "--no-trunc", "--filter", &filter, "--format", &format])
+    let mut by_session: BTreeMap<String, String> = w
+        .cli(&["ps", "-a", "--no-trunc", "--filter", &filter, "--format", &format])
         .lines()
         .filter_map(|l| l.split_once(' '))
         .map(|(id, session)| (session.to_owned(), id.to_owned()))
+        .collect();
+    for (id, name) in pooled(w) {
+        if let Some(claim) = ClaimedName::parse(&w.policy.docker.name_prefix, &name) {
+            let earlier = by_session.insert(claim.session.to_string(), id);
+            assert!(earlier.is_none(), "session {} has a cold and a claimed container", claim.session);
+        }
+    }
+    by_session
+}
+
+/// The world's pooled containers, claimed or not, as (id, name).
+fn pooled(w: &World) -> Vec<(String, String)> {
+    let filter = format!("label={}", w.ns.pool_key());
+    w.cli(&["ps", "-a", "--no-trunc", "--filter", &filter, "--format", "{{.ID}} {{.Names}}"])
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(id, name)| (id.to_owned(), name.to_owned()))
         .collect()
+}
+
+/// The world's pooled containers that no session has claimed: ids.
+fn unclaimed(w: &World) -> Vec<String> {
+    pooled(w)
+        .into_iter()
+        .filter(|(_, name)| ClaimedName::parse(&w.policy.docker.name_prefix, name).is_none())
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Session containers, cold and claimed.
+fn session_containers(w: &World) -> usize {
+    containers_by_session(w).len()
 }
 
 /// Polls until berth holds no session and Docker no container of this world, or panics after `limit`.
@@ -71,7 +105,7 @@ async fn assert_converged_to_zero(server: &berth::app::Server, w: &World, limit:
     let start = Instant::now();
     loop {
         let sessions = server.handle.list().await.len();
-        let containers = w.containers(None).len();
+        let containers = session_containers(w);
         if sessions == 0 && containers == 0 {
             eprintln!("converged to 0 sessions and 0 containers in {:?}", start.elapsed());
             return;
@@ -162,6 +196,29 @@ fn told_engine_died(e: &Ended) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerd_restart_during_load() {
+    engine_restart_during_load(0).await;
+}
+
+/// The same with a warm pool of 4: claimed containers die with the engine like cold ones, the pooled containers
+/// the restarted engine stopped are replaced, and the shutdown leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_restart_with_a_warm_pool() {
+    engine_restart_during_load(4).await;
+}
+
+/// Sets a warm pool of `size` on the default profile of `p` (none for 0), emptied at shutdown.
+fn with_pool(p: &mut Policy, size: usize) {
+    if size > 0 {
+        p.reconcile.shutdown = berth::reconciler::policy::ShutdownMode::Remove;
+        let profile = p.profiles.get_mut(&p.default_profile).expect("the default profile");
+        profile.command = Some(vec!["/bin/sh".into(), "-i".into()]);
+        profile.pool.size = size;
+    }
+}
+
+/// 10 clients echo (with a pool of `pool`, the first ones on pooled containers); the engine is killed and
+/// restarted on the same directories. Every client is told within a bound, berth is ready again, nothing is left.
+async fn engine_restart_during_load(pool: usize) {
     const CLIENTS: usize = 10;
     /// How soon after the kill every client must have its close: the observer and every attach stream see the
     /// engine's sockets close at once, so this is slack for a loaded machine, not a timer in berth.
@@ -178,12 +235,17 @@ async fn dockerd_restart_during_load() {
     let mut p = w.policy.clone();
     p.limits.connections_per_minute = 1000;
     p.limits.connection_burst = 1000;
+    with_pool(&mut p, pool);
     let server = w.serve_with(p).await;
     let addr = server.addr;
+    pool_back(&server, &w, pool as i64, &[], Duration::from_secs(60)).await;
 
     let clients = futures::future::join_all((0..CLIENTS).map(|_| ready_client(addr, None))).await;
-    assert_eq!(w.containers(Some("running")).len(), CLIENTS);
+    assert_eq!(session_containers(&w), CLIENTS);
     assert_sessions_match_containers(&server, &w).await;
+    let pool_before: Vec<String> = unclaimed(&w);
+    let claimed = pooled(&w).len() - pool_before.len();
+    assert!(claimed >= pool, "{claimed} sessions claimed a pooled container, the pool held {pool}");
     let old = (clients[0].session.clone().expect("session"), clients[0].secret.clone().expect("secret"));
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops: Vec<_> = clients
@@ -250,8 +312,9 @@ async fn dockerd_restart_during_load() {
     assert_eq!(readyz(addr).await, (200, Some(true)));
     assert_eq!(metric(addr, "berth_docker_up").await, Some(1.0));
 
-    // The sessions whose containers died end, and nothing is left.
+    // The sessions whose containers died end, and nothing is left; the pool is whole again, on new containers.
     assert_converged_to_zero(&server, &w, Duration::from_secs(60)).await;
+    pool_back(&server, &w, pool as i64, &pool_before, Duration::from_secs(60)).await;
     let mut again = connect_with(addr, &format!("?session={}", old.0), &[]).await.expect("connect");
     again
         .send_json(json!({"type": "hello", "cols": 80, "rows": 24, "resume": {"session": old.0, "secret": old.1}}))
@@ -268,7 +331,9 @@ async fn dockerd_restart_during_load() {
     release_all(&mut fresh).await;
     assert_converged_to_zero(&server, &w, Duration::from_secs(20)).await;
     assert_eq!(berth_panics(), panics, "no panic in berth");
-    server.stop().await;
+    tokio::time::timeout(Duration::from_secs(60), server.stop()).await.expect("berth stops");
+    assert_eq!(pooled(&w), Vec::<(String, String)>::new(), "pooled containers left after the shutdown");
+    assert_eq!(w.containers(None), Vec::<String>::new(), "session containers left after the shutdown");
     eprintln!("whole test took {:?}", began.elapsed());
 }
 
@@ -276,6 +341,39 @@ async fn dockerd_restart_during_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_kill_and_rm_during_load() {
+    kill_and_rm_during_load("random_kill_and_rm_during_load", 0).await;
+}
+
+/// The same with a warm pool: claimed pooled containers and cold ones are killed and removed alike, and so are
+/// pooled containers no session has claimed; the pool refills and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kill_and_rm_with_a_warm_pool() {
+    kill_and_rm_during_load("random_kill_and_rm_with_a_warm_pool", 8).await;
+}
+
+/// Waits until the pool of the default profile has `n` ready containers and none of `gone` exists any more.
+async fn pool_back(server: &berth::app::Server, w: &World, n: i64, gone: &[String], limit: Duration) {
+    let profile = w.policy.default_profile.clone();
+    let start = Instant::now();
+    loop {
+        let ready = server.metrics.pool(&profile).1;
+        let ids: BTreeSet<String> = pooled(w).into_iter().map(|(id, _)| id).collect();
+        let left: Vec<&String> = gone.iter().filter(|id| ids.contains(*id)).collect();
+        if ready >= n && left.is_empty() {
+            if n > 0 {
+                eprintln!("the pool has {ready} ready containers again after {:?}", start.elapsed());
+            }
+            return;
+        }
+        assert!(start.elapsed() < limit, "after {limit:?}: {ready} of {n} ready; still there: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// 20 clients echo; 5 of their containers are killed and 5 removed with the CLI, and with a pool of `pool`, a
+/// quarter of its unclaimed containers each way too. The affected clients are told within a second, the others
+/// go on, and berth and Docker agree throughout.
+async fn kill_and_rm_during_load(test: &str, pool: usize) {
     const CLIENTS: usize = 20;
     const KILL: usize = 5;
     const RM: usize = 5;
@@ -285,13 +383,15 @@ async fn random_kill_and_rm_during_load() {
     let panics = berth_panics();
     common::docker().await;
     let began = Instant::now();
-    let mut rng = Rng::new(seed("random_kill_and_rm_during_load"));
+    let mut rng = Rng::new(seed(test));
     let w = World::with_prefix("c");
     let mut p = w.policy.clone();
     p.limits.connections_per_minute = 1000;
     p.limits.connection_burst = 1000;
+    with_pool(&mut p, pool);
     let server = w.serve_with(p).await;
     let addr = server.addr;
+    pool_back(&server, &w, pool as i64, &[], Duration::from_secs(60)).await;
 
     let mut clients = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS / 10 {
@@ -303,6 +403,28 @@ async fn random_kill_and_rm_during_load() {
         .iter()
         .map(|c| by_session.get(c.session.as_deref().expect("session")).expect("a container per session").clone())
         .collect();
+    // Claimed and cold containers alternate in the choice, so that each command hits both kinds.
+    let claimed: BTreeSet<String> = pooled(&w).into_iter().map(|(id, _)| id).collect();
+    let (mut from_pool, mut cold): (Vec<usize>, Vec<usize>) =
+        (0..CLIENTS).partition(|i| claimed.contains(&containers[*i]));
+    assert!(from_pool.len() >= pool, "{} sessions claimed a pooled container, the pool held {pool}", from_pool.len());
+    rng.shuffle(&mut from_pool);
+    rng.shuffle(&mut cold);
+    let mut order = Vec::with_capacity(CLIENTS);
+    let (mut a, mut b) = (from_pool.iter(), cold.iter());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => break,
+            (x, y) => order.extend(x.into_iter().chain(y)),
+        }
+    }
+    let (killed, removed) = (order[..KILL].to_vec(), order[KILL..KILL + RM].to_vec());
+    // With a pool: it is full again, and a quarter of it is killed and a quarter removed as well.
+    pool_back(&server, &w, pool as i64, &[], Duration::from_secs(60)).await;
+    let mut idle = unclaimed(&w);
+    rng.shuffle(&mut idle);
+    let (idle_killed, idle_removed) = (idle[..pool / 4].to_vec(), idle[pool / 4..pool / 2].to_vec());
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops: Vec<_> = clients
         .into_iter()
@@ -311,13 +433,16 @@ async fn random_kill_and_rm_during_load() {
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut order: Vec<usize> = (0..CLIENTS).collect();
-    rng.shuffle(&mut order);
-    let (killed, removed) = (order[..KILL].to_vec(), order[KILL..KILL + RM].to_vec());
-    eprintln!("docker kill of clients {killed:?}, docker rm -f of clients {removed:?}");
-    let run = |args: &'static [&'static str], who: &[usize]| {
+    eprintln!(
+        "docker kill of clients {killed:?} and {} idle pooled containers, docker rm -f of clients {removed:?} and \
+         {} idle pooled containers ({} of {CLIENTS} sessions claimed a pooled container)",
+        idle_killed.len(),
+        idle_removed.len(),
+        from_pool.len()
+    );
+    let run = |args: &'static [&'static str], who: &[usize], idle: &[String]| {
         let mut cmd = tokio::process::Command::new("docker");
-        cmd.args(args).args(who.iter().map(|i| containers[*i].as_str()));
+        cmd.args(args).args(who.iter().map(|i| containers[*i].as_str())).args(idle);
         async move {
             let started = Instant::now();
             let out = cmd.output().await.expect("docker CLI");
@@ -326,7 +451,7 @@ async fn random_kill_and_rm_during_load() {
         }
     };
     let ((kill_began, kill_done), (rm_began, rm_done)) =
-        tokio::join!(run(&["kill"], &killed), run(&["rm", "-f"], &removed));
+        tokio::join!(run(&["kill"], &killed, &idle_killed), run(&["rm", "-f"], &removed, &idle_removed));
     eprintln!("docker kill took {:?}, docker rm -f took {:?}", kill_done - kill_began, rm_done - rm_began);
 
     let mut loops: Vec<Option<tokio::task::JoinHandle<LoopReport>>> = loops.into_iter().map(Some).collect();
@@ -343,7 +468,8 @@ async fn random_kill_and_rm_during_load() {
             };
             let late = exit_at.max(closed_at).saturating_duration_since(done);
             eprintln!(
-                "client {i}: exit {:?} {:?}, close {:?} {:?} after the command returned",
+                "client {i} ({}): exit {:?} {:?}, close {:?} {:?} after the command returned",
+                if claimed.contains(&containers[*i]) { "pooled" } else { "cold" },
                 e.reason(),
                 exit_at.saturating_duration_since(done),
                 e.close,
@@ -371,17 +497,21 @@ async fn random_kill_and_rm_during_load() {
     }
     assert_eq!(survivors.len(), CLIENTS - affected.len());
 
-    // berth and Docker agree on the ten left, then on none.
+    // berth and Docker agree on the ten left, then on none; the pool is whole again, without what was hit.
     let start = Instant::now();
-    while server.handle.list().await.len() != survivors.len() || w.containers(None).len() != survivors.len() {
+    while server.handle.list().await.len() != survivors.len() || session_containers(&w) != survivors.len() {
         assert!(start.elapsed() < Duration::from_secs(10), "the affected sessions' containers are not cleaned up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_sessions_match_containers(&server, &w).await;
+    let hit: Vec<String> = idle_killed.iter().chain(&idle_removed).cloned().collect();
+    pool_back(&server, &w, pool as i64, &hit, Duration::from_secs(30)).await;
     release_all(&mut survivors).await;
     assert_converged_to_zero(&server, &w, Duration::from_secs(20)).await;
     assert_eq!(berth_panics(), panics, "no panic in berth");
-    server.stop().await;
+    tokio::time::timeout(Duration::from_secs(60), server.stop()).await.expect("berth stops");
+    assert_eq!(pooled(&w), Vec::<(String, String)>::new(), "pooled containers left after the shutdown");
+    assert_eq!(w.containers(None), Vec::<String>::new(), "session containers left after the shutdown");
     eprintln!("whole test took {:?}", began.elapsed());
 }
 

@@ -113,6 +113,7 @@ impl<R: Runtime> Controller<R> {
                     self.record(session, "observed", format!("container is {}", state.as_str()));
                 }
             }
+            ObserverMsg::PoolChanged(_) => self.request_list(),
             ObserverMsg::Gone(id) => {
                 let session = self.observed.view().containers.get(&id).map(|c| c.labels.session);
                 self.observed.remove(&id);
@@ -147,11 +148,14 @@ impl<R: Runtime> Controller<R> {
         }
     }
 
+    /// Starts a list, or, when one is in flight, another once it is back: the one in flight may have been
+    /// answered before the change that asks for this one.
     pub(super) fn request_list(&mut self) {
-        if self.list_in_flight {
+        if self.listing != Listing::Idle {
+            self.listing = Listing::AgainAfter;
             return;
         }
-        self.list_in_flight = true;
+        self.listing = Listing::InFlight;
         let generation = self.observed.begin_list();
         let at = self.now();
         let runtime = self.runtime.clone();
@@ -192,7 +196,7 @@ impl<R: Runtime> Controller<R> {
     }
 
     pub(super) fn on_listed(&mut self, generation: u64, at: Timestamp, res: ListResult) {
-        self.list_in_flight = false;
+        let again = std::mem::replace(&mut self.listing, Listing::Idle) == Listing::AgainAfter;
         match res {
             Ok((list, peers, pooled)) => {
                 self.observed.apply_list(list, generation, at);
@@ -207,6 +211,9 @@ impl<R: Runtime> Controller<R> {
                 });
             }
             Err(e) => warn!(error = %e, "list failed"),
+        }
+        if again {
+            self.request_list();
         }
         self.publish_readiness();
     }

@@ -70,6 +70,14 @@ type ListResult = Result<
 /// One full list: its generation, when it began, and what it found.
 type Listed = (u64, Timestamp, ListResult);
 
+/// Whether a full list is running, and whether another was asked for since it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Idle,
+    InFlight,
+    AgainAfter,
+}
+
 const COMMAND_QUEUE: usize = 1024;
 /// Events queued between a session's data path and its recording's writer.
 const RECORDING_QUEUE: usize = 1024;
@@ -102,7 +110,7 @@ pub struct Controller<R: Runtime> {
     pool: pool::PoolPart,
     pool_tx: mpsc::Sender<pool::PoolEvent>,
     pool_rx: mpsc::Receiver<pool::PoolEvent>,
-    list_in_flight: bool,
+    listing: Listing,
     ready_tx: watch::Sender<Readiness>,
     started: bool,
     shutdown: Option<(oneshot::Sender<()>, Instant)>,
@@ -202,7 +210,7 @@ pub fn spawn<R: Runtime>(
         pool: pool::PoolPart::default(),
         pool_tx,
         pool_rx,
-        list_in_flight: false,
+        listing: Listing::Idle,
         ready_tx,
         started: false,
         shutdown: None,

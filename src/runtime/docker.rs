@@ -404,15 +404,14 @@ impl Runtime for DockerRuntime {
         Ok(AttachIo { output, input: res.input, resize })
     }
 
+    /// Two streams in one: the session containers' (the marker) and the pooled ones' (the pool key). The
+    /// engine's label filters all have to match, so one stream cannot follow both.
     fn events(&self, ns: &LabelNamespace) -> futures::stream::BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
-        let filters = HashMap::from([
-            ("type".to_owned(), vec!["container".to_owned()]),
-            ("label".to_owned(), vec![format!("{}=true", ns.marker())]),
-        ]);
-        let opts = EventsOptionsBuilder::default().filters(&filters).build();
-        self.docker
-            .events(Some(opts))
-            .filter_map(|ev| async move {
+        let follow = |label: String, pooled: bool| {
+            let filters =
+                HashMap::from([("type".to_owned(), vec!["container".to_owned()]), ("label".to_owned(), vec![label])]);
+            let opts = EventsOptionsBuilder::default().filters(&filters).build();
+            self.docker.events(Some(opts)).filter_map(move |ev| async move {
                 match ev {
                     Err(e) => Some(Err(map_err(e))),
                     Ok(msg) => {
@@ -421,11 +420,12 @@ impl Runtime for DockerRuntime {
                         let name = actor.attributes.as_ref().and_then(|a| a.get("name")).cloned();
                         let action = msg.action.unwrap_or_default();
                         let kind = event_kind(&action);
-                        Some(Ok(RuntimeEvent { container: id, kind, name }))
+                        Some(Ok(RuntimeEvent { container: id, kind, name, pooled }))
                     }
                 }
             })
-            .boxed()
+        };
+        futures::stream::select(follow(format!("{}=true", ns.marker()), false), follow(ns.pool_key(), true)).boxed()
     }
 
     async fn list_peers(&self, ns: &LabelNamespace) -> Result<Vec<PeerContainer>, RuntimeError> {

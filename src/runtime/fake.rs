@@ -80,8 +80,12 @@ impl FakeRuntime {
     }
 
     fn emit(&self, container: &ContainerId, kind: EventKind) {
-        let name = self.lock().containers.get(container).map(|c| c.0.clone());
-        let _ = self.events.send(RuntimeEvent { container: container.clone(), kind, name });
+        let (name, pooled) = match self.lock().containers.get(container) {
+            // The fake knows no namespace here: any pool key makes a pooled container.
+            Some((name, labels, ..)) => (Some(name.clone()), labels.keys().any(|k| k.ends_with(".pool"))),
+            None => (None, false),
+        };
+        let _ = self.events.send(RuntimeEvent { container: container.clone(), kind, name, pooled });
     }
 
     /// How many times `op` was called.

@@ -201,6 +201,9 @@ pub struct RuntimeEvent {
     pub kind: EventKind,
     /// The container's name, when the event carries it (Docker's and Podman's do).
     pub name: Option<String>,
+    /// Whether the container is a pooled one (claimed or not): it carries the pool key, not the session marker,
+    /// and its state comes from a list, not an inspect (decision 0025).
+    pub pooled: bool,
 }
 
 /// Resizes a TTY to (columns, rows).
