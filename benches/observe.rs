@@ -399,6 +399,7 @@ async fn controller_lifecycle(rt: DockerRuntime, policy: &Policy, tag: &str, k: 
             client_ip: None,
             id: None,
             identity: None,
+            size: None,
         };
         within(Phase::Running, handle.open_and_wait(req).await.expect("admitted")).await
     }))

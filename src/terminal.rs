@@ -124,6 +124,9 @@ pub struct Terminal {
     recording: Mutex<Recording>,
     /// The last size asked for (columns, rows), for a recording's header.
     size: Mutex<(u16, u16)>,
+    /// The size a pooled container's launcher set at the claim, until the first resize: a first resize to it
+    /// needs no engine call.
+    launched: Mutex<Option<(u16, u16)>>,
 }
 
 impl std::fmt::Debug for Terminal {
@@ -279,6 +282,12 @@ impl Terminal {
             r.input(data.clone());
         }
         tx.send(data).await.map_err(|_| RuntimeError::Other("terminal input closed".into()))
+    }
+
+    /// Whether a resize to (`cols`, `rows`) is already done: the launcher of a pooled container set that size at
+    /// the claim, and this is the first resize since. Asked once, before the first resize.
+    pub fn launched_at(&self, cols: u16, rows: u16) -> bool {
+        self.launched.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() == Some((cols, rows))
     }
 
     /// Resizes the TTY.
@@ -509,6 +518,7 @@ impl Terminals {
                     bytes_in: AtomicU64::new(0),
                     recording: Mutex::new(Recording::Off),
                     size: Mutex::new((80, 24)),
+                    launched: Mutex::new(None),
                 })
             })
             .clone()
@@ -528,6 +538,14 @@ impl Terminals {
     pub fn active_recordings(&self) -> std::collections::BTreeSet<String> {
         let terms: Vec<Arc<Terminal>> = self.lock().values().cloned().collect();
         terms.iter().filter_map(|t| t.recording_name()).collect()
+    }
+
+    /// Notes that a pooled container's launcher set `session`'s terminal to `size` (columns, rows) at its claim,
+    /// before the stream is connected: the recording's header and the first resize see it.
+    pub fn sized_by_launcher(&self, session: SessionId, size: (u16, u16)) {
+        let term = self.get_or_create(session, self.ring_bytes.load(Ordering::Relaxed));
+        *term.size.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = size;
+        *term.launched.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(size);
     }
 
     /// Connects a fresh attach stream to `session`'s terminal, creating the terminal when missing.

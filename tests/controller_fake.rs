@@ -40,6 +40,7 @@ async fn open(h: &Handle) -> Ticket {
         client_ip: None,
         id: None,
         identity: None,
+        size: None,
     })
     .await
     .expect("admitted")

@@ -58,6 +58,7 @@ fn request() -> SessionRequest {
         client_ip: None,
         id: None,
         identity: None,
+        size: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn req(ip: &str) -> SessionRequest {
         client_ip: Some(ip.parse::<IpAddr>().expect("ip")),
         id: None,
         identity: None,
+        size: None,
     }
 }
 

@@ -81,7 +81,7 @@ async fn a_pooled_container_takes_its_settings_silently_and_is_recognised_as_its
         assert_eq!((identity.session, identity.kind), (claimed.session, SessionKind::Authenticated));
 
         let env = [EnvVar { name: "TOKEN".into(), value: "s3cret value".into(), sensitive: true }];
-        let line = settings_line(&env);
+        let line = settings_line(&env, None);
         io.input.write_all(&line).await.expect("write settings");
         io.input.write_all(b"echo \"[$TOKEN|$FIXED]\"\n").await.expect("write a command");
         io.input.flush().await.expect("flush");
@@ -268,6 +268,34 @@ async fn a_pooled_session_gets_its_prompt_and_its_environment_and_the_pool_refil
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(pooled_names(&world).iter().all(|n| n.contains("-pool-")), "{:?}", pooled_names(&world));
+    stop_and_assert_no_leftovers(&world, server).await;
+}
+
+#[tokio::test]
+async fn a_pooled_session_starts_at_the_hellos_size_without_a_resize_call_and_resizes_after() {
+    let (world, policy) = pooled_world(1);
+    let profile = policy.default_profile.clone();
+    let server = world.serve_with(policy).await;
+    pool_ready(&server, &profile, 1).await;
+    let resizes = "berth_docker_api_calls_total{op=\"resize\",result=\"ok\"}";
+    let before = metric(&server, resizes);
+
+    let mut c = common::client::connect(server.addr).await;
+    c.send_json(json!({"type": "hello", "cols": 132, "rows": 43})).await;
+    c.until_ready().await;
+    c.until_output("$ ").await;
+    c.input("echo size-$(stty size | tr ' ' x)\r").await;
+    c.until_output("size-43x132").await;
+    assert_eq!(metric(&server, "berth_pool_claims_total{profile=\"default\"}"), 1);
+    assert_eq!(metric(&server, resizes), before, "the launcher set the size: no resize call");
+
+    // A resize after that is the engine's, as for a cold session.
+    c.send_json(json!({"type": "resize", "cols": 100, "rows": 30})).await;
+    c.input("while [ \"$(stty size)\" != \"30 100\" ]; do sleep 0.1; done; echo resized-$(stty size | tr ' ' x)\r")
+        .await;
+    c.until_output("resized-30x100").await;
+    assert_eq!(metric(&server, resizes), before + 1, "one resize call");
+    drop(c);
     stop_and_assert_no_leftovers(&world, server).await;
 }
 

@@ -29,6 +29,9 @@ pub struct SessionRequest {
     pub id: Option<SessionId>,
     /// Who opened it (a static token's name or a JWT's subject), for the audit log; `None` when anonymous.
     pub identity: Option<String>,
+    /// The terminal size (columns, rows) the client asked for: a pooled container's launcher sets it at the
+    /// claim, so the session's first resize needs no engine call. `None`: the first resize sets it.
+    pub size: Option<(u16, u16)>,
 }
 
 /// A session the caller holds: its id, its status, and the lease that identifies this holder.

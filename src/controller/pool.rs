@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use berth_reconciler::desired::DesiredSession;
 use berth_reconciler::ids::ProfileName;
 use berth_reconciler::pool::{
-    LAUNCHER_WAITING, ListedPooled, PoolAction, PoolRemoveReason, PoolView, PooledContainer, choose, counts, plan_pool,
-    pooled_spec, settings_line, startup_pool,
+    LauncherVersion, ListedPooled, PoolAction, PoolRemoveReason, PoolView, PooledContainer, choose, counts,
+    launcher_waiting, plan_pool, pooled_spec, settings_line, startup_pool,
 };
 use berth_reconciler::{ClaimedName, ContainerSpec, Health, ObservedContainer, PoolLabels};
 use futures::StreamExt;
@@ -24,19 +24,26 @@ use crate::runtime::{AttachIo, DockerOp};
 #[derive(Debug)]
 pub(super) enum PoolEvent {
     /// A fill finished: a container whose launcher waits, with its held stream, or the reason it failed.
-    Filled { profile: ProfileName, result: Result<(ContainerId, PoolLabels, AttachIo), RuntimeError> },
+    Filled { profile: ProfileName, result: Result<(ContainerId, PoolLabels, Waiting), RuntimeError> },
     /// An earlier run's container was attached again (or removed, when that failed).
-    Adopted { container: ContainerId, labels: PoolLabels, result: Result<AttachIo, RuntimeError> },
+    Adopted { container: ContainerId, labels: PoolLabels, result: Result<Waiting, RuntimeError> },
     /// A pooled container was removed (or was already gone).
     Removed { container: ContainerId, result: Result<(), RuntimeError> },
     /// A claim finished: the container is the session's, its stream with the terminals.
     Claimed { session: SessionId, container: ContainerId, result: Result<(), RuntimeError> },
 }
 
-/// A container whose launcher waits, and berth's end of its terminal.
+/// A launcher that waits: berth's end of its terminal, and which settings lines it reads.
+#[derive(Debug)]
+pub(super) struct Waiting {
+    io: AttachIo,
+    launcher: LauncherVersion,
+}
+
+/// A container whose launcher waits.
 struct Ready {
     labels: PoolLabels,
-    io: AttachIo,
+    waiting: Waiting,
     state: ContainerState,
 }
 
@@ -125,16 +132,16 @@ async fn fill<R: Runtime>(
     metrics: Arc<Metrics>,
     timeout: Duration,
     wait: Duration,
-) -> Result<(ContainerId, AttachIo), RuntimeError> {
+) -> Result<(ContainerId, Waiting), RuntimeError> {
     let id = timed(&metrics, DockerOp::Create, timeout, rt.create(&spec)).await?;
     let res = async {
         let mut io = timed(&metrics, DockerOp::Attach, timeout, rt.attach(&id, false)).await?;
         timed(&metrics, DockerOp::Start, timeout, rt.start(&id)).await?;
-        wait_launcher(&mut io, wait).await.map(|()| io)
+        wait_launcher(&mut io, wait).await.map(|launcher| Waiting { io, launcher })
     }
     .await;
     match res {
-        Ok(io) => Ok((id, io)),
+        Ok(w) => Ok((id, w)),
         Err(e) => {
             let _ = timed(&metrics, DockerOp::Remove, timeout, rt.remove(&id)).await;
             Err(e)
@@ -150,10 +157,10 @@ async fn adopt<R: Runtime>(
     metrics: Arc<Metrics>,
     timeout: Duration,
     wait: Duration,
-) -> Result<AttachIo, RuntimeError> {
+) -> Result<Waiting, RuntimeError> {
     let res = async {
         let mut io = timed(&metrics, DockerOp::Attach, timeout, rt.attach(&id, true)).await?;
-        wait_launcher(&mut io, wait).await.map(|()| io)
+        wait_launcher(&mut io, wait).await.map(|launcher| Waiting { io, launcher })
     }
     .await;
     if res.is_err() {
@@ -162,30 +169,25 @@ async fn adopt<R: Runtime>(
     res
 }
 
-/// Whether `seen` holds the launcher's announcement and the end of its line (the launcher prints nothing more
-/// before its settings, so nothing of it is left for the session).
-fn announced(seen: &[u8]) -> bool {
-    seen.windows(LAUNCHER_WAITING.len())
-        .position(|w| w == LAUNCHER_WAITING)
-        .is_some_and(|at| seen[at + LAUNCHER_WAITING.len()..].contains(&b'\n'))
-}
-
-/// Reads a pooled container's stream until its launcher says it waits, within `wait`.
-async fn wait_launcher(io: &mut AttachIo, wait: Duration) -> Result<(), RuntimeError> {
+/// Reads a pooled container's stream until its launcher says it waits (and the end of that line: the launcher
+/// prints nothing more before its settings, so nothing of it is left for the session), within `wait`.
+async fn wait_launcher(io: &mut AttachIo, wait: Duration) -> Result<LauncherVersion, RuntimeError> {
     let waited = tokio::time::timeout(wait, async {
         let mut seen = Vec::new();
-        while !announced(&seen) {
+        loop {
+            if let Some(version) = launcher_waiting(&seen) {
+                return Some(version);
+            }
             match io.output.next().await {
                 Some(Ok(b)) if seen.len() < 64 * 1024 => seen.extend_from_slice(&b),
-                _ => return false,
+                _ => return None,
             }
         }
-        true
     })
     .await;
     match waited {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(RuntimeError::Other("the launcher ended before it waited for settings".into())),
+        Ok(Some(version)) => Ok(version),
+        Ok(None) => Err(RuntimeError::Other("the launcher ended before it waited for settings".into())),
         Err(_) => Err(RuntimeError::Other(format!("the launcher did not wait for settings within {wait:?}"))),
     }
 }
@@ -211,10 +213,10 @@ impl<R: Runtime> Controller<R> {
                     *n = n.saturating_sub(1);
                 }
                 match result {
-                    Ok((id, labels, io)) => {
+                    Ok((id, labels, waiting)) => {
                         debug!(container = %id.short(), profile = %profile, "pooled container waits");
                         self.metrics.pool_refilled(self.now().since(labels.created_at));
-                        self.pool.ready.insert(id, Ready { labels, io, state: ContainerState::Running });
+                        self.pool.ready.insert(id, Ready { labels, waiting, state: ContainerState::Running });
                     }
                     Err(e) => {
                         warn!(profile = %profile, error = %e, "pool fill failed");
@@ -229,9 +231,14 @@ impl<R: Runtime> Controller<R> {
                     *n = n.saturating_sub(1);
                 }
                 match result {
-                    Ok(io) => {
-                        info!(container = %container.short(), profile = %labels.profile, "pooled container adopted");
-                        self.pool.ready.insert(container, Ready { labels, io, state: ContainerState::Running });
+                    Ok(waiting) => {
+                        info!(
+                            container = %container.short(),
+                            profile = %labels.profile,
+                            launcher = ?waiting.launcher,
+                            "pooled container adopted"
+                        );
+                        self.pool.ready.insert(container, Ready { labels, waiting, state: ContainerState::Running });
                     }
                     Err(e) => {
                         warn!(container = %container.short(), error = %e, "pooled container not adopted; removed");
@@ -451,8 +458,8 @@ impl<R: Runtime> Controller<R> {
     }
 
     /// Claims a ready pooled container for a session just admitted, if its profile has one: the container is
-    /// the session's from here on. Returns whether it did.
-    pub(super) fn claim_pooled(&mut self, session: &mut DesiredSession) -> bool {
+    /// the session's from here on. Its launcher sets the terminal to `size` when it can. Returns whether it did.
+    pub(super) fn claim_pooled(&mut self, session: &mut DesiredSession, size: Option<(u16, u16)>) -> bool {
         let now = self.now();
         let sessions = self.desired.sessions.values().filter(|s| s.ending.is_none()).count();
         let view = self.pool.view(&self.desired, sessions);
@@ -481,7 +488,9 @@ impl<R: Runtime> Controller<R> {
         self.pool.claiming += 1;
         // The claim's stream reaches the terminal without an attach action: plan the recording here.
         self.plan_recording_as(session.id, &session.profile);
-        let line = settings_line(&session.env);
+        // An earlier launcher (adopted after an upgrade) takes no size: the first resize sets it, as for a cold one.
+        let size = size.filter(|_| ready.waiting.launcher >= LauncherVersion::V2);
+        let line = settings_line(&session.env, size);
         let new_name = name.render(&self.policy.docker.name_prefix);
         let (rt, metrics, tx) = (self.runtime.clone(), self.metrics.clone(), self.pool_tx.clone());
         let terminals = self.terminals.clone();
@@ -489,7 +498,7 @@ impl<R: Runtime> Controller<R> {
         let (id, container) = (session.id, chosen);
         tokio::spawn(
             async move {
-                let mut io = ready.io;
+                let mut io = ready.waiting.io;
                 let result = async {
                     // The rename first: it is the claim's durable record (decision 0025).
                     timed(&metrics, DockerOp::Rename, timeout, rt.rename(&container, &new_name)).await?;
@@ -501,6 +510,9 @@ impl<R: Runtime> Controller<R> {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => return Err(RuntimeError::Other(format!("writing the settings: {}", e.kind()))),
                         Err(_) => return Err(RuntimeError::Timeout { op: DockerOp::Attach, after: timeout }),
+                    }
+                    if let Some(size) = size {
+                        terminals.sized_by_launcher(id, size);
                     }
                     terminals.connect(id, io);
                     Ok(())
@@ -520,22 +532,5 @@ impl<R: Runtime> Controller<R> {
             .get(session)
             .and_then(|s| s.container.as_ref())
             .is_some_and(|c| self.pool.claimed.contains(c))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_launcher_has_announced_itself_once_its_line_has_ended() {
-        let mut seen = b"\r\n".to_vec();
-        assert!(!announced(&seen));
-        seen.extend_from_slice(LAUNCHER_WAITING);
-        assert!(!announced(&seen), "the line has not ended: a restarted berth would not find it in the log");
-        seen.extend_from_slice(b"\r");
-        assert!(!announced(&seen));
-        seen.extend_from_slice(b"\n");
-        assert!(announced(&seen));
     }
 }

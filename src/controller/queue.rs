@@ -102,6 +102,7 @@ mod tests {
             client_ip: None,
             id: None,
             identity: None,
+            size: None,
         }
     }
 

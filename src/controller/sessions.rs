@@ -201,7 +201,7 @@ impl<R: Runtime> Controller<R> {
         s.resume_hash = req.resume_hash;
         s.client_ip = req.client_ip;
         // A warm pool's ready container, when the profile has one; else the planner creates one cold.
-        let start = if !self.desired.draining && self.claim_pooled(&mut s) {
+        let start = if !self.desired.draining && self.claim_pooled(&mut s, req.size) {
             self.record(id, "planned", "claim a pooled container".into());
             crate::metrics::Start::Pool
         } else {

@@ -35,6 +35,9 @@ pub(super) async fn drain(conn: &Conn, term: &Terminal, reader: &mut crate::term
 pub(super) async fn resize(metrics: &Metrics, term: &Terminal, (cols, rows): (u32, u32)) -> Result<(), RuntimeError> {
     let c = u16::try_from(cols).unwrap_or(u16::MAX);
     let r = u16::try_from(rows).unwrap_or(u16::MAX);
+    if term.launched_at(c, r) {
+        return Ok(());
+    }
     crate::executor::timed(metrics, DockerOp::Resize, RESIZE_TIMEOUT, term.resize(c, r)).await
 }
 

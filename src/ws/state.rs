@@ -183,6 +183,7 @@ impl Conn {
         };
         let (env, ignored) = auth::session_env(profile, &identity, &hello.env, &hello.credentials);
         let (secret, secret_hash) = auth::new_resume_secret().map_err(auth_error)?;
+        let size = u16::try_from(asked.size.0).ok().zip(u16::try_from(asked.size.1).ok());
         let req = SessionRequest {
             profile: Some(profile_name),
             kind: identity.kind,
@@ -191,6 +192,7 @@ impl Conn {
             client_ip: Some(self.ip),
             id: Some(self.announced),
             identity: identity.name.clone(),
+            size,
         };
         let opened = Opened { asked, secret, ignored };
         match self.edge.handle.open(req).await.map_err(open_error)? {

@@ -187,6 +187,7 @@ impl Running {
                 client_ip: None,
                 id: None,
                 identity: None,
+                size: None,
             })
             .await
             .expect("session admitted")

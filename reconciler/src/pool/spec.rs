@@ -14,11 +14,37 @@ use crate::policy::{Policy, Profile};
 /// Where the launcher is mounted in a pooled container.
 pub const LAUNCHER_PATH: &str = "/sbin/berth-launch";
 
-/// What the launcher prints once its terminal no longer echoes, followed by a newline: berth writes the settings
-/// only after seeing it and the end of its line.
+/// How the launcher's announcement begins. It prints the whole announcement once its terminal no longer echoes,
+/// followed by a newline: berth writes the settings only after seeing it and the end of its line.
 /// An OSC sequence, which terminals ignore: a claim hands the terminals only what follows it, though a replay
 /// from the container's log after a restart shows it to the page, which draws nothing.
-pub const LAUNCHER_WAITING: &[u8] = b"\x1b]berth;launcher-waiting\x07";
+pub const LAUNCHER_WAITING: &[u8] = b"\x1b]berth;launcher-waiting";
+
+/// Which settings lines a waiting launcher reads, as its announcement says. A pooled container adopted after an
+/// upgrade of berth may run an earlier launcher than the one berth installs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LauncherVersion {
+    /// `ESC ] berth;launcher-waiting BEL`: reads `berth1` lines (the environment only).
+    V1,
+    /// `ESC ] berth;launcher-waiting;2 BEL`: reads `berth1` and `berth2` lines (`berth2` adds the terminal size,
+    /// which the launcher sets on its terminal before it runs the command, so the claim needs no resize call).
+    V2,
+}
+
+/// The version of the launcher whose output so far is `seen`, once its announcement and the end of that line are
+/// there; `None` before (or when what follows the announcement's start is not a version berth knows).
+pub fn launcher_waiting(seen: &[u8]) -> Option<LauncherVersion> {
+    let at = seen.windows(LAUNCHER_WAITING.len()).position(|w| w == LAUNCHER_WAITING)? + LAUNCHER_WAITING.len();
+    let rest = &seen[at..];
+    let (version, tail) = if let Some(tail) = rest.strip_prefix(b"\x07") {
+        (LauncherVersion::V1, tail)
+    } else if let Some(tail) = rest.strip_prefix(b";2\x07") {
+        (LauncherVersion::V2, tail)
+    } else {
+        return None;
+    };
+    tail.contains(&b'\n').then_some(version)
+}
 
 /// The spec of a new pooled container of `profile`, named with `nonce` and served by the launcher at
 /// `launcher` on the engine's host. `None` when the profile cannot keep a pool ([`Profile::not_poolable`]).
@@ -52,9 +78,14 @@ pub fn pooled_spec(
 
 /// The settings line for a session: `berth1`, then ` e:<hex of NAME=value>` per variable of the session's own
 /// environment (allowed client values and mapped credentials; the profile's fixed values are in the container
-/// already), then `\n`. It carries credentials: it is written to the container and never logged.
-pub fn settings_line(session_env: &[EnvVar]) -> Vec<u8> {
-    let mut line = b"berth1".to_vec();
+/// already), then `\n`. With a terminal size (columns, rows), for a [`LauncherVersion::V2`] launcher: `berth2`,
+/// then ` s:<cols>x<rows>`, then the variables. It carries credentials: it is written to the container and never
+/// logged.
+pub fn settings_line(session_env: &[EnvVar], size: Option<(u16, u16)>) -> Vec<u8> {
+    let mut line = match size {
+        Some((cols, rows)) => format!("berth2 s:{cols}x{rows}").into_bytes(),
+        None => b"berth1".to_vec(),
+    };
     for var in session_env {
         line.extend_from_slice(b" e:");
         line.extend_from_slice(hex::encode(format!("{}={}", var.name, var.value)).as_bytes());
@@ -74,9 +105,29 @@ mod tests {
             EnvVar { name: "LANG".into(), value: "C.UTF-8".into(), sensitive: false },
             EnvVar { name: "TOKEN".into(), value: "a b\nc".into(), sensitive: true },
         ];
-        let line = String::from_utf8(settings_line(&env)).expect("ascii");
+        let line = String::from_utf8(settings_line(&env, None)).expect("ascii");
         assert_eq!(line, format!("berth1 e:{} e:{}\n", hex::encode("LANG=C.UTF-8"), hex::encode("TOKEN=a b\nc")));
-        assert_eq!(settings_line(&[]), b"berth1\n");
+        assert_eq!(settings_line(&[], None), b"berth1\n");
+        let line = String::from_utf8(settings_line(&env[..1], Some((132, 43)))).expect("ascii");
+        assert_eq!(line, format!("berth2 s:132x43 e:{}\n", hex::encode("LANG=C.UTF-8")));
+    }
+
+    #[test]
+    fn the_announcement_gives_the_launchers_version_once_its_line_has_ended() {
+        let mut seen = b"\r\n".to_vec();
+        assert_eq!(launcher_waiting(&seen), None);
+        seen.extend_from_slice(b"\x1b]berth;launcher-waiting\x07");
+        assert_eq!(
+            launcher_waiting(&seen),
+            None,
+            "the line has not ended: a restarted berth would not find it in the log"
+        );
+        seen.extend_from_slice(b"\r");
+        assert_eq!(launcher_waiting(&seen), None);
+        seen.extend_from_slice(b"\n");
+        assert_eq!(launcher_waiting(&seen), Some(LauncherVersion::V1));
+        assert_eq!(launcher_waiting(b"\x1b]berth;launcher-waiting;2\x07\r\n"), Some(LauncherVersion::V2));
+        assert_eq!(launcher_waiting(b"\x1b]berth;launcher-waiting;9\x07\r\n"), None, "an unknown version");
     }
 
     #[test]
