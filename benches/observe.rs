@@ -218,6 +218,10 @@ impl Runtime for Counting {
         self.inner.rename(id, name).await
     }
 
+    async fn log_head(&self, id: &ContainerId, max: usize) -> Result<Vec<u8>, RuntimeError> {
+        self.inner.log_head(id, max).await
+    }
+
     async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {
         count(&self.calls.markers);
         self.inner.create_marker(spec).await

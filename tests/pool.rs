@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use berth::reconciler::desired::EnvVar;
-use berth::reconciler::pool::{LAUNCHER_WAITING, pooled_spec, settings_line};
+use berth::reconciler::pool::{LAUNCHER_CLAIMED, LAUNCHER_WAITING, pooled_spec, settings_line};
 use berth::reconciler::{ClaimedName, PoolLabels, SessionId, SessionKind, Timestamp, resume_hash};
 use berth::reconciler::{Policy, ProfileName};
 use berth::runtime::{AttachIo, Runtime};
@@ -244,10 +244,7 @@ async fn a_pooled_session_gets_its_prompt_and_its_environment_and_the_pool_refil
     c.input("echo \"[$LANG]\"\n").await;
     c.until_output("[pooled-lang]").await;
     let text = String::from_utf8_lossy(&c.output).into_owned();
-    assert!(
-        !text.contains("berth1") && !text.contains("launcher-waiting"),
-        "launcher traffic reached the client: {text:?}"
-    );
+    assert!(!text.contains("berth") && !text.contains("launcher-"), "launcher traffic reached the client: {text:?}");
     assert_eq!(metric(&server, "berth_pool_claims_total{profile=\"default\"}"), 1);
     assert_eq!(metric(&server, "berth_pool_misses_total{profile=\"default\"}"), 0);
     assert_eq!(metric(&server, "berth_time_to_first_output_seconds_count{start=\"pool\"}"), 1);
@@ -351,6 +348,59 @@ async fn a_profile_change_drains_the_pool_while_claimed_sessions_go_on() {
 }
 
 // ----- kill -9 with pooled and claimed containers -----
+
+/// A restart finds an earlier run's two pooled containers, both waiting by their names, but one of them took a
+/// claim's settings before the run stopped (the claim writes them while its rename is under way): that one is
+/// removed, the other adopted, and the pool refills to its size.
+#[tokio::test]
+async fn a_restart_never_adopts_a_pooled_container_whose_launcher_took_a_claims_settings() {
+    let rt = common::docker().await;
+    let (world, mut policy) = pooled_world(2);
+    policy.reconcile.startup = berth::reconciler::policy::StartupMode::Adopt;
+    let profile = policy.profiles.get(&policy.default_profile).expect("the default profile").clone();
+    let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
+    let launcher = berth::launcher::install(&dir).expect("install the launcher");
+    let labels = PoolLabels {
+        profile: policy.default_profile.clone(),
+        owner: world.instance.clone(),
+        epoch: 1,
+        // Young enough for the pool's `max_age`: only the settings can make the restart remove it.
+        created_at: berth::clock::now().sub(Duration::from_secs(5)),
+        policy_hash: profile.hash(),
+    };
+    let mut earlier = Vec::new();
+    for nonce in [1, 2] {
+        let spec = pooled_spec(&profile, &labels, &policy, nonce, &launcher.display().to_string()).expect("poolable");
+        let id = rt.create(&spec).await.expect("create");
+        let mut io = rt.attach(&id, false).await.expect("attach");
+        rt.start(&id).await.expect("start");
+        let mut seen = Vec::new();
+        until(&mut io, &mut seen, b"launcher-waiting;2\x07\r\n").await;
+        earlier.push((id, io, seen));
+    }
+    // The second one took its settings, and its launcher said so; no rename followed.
+    let (taken, io, seen) = &mut earlier[1];
+    io.input.write_all(&settings_line(&[], Some((80, 24)))).await.expect("write settings");
+    io.input.flush().await.expect("flush");
+    until(io, seen, LAUNCHER_CLAIMED).await;
+    let taken = taken.clone();
+    let kept = earlier[0].0.clone();
+    drop(earlier);
+
+    let server = world.serve_with(policy.clone()).await;
+    pool_ready(&server, &policy.default_profile, 2).await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while world.cli(&["ps", "-aq", "--no-trunc", "--filter", &format!("id={taken}")]).contains(taken.as_str()) {
+        assert!(tokio::time::Instant::now() < deadline, "the container that took a claim's settings is still there");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids = world.cli(&["ps", "-aq", "--no-trunc", "--filter", &format!("label={}", world.ns.pool_key())]);
+    assert!(ids.contains(kept.as_str()), "the clean one is adopted: {ids}");
+    assert_eq!(ids.lines().count(), 2, "the pool refilled to its size: {ids}");
+    assert_eq!(metric(&server, "berth_pool_removed_total{reason=\"failed\"}"), 1, "the taken one, as failed");
+    stop_and_assert_no_leftovers(&world, server).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
 
 /// Waits until a metric of the real process reads `value`, or fails the test after `limit`.
 async fn process_metric(berth: &common::process::Berth, series: &str, value: f64, limit: Duration) {
@@ -459,7 +509,10 @@ async fn a_pooled_session_of_a_recorded_profile_is_recorded_from_its_claim() {
     let output: String = events.iter().map(|e| e.data.as_str()).collect();
     assert!(output.contains("$ "), "the first prompt is recorded: {output:?}");
     let waiting = String::from_utf8_lossy(LAUNCHER_WAITING);
-    assert!(!output.contains(waiting.trim()) && !output.contains("berth1"), "launcher traffic recorded: {output:?}");
+    assert!(
+        !output.contains(waiting.trim()) && !output.contains("launcher-claimed") && !output.contains("berth1"),
+        "launcher traffic recorded: {output:?}"
+    );
     c.send_json(json!({"type": "release"})).await;
     let _ = c.until_closed(LIMIT).await;
     stop_and_assert_no_leftovers(&world, server).await;

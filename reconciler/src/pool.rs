@@ -18,7 +18,9 @@ use crate::policy::{Policy, ShutdownMode, StartupMode};
 use crate::time::Timestamp;
 
 mod spec;
-pub use spec::{LAUNCHER_PATH, LAUNCHER_WAITING, LauncherVersion, launcher_waiting, pooled_spec, settings_line};
+pub use spec::{
+    LAUNCHER_CLAIMED, LAUNCHER_PATH, LAUNCHER_WAITING, LauncherVersion, launcher_waiting, pooled_spec, settings_line,
+};
 
 /// One of this replica's pooled containers, as last observed.
 #[derive(Debug, Clone, PartialEq, Serialize)]

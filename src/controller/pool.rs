@@ -10,10 +10,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use berth_reconciler::desired::DesiredSession;
 use berth_reconciler::ids::ProfileName;
 use berth_reconciler::pool::{
-    LauncherVersion, ListedPooled, PoolAction, PoolRemoveReason, PoolView, PooledContainer, choose, counts,
-    launcher_waiting, plan_pool, pooled_spec, settings_line, startup_pool,
+    LAUNCHER_CLAIMED, LauncherVersion, ListedPooled, PoolAction, PoolRemoveReason, PoolView, PooledContainer, choose,
+    counts, launcher_waiting, plan_pool, pooled_spec, settings_line, startup_pool,
 };
 use berth_reconciler::{ClaimedName, ContainerSpec, Health, ObservedContainer, PoolLabels};
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -150,7 +151,8 @@ async fn fill<R: Runtime>(
 }
 
 /// An earlier run's pooled container, kept by the startup mode: attached again with its history, which holds the
-/// launcher's announcement. A failure removes it.
+/// launcher's announcement. One whose log shows its launcher took a claim's settings (the run crashed before the
+/// claim's rename landed) is removed, as is one that fails.
 async fn adopt<R: Runtime>(
     rt: R,
     id: ContainerId,
@@ -159,6 +161,10 @@ async fn adopt<R: Runtime>(
     wait: Duration,
 ) -> Result<Waiting, RuntimeError> {
     let res = async {
+        let head = timed(&metrics, DockerOp::Logs, timeout, rt.log_head(&id, 64 * 1024)).await?;
+        if head.windows(LAUNCHER_CLAIMED.len()).any(|w| w == LAUNCHER_CLAIMED) {
+            return Err(RuntimeError::Other("its launcher took a claim's settings: it is no one's to adopt".into()));
+        }
         let mut io = timed(&metrics, DockerOp::Attach, timeout, rt.attach(&id, true)).await?;
         wait_launcher(&mut io, wait).await.map(|launcher| Waiting { io, launcher })
     }
@@ -190,6 +196,40 @@ async fn wait_launcher(io: &mut AttachIo, wait: Duration) -> Result<LauncherVers
         Ok(None) => Err(RuntimeError::Other("the launcher ended before it waited for settings".into())),
         Err(_) => Err(RuntimeError::Other(format!("the launcher did not wait for settings within {wait:?}"))),
     }
+}
+
+/// Writes a claim's settings line to the launcher, within `timeout`.
+async fn write_settings(io: &mut AttachIo, line: &[u8], timeout: Duration) -> Result<(), RuntimeError> {
+    let write = async {
+        io.input.write_all(line).await?;
+        io.input.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RuntimeError::Other(format!("writing the settings: {}", e.kind()))),
+        Err(_) => Err(RuntimeError::Timeout { op: DockerOp::Attach, after: timeout }),
+    }
+}
+
+/// Writes the settings line and reads the stream until the launcher says it took them ([`LAUNCHER_CLAIMED`]),
+/// within `timeout`; returns what followed that in the same reads: the session's first output.
+async fn settle(io: &mut AttachIo, line: &[u8], timeout: Duration) -> Result<Bytes, RuntimeError> {
+    write_settings(io, line, timeout).await?;
+    let read = async {
+        let mut seen = Vec::new();
+        loop {
+            if let Some(at) = seen.windows(LAUNCHER_CLAIMED.len()).position(|w| w == LAUNCHER_CLAIMED) {
+                return Ok(Bytes::copy_from_slice(&seen[at + LAUNCHER_CLAIMED.len()..]));
+            }
+            match io.output.next().await {
+                Some(Ok(b)) if seen.len() < 64 * 1024 => seen.extend_from_slice(&b),
+                _ => return Err(RuntimeError::Other("the launcher ended before it took its settings".into())),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| Err(RuntimeError::Timeout { op: DockerOp::Attach, after: timeout }))
 }
 
 impl<R: Runtime> Controller<R> {
@@ -243,6 +283,8 @@ impl<R: Runtime> Controller<R> {
                     Err(e) => {
                         warn!(container = %container.short(), error = %e, "pooled container not adopted; removed");
                         self.metrics.pool_removed(PoolRemoveReason::Failed);
+                        // `adopt` removed it: the next pass must not remove (and count) it again from the list.
+                        self.pool.last_list.retain(|c| c.id != container);
                     }
                 }
             }
@@ -498,19 +540,28 @@ impl<R: Runtime> Controller<R> {
         let (id, container) = (session.id, chosen);
         tokio::spawn(
             async move {
-                let mut io = ready.waiting.io;
+                let Waiting { mut io, launcher } = ready.waiting;
                 let result = async {
-                    // The rename first: it is the claim's durable record (decision 0025).
-                    timed(&metrics, DockerOp::Rename, timeout, rt.rename(&container, &new_name)).await?;
-                    let write = async {
-                        io.input.write_all(&line).await?;
-                        io.input.flush().await
-                    };
-                    match tokio::time::timeout(timeout, write).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(RuntimeError::Other(format!("writing the settings: {}", e.kind()))),
-                        Err(_) => return Err(RuntimeError::Timeout { op: DockerOp::Attach, after: timeout }),
+                    let rename = timed(&metrics, DockerOp::Rename, timeout, rt.rename(&container, &new_name));
+                    if launcher >= LauncherVersion::V2 {
+                        // The settings go beside the rename, so the shell starts while the engine renames: the
+                        // launcher writes in the engine's log that it took them, and a restarted berth never puts
+                        // such a container back in the pool, renamed or not (decision 0025).
+                        let (renamed, rest) = tokio::join!(rename, settle(&mut io, &line, timeout));
+                        renamed?;
+                        let rest = rest?;
+                        if !rest.is_empty() {
+                            let output = std::mem::replace(&mut io.output, futures::stream::empty().boxed());
+                            io.output = futures::stream::iter([Ok(rest)]).chain(output).boxed();
+                        }
+                    } else {
+                        // An earlier launcher says nothing once it has its settings: the rename first, as the
+                        // claim's durable record, so that a crash between the two leaves no shell in the pool.
+                        rename.await?;
+                        write_settings(&mut io, &line, timeout).await?;
                     }
+                    // Output reaches the client only after `ready`, which follows the rename: a client never
+                    // holds a session whose container the engine does not name as its.
                     if let Some(size) = size {
                         terminals.sized_by_launcher(id, size);
                     }

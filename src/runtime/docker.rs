@@ -23,7 +23,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder,
     StopContainerOptionsBuilder,
 };
 use futures::{StreamExt, TryStreamExt};
@@ -474,6 +474,19 @@ impl Runtime for DockerRuntime {
     async fn rename(&self, id: &ContainerId, name: &str) -> Result<(), RuntimeError> {
         let opts = RenameContainerOptionsBuilder::default().name(name).build();
         self.docker.rename_container(id.as_str(), opts).await.map_err(map_err)
+    }
+
+    async fn log_head(&self, id: &ContainerId, max: usize) -> Result<Vec<u8>, RuntimeError> {
+        let opts = LogsOptionsBuilder::default().stdout(true).stderr(true).follow(false).build();
+        let mut logs = self.docker.logs(id.as_str(), Some(opts));
+        let mut head = Vec::new();
+        while head.len() < max {
+            match logs.next().await {
+                Some(chunk) => head.extend_from_slice(&chunk.map_err(map_err)?.into_bytes()),
+                None => break,
+            }
+        }
+        Ok(head)
     }
 
     async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {

@@ -382,6 +382,11 @@ impl<R: Runtime> Runtime for FaultyRuntime<R> {
         self.inner.rename(id, name).await
     }
 
+    async fn log_head(&self, id: &ContainerId, max: usize) -> Result<Vec<u8>, RuntimeError> {
+        self.enter(Op::Pool).await?;
+        self.inner.log_head(id, max).await
+    }
+
     async fn create_marker(&self, spec: &MarkerSpec) -> Result<ContainerId, RuntimeError> {
         self.enter(Op::Peers).await?;
         self.inner.create_marker(spec).await

@@ -55,11 +55,13 @@ pub enum DockerOp {
     ListPool,
     /// A claim's rename of a pooled container to its session's name.
     Rename,
+    /// The head of a container's log: what an earlier run's pooled container printed, read before adopting it.
+    Logs,
 }
 
 impl DockerOp {
     /// Every operation, for pre-creating metric series.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Ping,
         Self::List,
         Self::Inspect,
@@ -75,6 +77,7 @@ impl DockerOp {
         Self::Info,
         Self::ListPool,
         Self::Rename,
+        Self::Logs,
     ];
 
     /// The label value.
@@ -95,6 +98,7 @@ impl DockerOp {
             Self::Info => "info",
             Self::ListPool => "list_pool",
             Self::Rename => "rename",
+            Self::Logs => "logs",
         }
     }
 }
@@ -286,6 +290,10 @@ pub trait Runtime: Clone + Send + Sync + 'static {
 
     /// Renames a container: the atomic step of a claim. A name already taken is a `Conflict`.
     fn rename(&self, id: &ContainerId, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// The first `max` bytes or so of a container's log (its TTY output from the start, as the engine keeps it),
+    /// without following it.
+    fn log_head(&self, id: &ContainerId, max: usize) -> impl Future<Output = Result<Vec<u8>, RuntimeError>> + Send;
 }
 
 /// A running sentinel: hold it for the replica's life.

@@ -27,9 +27,15 @@ pub enum LauncherVersion {
     /// `ESC ] berth;launcher-waiting BEL`: reads `berth1` lines (the environment only).
     V1,
     /// `ESC ] berth;launcher-waiting;2 BEL`: reads `berth1` and `berth2` lines (`berth2` adds the terminal size,
-    /// which the launcher sets on its terminal before it runs the command, so the claim needs no resize call).
+    /// which the launcher sets on its terminal before it runs the command, so the claim needs no resize call),
+    /// and prints [`LAUNCHER_CLAIMED`] once it has read one, so the settings may go before the claim's rename.
     V2,
 }
+
+/// What a [`LauncherVersion::V2`] launcher prints (with no newline) as soon as it has read a settings line, before
+/// the command runs: a claim hands the terminals only what follows it, and an earlier run's pooled container
+/// whose log holds it took a claim's settings and is never adopted into the pool.
+pub const LAUNCHER_CLAIMED: &[u8] = b"\x1b]berth;launcher-claimed\x07";
 
 /// The version of the launcher whose output so far is `seen`, once its announcement and the end of that line are
 /// there; `None` before (or when what follows the announcement's start is not a version berth knows).
