@@ -5,9 +5,13 @@
 //! shrinks one whose size was lowered, drains one whose profile changed (its hash), recycles containers past
 //! `pool.max_age`, and empties the pool at shutdown when the shutdown mode removes containers. Live sessions
 //! come first: refills only use room under `limits.max_sessions` that sessions leave free, and when sessions
-//! grow into the pool's room, pooled containers are removed to make way for the sessions' cold creates.
+//! grow into the pool's room, pooled containers are removed to make way for the sessions' cold creates. Claims
+//! come first too: while sessions are claiming, a pool that still holds more than half its size waits to refill
+//! until claims have been quiet for [`REFILL_QUIET`], so that refills' creates and starts do not slow the claims'
+//! renames and shells on the same engine.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -21,6 +25,9 @@ mod spec;
 pub use spec::{
     LAUNCHER_CLAIMED, LAUNCHER_PATH, LAUNCHER_WAITING, LauncherVersion, launcher_waiting, pooled_spec, settings_line,
 };
+
+/// How long after the last claim a pool that still holds more than half its size waits before it refills.
+pub const REFILL_QUIET: Duration = Duration::from_secs(1);
 
 /// One of this replica's pooled containers, as last observed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,6 +102,8 @@ pub struct PoolView {
     pub draining: bool,
     /// The replica's sentinel runs: no container is created while it does not (as for sessions).
     pub sentinel_up: bool,
+    /// When a session last claimed a pooled container (of any profile).
+    pub last_claim: Option<Timestamp>,
 }
 
 /// Why a pooled container is removed.
@@ -278,11 +287,15 @@ pub fn plan_pool(view: &PoolView, policy: &Policy, now: Timestamp) -> Vec<PoolAc
     }
     let pooled: usize = kept.values().map(Vec::len).sum::<usize>() + view.creating.values().sum::<usize>();
     let mut room = cap.saturating_sub(view.sessions + pooled);
+    let claiming = view.last_claim.is_some_and(|t| now < t.add(REFILL_QUIET));
     for (name, profile) in &policy.profiles {
         if room == 0 {
             break;
         }
         let have = kept.get(name).map_or(0, Vec::len) + view.creating.get(name).copied().unwrap_or(0);
+        if claiming && have * 2 > profile.pool.size {
+            continue;
+        }
         let count = profile.pool.size.saturating_sub(have).min(room);
         if count > 0 && profile.not_poolable().is_none() {
             room -= count;

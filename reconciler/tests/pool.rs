@@ -91,6 +91,8 @@ impl World {
                     prop_assert!(c.claimed_by.is_none());
                     prop_assert_eq!(&c.labels.policy_hash, &self.policy.profiles[&name(*p)].hash());
                     c.claimed_by = Some(session);
+                    // Refills wait a moment after a claim (while the pool holds more than half its size).
+                    self.view.last_claim = Some(self.now);
                 }
                 self.sessions.push((session, chosen));
             }

@@ -302,6 +302,9 @@ impl<R: Runtime> Controller<R> {
         if let Some(t) = self.queue.next_deadline() {
             wake = wake.min(t);
         }
+        if let Some(due) = self.pool.refill_due(now) {
+            wake = wake.min(now_i + due.since(now));
+        }
         if let Some(t) = self.gate.next_wake(now_i) {
             wake = wake.min(t);
         }

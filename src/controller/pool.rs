@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use berth_reconciler::desired::DesiredSession;
 use berth_reconciler::ids::ProfileName;
 use berth_reconciler::pool::{
-    LAUNCHER_CLAIMED, LauncherVersion, ListedPooled, PoolAction, PoolRemoveReason, PoolView, PooledContainer, choose,
-    counts, launcher_waiting, plan_pool, pooled_spec, settings_line, startup_pool,
+    LAUNCHER_CLAIMED, LauncherVersion, ListedPooled, PoolAction, PoolRemoveReason, PoolView, PooledContainer,
+    REFILL_QUIET, choose, counts, launcher_waiting, plan_pool, pooled_spec, settings_line, startup_pool,
 };
 use berth_reconciler::{ClaimedName, ContainerSpec, Health, ObservedContainer, PoolLabels};
 use bytes::Bytes;
@@ -63,6 +63,8 @@ pub(super) struct PoolPart {
     removing: HashSet<ContainerId>,
     /// Claimed by this run: never the pool's again.
     claimed: HashSet<ContainerId>,
+    /// When a session last claimed a container: refills wait a moment after it ([`REFILL_QUIET`]).
+    last_claim: Option<Timestamp>,
     claiming: usize,
     /// An earlier run's containers being attached again.
     adopting: HashSet<ContainerId>,
@@ -94,6 +96,11 @@ impl PoolPart {
     }
 
     /// Tasks of the pool still running: shutdown waits for them.
+    /// When the pool next has to look at its refills: the end of the quiet after the last claim, while ahead.
+    pub(super) fn refill_due(&self, now: Timestamp) -> Option<Timestamp> {
+        self.last_claim.map(|t| t.add(REFILL_QUIET)).filter(|t| *t > now)
+    }
+
     pub(super) fn busy(&self) -> bool {
         self.creating.values().sum::<usize>() > 0
             || !self.removing.is_empty()
@@ -122,6 +129,7 @@ impl PoolPart {
             sessions: owner_sessions,
             draining: desired.draining,
             sentinel_up: desired.sentinel_up,
+            last_claim: self.last_claim,
         }
     }
 }
@@ -513,6 +521,7 @@ impl<R: Runtime> Controller<R> {
             return false;
         };
         self.metrics.pool_claim(&session.profile);
+        self.pool.last_claim = Some(now);
         let Some(ready) = self.pool.ready.remove(&chosen) else { return false };
         self.pool.claimed.insert(chosen.clone());
         let name = ClaimedName { session: session.id, kind: session.kind, resume_hash: session.resume_hash.clone() };

@@ -95,6 +95,18 @@ fn refills_a_pool_below_its_size_counting_creates_in_flight() {
 }
 
 #[test]
+fn a_refill_waits_for_claims_to_be_quiet_while_the_pool_holds_more_than_half() {
+    let p = policy(6);
+    let mut pool = Pool::new().ready(&p, 4);
+    pool.view.last_claim = Some(T0);
+    assert_eq!(fills(&plan_pool(&pool.view, &p, T0.add(Duration::from_millis(999)))), 0, "4 of 6: it waits");
+    assert_eq!(fills(&plan_pool(&pool.view, &p, T0.add(REFILL_QUIET))), 2, "quiet for REFILL_QUIET: it refills");
+    let mut low = Pool::new().ready(&p, 3);
+    low.view.last_claim = Some(T0);
+    assert_eq!(fills(&plan_pool(&low.view, &p, T0)), 3, "half or less: it refills at once");
+}
+
+#[test]
 fn keeps_no_pool_for_a_profile_with_size_zero() {
     let p = policy(0);
     assert_eq!(plan_pool(&Pool::new().view, &p, T0), Vec::new());
