@@ -8,7 +8,8 @@
 #     subuid/subgid ranges) with its own XDG_RUNTIME_DIR; each by pid, stopped by pid at the end;
 #   - loads the session images into both stores (`docker save | podman load`: no registry is reachable);
 #   - runs against each: the session lifecycle and resume (tests/ws.rs), kill -9 adoption (tests/process.rs),
-#     the leak run (scripts/leak-check.sh) and the browser test (tests/browser.rs), with DOCKER_HOST pointing
+#     the leak run (scripts/leak-check.sh), the browser test (tests/browser.rs) and the warm pool (tests/pool.rs;
+#     its list of pooled containers failed on Podman's `stopped` until it joined this leg), with DOCKER_HOST pointing
 #     at the service's socket. Prints how long each part took. Bounded: each part has its own timeout.
 # Expects scripts/setup.sh to have run (Docker with the session images, the browser tools). Usage:
 #   scripts/test-podman.sh [rootful|rootless|both]   (default both)
@@ -60,7 +61,7 @@ chmod 644 "$work/containers.conf"
 docker image inspect berth-session:latest berth-session:v2 >/dev/null 2>&1 || bash scripts/build-images.sh
 docker save berth-session:latest berth-session:v2 >"$work/images.tar"
 chmod 644 "$work/images.tar"
-cargo build --quiet --bin berth --example loadgen --test ws --test process --test browser
+cargo build --quiet --bin berth --example loadgen --test ws --test process --test browser --test pool
 log "== podman: install, images and build in $(($(date +%s) - t0)) s"
 
 # start_service SOCKET [setpriv args...]: starts the API service and waits for it to answer; sets SERVICE_PID.
@@ -88,6 +89,7 @@ run_suite() {
   timed "$name: kill -9 adoption (tests/process.rs)" 240 cargo test --quiet --test process after_a_kill_9
   timed "$name: leak run (scripts/leak-check.sh)" 330 bash scripts/leak-check.sh
   timed "$name: browser (tests/browser.rs)" 240 cargo test --quiet --test browser
+  timed "$name: warm pool (tests/pool.rs)" 240 cargo test --quiet --test pool
   unset DOCKER_HOST
 }
 

@@ -452,7 +452,8 @@ impl Runtime for DockerRuntime {
     async fn list_pool(&self, ns: &LabelNamespace, prefix: &str) -> Result<Vec<ListedPooled>, RuntimeError> {
         let filters = HashMap::from([("label".to_owned(), vec![ns.pool_key()])]);
         let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let list = self.docker.list_containers(Some(opts)).await.map_err(map_err)?;
+        // Podman's transitional `stopped` (decision 0018): a pooled container whose launcher exited shows it too.
+        let list = past_stopped(|| self.docker.list_containers(Some(opts.clone()))).await.map_err(map_err)?;
         Ok(list
             .into_iter()
             .filter_map(|c| {
