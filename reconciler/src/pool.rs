@@ -8,7 +8,7 @@
 //! grow into the pool's room, pooled containers are removed to make way for the sessions' cold creates. Claims
 //! come first too: while sessions are claiming, a pool that still holds more than half its size waits to refill
 //! until claims have been quiet for [`REFILL_QUIET`], so that refills' creates and starts do not slow the claims'
-//! renames and shells on the same engine.
+//! renames and shells on the same engine. And no refill begins while a client waits for a cold start.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -104,6 +104,9 @@ pub struct PoolView {
     pub sentinel_up: bool,
     /// When a session last claimed a pooled container (of any profile).
     pub last_claim: Option<Timestamp>,
+    /// Sessions whose client waits for a cold start (admitted, within the start timeout, not yet running and
+    /// attached): no refill begins while there are any, so that refills never slow those creates and starts.
+    pub starting: usize,
 }
 
 /// Why a pooled container is removed.
@@ -282,7 +285,7 @@ pub fn plan_pool(view: &PoolView, policy: &Policy, now: Timestamp) -> Vec<PoolAc
         }
     }
 
-    if !view.sentinel_up {
+    if !view.sentinel_up || view.starting > 0 {
         return out;
     }
     let pooled: usize = kept.values().map(Vec::len).sum::<usize>() + view.creating.values().sum::<usize>();

@@ -130,6 +130,8 @@ impl PoolPart {
             draining: desired.draining,
             sentinel_up: desired.sentinel_up,
             last_claim: self.last_claim,
+            // Set by the pass that plans fills (`Controller::starting_sessions`).
+            starting: 0,
         }
     }
 }
@@ -414,7 +416,8 @@ impl<R: Runtime> Controller<R> {
         let view = self.observed.view();
         self.pool.claimed.retain(|c| view.containers.contains_key(c));
         let sessions = self.desired.sessions.values().filter(|s| s.ending.is_none()).count();
-        let view = self.pool.view(&self.desired, sessions);
+        let mut view = self.pool.view(&self.desired, sessions);
+        view.starting = self.starting_sessions(now);
         for action in plan_pool(&view, &self.policy, now) {
             match action {
                 PoolAction::Fill { profile, count } => self.fill(&profile, count, now),
@@ -583,6 +586,20 @@ impl<R: Runtime> Controller<R> {
             .instrument(info_span!("pool_claim", session = %session.id)),
         );
         true
+    }
+
+    /// Sessions admitted within the start timeout whose container does not run attached yet: the cold starts
+    /// clients wait for, which no refill may slow.
+    fn starting_sessions(&self, now: Timestamp) -> usize {
+        let view = self.observed.view();
+        let since = now.sub(self.policy.reconcile.start_timeout);
+        let running = |c: &ContainerId| view.containers.get(c).is_some_and(|c| c.state == ContainerState::Running);
+        self.desired
+            .sessions
+            .values()
+            .filter(|s| s.ending.is_none() && s.created_at >= since)
+            .filter(|s| !(s.container.as_ref().is_some_and(running) && view.attached.contains(&s.id)))
+            .count()
     }
 
     /// Whether `session`'s container came from the pool (its die shows in no event: a lost stream asks for a list).

@@ -107,6 +107,16 @@ fn a_refill_waits_for_claims_to_be_quiet_while_the_pool_holds_more_than_half() {
 }
 
 #[test]
+fn no_refill_begins_while_a_client_waits_for_a_cold_start() {
+    let p = policy(4);
+    let mut pool = Pool::new().ready(&p, 1);
+    pool.view.starting = 2;
+    assert_eq!(fills(&plan_pool(&pool.view, &p, T0)), 0, "two cold starts under way");
+    pool.view.starting = 0;
+    assert_eq!(fills(&plan_pool(&pool.view, &p, T0)), 3, "then it refills");
+}
+
+#[test]
 fn keeps_no_pool_for_a_profile_with_size_zero() {
     let p = policy(0);
     assert_eq!(plan_pool(&Pool::new().view, &p, T0), Vec::new());
