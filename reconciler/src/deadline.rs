@@ -86,6 +86,9 @@ impl Deadline {
 
 /// Whether a deadline of `what` is reached at `now` (a deadline is reached at its exact time), and if not, when
 /// the earliest falls.
+// Inlined: the planner asks for every session on every pass and reads only whether a rule is due, so the
+// compiler can drop the rest (a tenth of a pass's instructions at 100k sessions, decision 0027).
+#[inline]
 pub fn deadline(what: &Timed, policy: &Policy, now: Timestamp) -> Deadline {
     let t = &policy.sessions;
     let rules: [(Rule, Option<Timestamp>); 4] = match *what {

@@ -129,16 +129,73 @@ fn valid_name(s: &str) -> bool {
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
 }
 
+/// The longest name kept inline in a [`Name`].
+const INLINE: usize = 22;
+
+/// A validated name's characters: inline when it is short (as berth's generated instance ids and the usual
+/// profile names are), else on the heap. The same size as a `String`, so a container's labels do not grow, and two
+/// short names compare without following a pointer: the planner compares every container's owner with its own
+/// on each pass, and reading the owner from the heap was a cache miss per container (decision 0027).
+///
+/// A name has one representation (inline exactly when it fits), so equal names have equal values.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Name {
+    /// Up to [`INLINE`] bytes; the rest are zero.
+    Inline {
+        /// How many of `bytes` are the name's.
+        len: u8,
+        /// The name, zero-padded.
+        bytes: [u8; INLINE],
+    },
+    /// A longer name.
+    Heap(Box<str>),
+}
+
+impl Name {
+    /// `s` must be valid (ASCII, at most 63 bytes).
+    fn new(s: &str) -> Self {
+        match u8::try_from(s.len()) {
+            Ok(len) if s.len() <= INLINE => {
+                let mut bytes = [0u8; INLINE];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Heap(s.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Built from a `&str` cut at its own length, so always UTF-8.
+            Self::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            Self::Heap(s) => s,
+        }
+    }
+}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Name {
+    /// The names' order as strings.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+        pub struct $name(Name);
 
         impl $name {
             /// The validated name.
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.as_str()
             }
         }
 
@@ -147,7 +204,7 @@ macro_rules! name_type {
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 if valid_name(s) {
-                    Ok(Self(s.to_owned()))
+                    Ok(Self(Name::new(s)))
                 } else {
                     Err(IdError::Name { kind: $kind, value: s.chars().take(64).collect() })
                 }
@@ -156,13 +213,13 @@ macro_rules! name_type {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({})", stringify!($name), self.0)
+                write!(f, "{}({})", stringify!($name), self.as_str())
             }
         }
     };
@@ -182,7 +239,7 @@ name_type!(
 impl ProfileName {
     /// The profile named `default`.
     pub fn default_name() -> Self {
-        Self("default".to_owned())
+        Self(Name::new("default"))
     }
 }
 
@@ -236,6 +293,32 @@ mod tests {
         assert!("0123456789ab".parse::<ContainerId>().is_ok());
         assert!("berth-x".parse::<ContainerId>().is_err());
         assert!("0123456789a".parse::<ContainerId>().is_err());
+    }
+
+    #[test]
+    fn short_and_long_names_read_back_compare_and_order_as_their_strings() {
+        // Around the inline bound: 21, 22 and 23 characters, and the longest valid name.
+        let texts = ["a", "a-", "a0", "b", &"x".repeat(21), &"x".repeat(22), &"x".repeat(23), &"y".repeat(63)];
+        let names: Vec<InstanceId> = texts.iter().map(|t| t.parse().expect("valid")).collect();
+        for (t, n) in texts.iter().zip(&names) {
+            assert_eq!(n.as_str(), *t);
+            assert_eq!(n.to_string(), *t);
+            assert_eq!(n.clone(), t.parse::<InstanceId>().expect("valid"));
+            assert_eq!(serde_json::to_string(n).expect("serialize"), format!("{t:?}"));
+        }
+        for (a, na) in texts.iter().zip(&names) {
+            for (b, nb) in texts.iter().zip(&names) {
+                assert_eq!(na.cmp(nb), a.cmp(b), "{a} against {b}");
+                assert_eq!(na == nb, a == b, "{a} against {b}");
+            }
+        }
+        assert_eq!(ProfileName::default_name().as_str(), "default");
+    }
+
+    #[test]
+    fn a_name_takes_no_more_room_than_a_string() {
+        assert_eq!(std::mem::size_of::<InstanceId>(), std::mem::size_of::<String>());
+        assert_eq!(std::mem::size_of::<ProfileName>(), std::mem::size_of::<String>());
     }
 
     #[test]
