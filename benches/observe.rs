@@ -171,6 +171,16 @@ impl Runtime for Counting {
         self.inner.inspect(ns, id).await
     }
 
+    async fn inspect_pooled(
+        &self,
+        ns: &LabelNamespace,
+        prefix: &str,
+        id: &ContainerId,
+    ) -> Result<Option<berth::reconciler::pool::ListedPooled>, RuntimeError> {
+        count(&self.calls.inspect);
+        self.inner.inspect_pooled(ns, prefix, id).await
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerId, RuntimeError> {
         count(&self.calls.create);
         self.inner.create(spec).await

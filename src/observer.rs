@@ -6,7 +6,8 @@
 //! removals waiting for them (decision record 0027).
 //!
 //! Pooled containers (claimed ones included) carry the pool key instead of the session marker: their events come
-//! on a second stream, and their state from a list, which this task asks for when one stops or goes.
+//! on a second stream. One that stops is inspected as the pool's list would report it; one that goes, or cannot
+//! be inspected, asks for a list.
 //!
 //! Lists are run by the controller; this task tells it when one is needed (at connect and reconnect, and after
 //! such an event).
@@ -14,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_reconciler::pool::ListedPooled;
 use berth_reconciler::{ContainerId, LabelNamespace, ObservedContainer};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -35,7 +37,9 @@ pub enum ObserverMsg {
     Upsert(ObservedContainer),
     /// A container no longer exists.
     Gone(ContainerId),
-    /// A pooled container (claimed or not) stopped or went: its state comes from a list.
+    /// A pooled container (claimed or not) after an event, as a list of the pool would report it.
+    Pooled(ListedPooled),
+    /// A pooled container went, or could not be inspected: a list settles it.
     PoolChanged(ContainerId),
 }
 
@@ -44,6 +48,8 @@ pub enum ObserverMsg {
 pub struct ObserverConfig {
     /// The label namespace to follow.
     pub ns: LabelNamespace,
+    /// `docker.name_prefix`, under which a claimed pooled container's name names its session.
+    pub prefix: String,
     /// Timeout on each call.
     pub timeout: Duration,
     /// Longest wait between reconnect attempts.
@@ -114,8 +120,19 @@ pub async fn run<R: Runtime>(
                 continue;
             }
             let msg = match ev.kind {
-                EventKind::Die | EventKind::Oom | EventKind::Destroy | EventKind::Settled if ev.pooled => {
-                    ObserverMsg::PoolChanged(ev.container)
+                EventKind::Destroy if ev.pooled => ObserverMsg::PoolChanged(ev.container),
+                EventKind::Die | EventKind::Oom | EventKind::Settled if ev.pooled => {
+                    let op = crate::runtime::DockerOp::Inspect;
+                    match timed(&metrics, op, cfg.timeout, runtime.inspect_pooled(&cfg.ns, &cfg.prefix, &ev.container))
+                        .await
+                    {
+                        Ok(Some(c)) => ObserverMsg::Pooled(c),
+                        Ok(None) => ObserverMsg::PoolChanged(ev.container),
+                        Err(e) => {
+                            warn!(container = %ev.container.short(), error = %e, "inspect after event failed; listing");
+                            ObserverMsg::PoolChanged(ev.container)
+                        }
+                    }
                 }
                 _ if ev.pooled => continue,
                 EventKind::Other => continue,

@@ -113,7 +113,28 @@ impl<R: Runtime> Controller<R> {
                     self.record(session, "observed", format!("container is {}", state.as_str()));
                 }
             }
-            ObserverMsg::PoolChanged(_) => self.request_list(),
+            ObserverMsg::Pooled(c) => match &c.claimed {
+                // A claimed container is its session's: its state goes to the store as a cold one's would.
+                Some(name) => {
+                    let session = name.session;
+                    let state = c.state;
+                    self.observed.upsert(Self::claimed_observed(&c, name));
+                    if self.desired.sessions.contains_key(&session) {
+                        self.record(session, "observed", format!("container is {}", state.as_str()));
+                    }
+                }
+                None => self.request_list(),
+            },
+            ObserverMsg::PoolChanged(id) => match self.observed.view().containers.get(&id).map(|c| c.labels.session) {
+                // A claimed container went: as for a cold one, without a list.
+                Some(session) => {
+                    self.observed.remove(&id);
+                    if self.desired.sessions.contains_key(&session) {
+                        self.record(session, "observed", "container destroyed".into());
+                    }
+                }
+                None => self.request_list(),
+            },
             ObserverMsg::Gone(id) => {
                 let session = self.observed.view().containers.get(&id).map(|c| c.labels.session);
                 self.observed.remove(&id);
@@ -127,13 +148,8 @@ impl<R: Runtime> Controller<R> {
 
     pub(super) fn on_terminal(&mut self, ev: TerminalEvent) {
         match ev {
-            TerminalEvent::Lost(session) => {
-                self.observed.set_attached(session, false);
-                // No event reports a pooled container's exit: a list does.
-                if self.is_claimed_container(&session) {
-                    self.request_list();
-                }
-            }
+            // A claimed container's exit comes as an event on the pool's stream, which asks for a list.
+            TerminalEvent::Lost(session) => self.observed.set_attached(session, false),
             TerminalEvent::RecordingFailed(session, why) => {
                 if let Some(s) = self.desired.sessions.get_mut(&session)
                     && s.ending.is_none()

@@ -175,6 +175,7 @@ pub fn spawn<R: Runtime>(
     desired.sentinel_up = false;
     let obs_cfg = ObserverConfig {
         ns: policy.docker.namespace.clone(),
+        prefix: policy.docker.name_prefix.clone(),
         timeout: policy.reconcile.docker_timeout,
         max_backoff: Duration::from_secs(5),
         expected,

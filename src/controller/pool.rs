@@ -601,13 +601,4 @@ impl<R: Runtime> Controller<R> {
             .filter(|s| !(s.container.as_ref().is_some_and(running) && view.attached.contains(&s.id)))
             .count()
     }
-
-    /// Whether `session`'s container came from the pool (its die shows in no event: a lost stream asks for a list).
-    pub(super) fn is_claimed_container(&self, session: &SessionId) -> bool {
-        self.desired
-            .sessions
-            .get(session)
-            .and_then(|s| s.container.as_ref())
-            .is_some_and(|c| self.pool.claimed.contains(c))
-    }
 }

@@ -142,6 +142,34 @@ fn is_podman_stopped(e: &BollardError) -> bool {
         && e.to_string().contains("unknown variant `stopped`")
 }
 
+/// An inspect's state as berth reads it: the state, the exit code once exited, whether the OOM killer hit it,
+/// and its health.
+fn inspected_state(st: bollard::models::ContainerState) -> (ContainerState, Option<i64>, bool, Health) {
+    let reinitialised = st.status == Some(ContainerStateStatusEnum::CREATED) && has_run(st.started_at.as_deref());
+    let state = match st.status {
+        // Only Podman does this: an attach that raced the shell's exit re-initialised the container. Its shell
+        // has ended; starting it again would give the session a fresh one.
+        Some(ContainerStateStatusEnum::CREATED) if reinitialised => ContainerState::Exited,
+        Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
+        Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
+        Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
+        Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
+        Some(ContainerStateStatusEnum::REMOVING) => ContainerState::Removing,
+        Some(ContainerStateStatusEnum::EXITED) => ContainerState::Exited,
+        _ => ContainerState::Dead,
+    };
+    let health = match st.health.and_then(|h| h.status) {
+        Some(HealthStatusEnum::STARTING) => Health::Starting,
+        Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
+        Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
+        _ => Health::Unknown,
+    };
+    let exited = matches!(state, ContainerState::Exited | ContainerState::Dead);
+    // After a re-initialisation Podman reports exit code 0, whatever the shell's was (documented in 0018).
+    let exit_code = if exited { st.exit_code } else { None };
+    (state, exit_code, st.oom_killed.unwrap_or(false), health)
+}
+
 /// Runs a list or inspect again while it fails on Podman's transitional `stopped` state (see
 /// [`is_podman_stopped`]): every 50 ms, at most 40 times; the caller's timeout bounds it too. Without this, a
 /// list fails whenever any of berth's containers is between its exit and Podman's cleanup, which under a burst
@@ -300,37 +328,33 @@ impl Runtime for DockerRuntime {
         let Some((id, labels)) = parse_managed(ns, info.id.as_deref(), labels) else {
             return Ok(None);
         };
-        let st = info.state.unwrap_or_default();
-        let reinitialised = st.status == Some(ContainerStateStatusEnum::CREATED) && has_run(st.started_at.as_deref());
-        let state = match st.status {
-            // Only Podman does this: an attach that raced the shell's exit re-initialised the container. Its shell
-            // has ended; starting it again would give the session a fresh one.
-            Some(ContainerStateStatusEnum::CREATED) if reinitialised => ContainerState::Exited,
-            Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
-            Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
-            Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
-            Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
-            Some(ContainerStateStatusEnum::REMOVING) => ContainerState::Removing,
-            Some(ContainerStateStatusEnum::EXITED) => ContainerState::Exited,
-            _ => ContainerState::Dead,
+        let (state, exit_code, oom_killed, health) = inspected_state(info.state.unwrap_or_default());
+        Ok(Some(ObservedContainer { id, labels, state, exit_code, oom_killed, health, removal_requested: false }))
+    }
+
+    async fn inspect_pooled(
+        &self,
+        ns: &LabelNamespace,
+        prefix: &str,
+        id: &ContainerId,
+    ) -> Result<Option<ListedPooled>, RuntimeError> {
+        let info = match past_stopped(|| self.docker.inspect_container(id.as_str(), None)).await.map_err(map_err) {
+            Ok(info) => info,
+            Err(RuntimeError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let health = match st.health.and_then(|h| h.status) {
-            Some(HealthStatusEnum::STARTING) => Health::Starting,
-            Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
-            Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
-            _ => Health::Unknown,
+        let Some(labels) = info.config.as_ref().and_then(|c| c.labels.as_ref()) else { return Ok(None) };
+        let labels = match PoolLabels::parse(ns, labels) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                warn!(container = %id.short(), error = %e, "pooled container with unreadable labels; ignoring it");
+                return Ok(None);
+            }
         };
-        let exited = matches!(state, ContainerState::Exited | ContainerState::Dead);
-        Ok(Some(ObservedContainer {
-            id,
-            labels,
-            state,
-            // After a re-initialisation Podman reports exit code 0, whatever the shell's was (documented in 0018).
-            exit_code: if exited { st.exit_code } else { None },
-            oom_killed: st.oom_killed.unwrap_or(false),
-            health,
-            removal_requested: false,
-        }))
+        let claimed = info.name.as_deref().and_then(|n| ClaimedName::parse(prefix, n));
+        let (state, exit_code, ..) = inspected_state(info.state.unwrap_or_default());
+        Ok(Some(ListedPooled { id: id.clone(), labels, state, exit_code, claimed }))
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerId, RuntimeError> {

@@ -231,6 +231,21 @@ impl Runtime for FakeRuntime {
         Ok(s.containers.get(id).and_then(|(_, l, st, code)| Self::observed(ns, id, l, *st, *code)))
     }
 
+    async fn inspect_pooled(
+        &self,
+        ns: &LabelNamespace,
+        prefix: &str,
+        id: &ContainerId,
+    ) -> Result<Option<ListedPooled>, RuntimeError> {
+        self.enter("inspect")?;
+        let s = self.lock();
+        Ok(s.containers.get(id).and_then(|(name, l, st, code)| {
+            let labels = PoolLabels::parse(ns, l).ok()??;
+            let claimed = ClaimedName::parse(prefix, name);
+            Some(ListedPooled { id: id.clone(), labels, state: *st, exit_code: *code, claimed })
+        }))
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerId, RuntimeError> {
         self.enter("create")?;
         if let Some(rt) = spec.runtime.as_ref().filter(|rt| !self.registered().contains(rt)) {

@@ -329,6 +329,16 @@ impl<R: Runtime> Runtime for FaultyRuntime<R> {
         self.inner.inspect(ns, id).await
     }
 
+    async fn inspect_pooled(
+        &self,
+        ns: &LabelNamespace,
+        prefix: &str,
+        id: &ContainerId,
+    ) -> Result<Option<ListedPooled>, RuntimeError> {
+        self.enter(Op::Inspect).await?;
+        self.inner.inspect_pooled(ns, prefix, id).await
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<ContainerId, RuntimeError> {
         self.enter(Op::Create).await?;
         self.inner.create(spec).await

@@ -249,6 +249,15 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         id: &ContainerId,
     ) -> impl Future<Output = Result<Option<ObservedContainer>, RuntimeError>> + Send;
 
+    /// Inspects one pooled container (claimed or not), as a list of the pool would report it, its claim read
+    /// from its name under `prefix`; `Ok(None)` when it does not exist or carries no pool key of `ns`.
+    fn inspect_pooled(
+        &self,
+        ns: &LabelNamespace,
+        prefix: &str,
+        id: &ContainerId,
+    ) -> impl Future<Output = Result<Option<ListedPooled>, RuntimeError>> + Send;
+
     /// Creates a container from `spec`.
     fn create(&self, spec: &ContainerSpec) -> impl Future<Output = Result<ContainerId, RuntimeError>> + Send;
 
