@@ -195,6 +195,15 @@ fn pooled_world(size: usize) -> (common::World, Policy) {
     (world, policy)
 }
 
+/// A whole berth on a world whose default profile keeps a pool of `size`, once the pool is full.
+async fn pooled_server(size: usize) -> (common::World, berth::app::Server, ProfileName) {
+    let (world, policy) = pooled_world(size);
+    let profile = policy.default_profile.clone();
+    let server = world.serve_with(policy).await;
+    pool_ready(&server, &profile, size as i64).await;
+    (world, server, profile)
+}
+
 /// Waits until `profile`'s pool has `n` ready containers, or fails the test after `LIMIT`.
 async fn pool_ready(server: &berth::app::Server, profile: &ProfileName, n: i64) {
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -235,10 +244,7 @@ async fn open(server: &berth::app::Server, lang: &str) -> common::client::Client
 
 #[tokio::test]
 async fn a_pooled_session_gets_its_prompt_and_its_environment_and_the_pool_refills() {
-    let (world, policy) = pooled_world(2);
-    let profile = policy.default_profile.clone();
-    let server = world.serve_with(policy).await;
-    pool_ready(&server, &profile, 2).await;
+    let (world, server, profile) = pooled_server(2).await;
 
     let mut c = open(&server, "pooled-lang").await;
     c.input("echo \"[$LANG]\"\n").await;
@@ -270,10 +276,7 @@ async fn a_pooled_session_gets_its_prompt_and_its_environment_and_the_pool_refil
 
 #[tokio::test]
 async fn a_pooled_session_starts_at_the_hellos_size_without_a_resize_call_and_resizes_after() {
-    let (world, policy) = pooled_world(1);
-    let profile = policy.default_profile.clone();
-    let server = world.serve_with(policy).await;
-    pool_ready(&server, &profile, 1).await;
+    let (world, server, _) = pooled_server(1).await;
     let resizes = "berth_docker_api_calls_total{op=\"resize\",result=\"ok\"}";
     let before = metric(&server, resizes);
 
@@ -298,10 +301,7 @@ async fn a_pooled_session_starts_at_the_hellos_size_without_a_resize_call_and_re
 
 #[tokio::test]
 async fn a_burst_larger_than_the_pool_claims_the_pool_first_and_starts_the_rest_cold() {
-    let (world, policy) = pooled_world(2);
-    let profile = policy.default_profile.clone();
-    let server = world.serve_with(policy).await;
-    pool_ready(&server, &profile, 2).await;
+    let (world, server, _) = pooled_server(2).await;
     let clients =
         futures::future::join_all((0..4).map(|i| open(&server, if i % 2 == 0 { "even" } else { "odd" }))).await;
     assert_eq!(clients.len(), 4);
