@@ -10,16 +10,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use berth_reconciler::desired::DesiredSession;
 use berth_reconciler::ids::ProfileName;
 use berth_reconciler::pool::{
-    LAUNCHER_CLAIMED, LauncherVersion, ListedPooled, PoolAction, PoolRemoveReason, PoolView, PooledContainer,
-    REFILL_QUIET, choose, counts, launcher_waiting, plan_pool, pooled_spec, settings_line, startup_pool,
+    LauncherVersion, ListedPooled, PoolAction, PoolRemoveReason, PoolView, PooledContainer, REFILL_QUIET, choose,
+    counts, plan_pool, pooled_spec, settings_line, startup_pool,
 };
-use berth_reconciler::{ClaimedName, ContainerSpec, Health, ObservedContainer, PoolLabels};
-use bytes::Bytes;
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
+use berth_reconciler::{ClaimedName, Health, ObservedContainer, PoolLabels};
+
+mod stream;
+
+use stream::Waiting;
 
 use super::*;
-use crate::runtime::{AttachIo, DockerOp};
+use crate::runtime::DockerOp;
 
 /// What a pool task reports back to the loop.
 #[derive(Debug)]
@@ -32,13 +33,6 @@ pub(super) enum PoolEvent {
     Removed { container: ContainerId, result: Result<(), RuntimeError> },
     /// A claim finished: the container is the session's, its stream with the terminals.
     Claimed { session: SessionId, container: ContainerId, result: Result<(), RuntimeError> },
-}
-
-/// A launcher that waits: berth's end of its terminal, and which settings lines it reads.
-#[derive(Debug)]
-pub(super) struct Waiting {
-    io: AttachIo,
-    launcher: LauncherVersion,
 }
 
 /// A container whose launcher waits.
@@ -134,112 +128,6 @@ impl PoolPart {
             starting: 0,
         }
     }
-}
-
-/// One pooled container, from create to a launcher that waits. A failure removes what it created.
-async fn fill<R: Runtime>(
-    rt: R,
-    spec: ContainerSpec,
-    metrics: Arc<Metrics>,
-    timeout: Duration,
-    wait: Duration,
-) -> Result<(ContainerId, Waiting), RuntimeError> {
-    let id = timed(&metrics, DockerOp::Create, timeout, rt.create(&spec)).await?;
-    let res = async {
-        let mut io = timed(&metrics, DockerOp::Attach, timeout, rt.attach(&id, false)).await?;
-        timed(&metrics, DockerOp::Start, timeout, rt.start(&id)).await?;
-        wait_launcher(&mut io, wait).await.map(|launcher| Waiting { io, launcher })
-    }
-    .await;
-    match res {
-        Ok(w) => Ok((id, w)),
-        Err(e) => {
-            let _ = timed(&metrics, DockerOp::Remove, timeout, rt.remove(&id)).await;
-            Err(e)
-        }
-    }
-}
-
-/// An earlier run's pooled container, kept by the startup mode: attached again with its history, which holds the
-/// launcher's announcement. One whose log shows its launcher took a claim's settings (the run crashed before the
-/// claim's rename landed) is removed, as is one that fails.
-async fn adopt<R: Runtime>(
-    rt: R,
-    id: ContainerId,
-    metrics: Arc<Metrics>,
-    timeout: Duration,
-    wait: Duration,
-) -> Result<Waiting, RuntimeError> {
-    let res = async {
-        let head = timed(&metrics, DockerOp::Logs, timeout, rt.log_head(&id, 64 * 1024)).await?;
-        if head.windows(LAUNCHER_CLAIMED.len()).any(|w| w == LAUNCHER_CLAIMED) {
-            return Err(RuntimeError::Other("its launcher took a claim's settings: it is no one's to adopt".into()));
-        }
-        let mut io = timed(&metrics, DockerOp::Attach, timeout, rt.attach(&id, true)).await?;
-        wait_launcher(&mut io, wait).await.map(|launcher| Waiting { io, launcher })
-    }
-    .await;
-    if res.is_err() {
-        let _ = timed(&metrics, DockerOp::Remove, timeout, rt.remove(&id)).await;
-    }
-    res
-}
-
-/// Reads a pooled container's stream until its launcher says it waits (and the end of that line: the launcher
-/// prints nothing more before its settings, so nothing of it is left for the session), within `wait`.
-async fn wait_launcher(io: &mut AttachIo, wait: Duration) -> Result<LauncherVersion, RuntimeError> {
-    let waited = tokio::time::timeout(wait, async {
-        let mut seen = Vec::new();
-        loop {
-            if let Some(version) = launcher_waiting(&seen) {
-                return Some(version);
-            }
-            match io.output.next().await {
-                Some(Ok(b)) if seen.len() < 64 * 1024 => seen.extend_from_slice(&b),
-                _ => return None,
-            }
-        }
-    })
-    .await;
-    match waited {
-        Ok(Some(version)) => Ok(version),
-        Ok(None) => Err(RuntimeError::Other("the launcher ended before it waited for settings".into())),
-        Err(_) => Err(RuntimeError::Other(format!("the launcher did not wait for settings within {wait:?}"))),
-    }
-}
-
-/// Writes a claim's settings line to the launcher, within `timeout`.
-async fn write_settings(io: &mut AttachIo, line: &[u8], timeout: Duration) -> Result<(), RuntimeError> {
-    let write = async {
-        io.input.write_all(line).await?;
-        io.input.flush().await
-    };
-    match tokio::time::timeout(timeout, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(RuntimeError::Other(format!("writing the settings: {}", e.kind()))),
-        Err(_) => Err(RuntimeError::Timeout { op: DockerOp::Attach, after: timeout }),
-    }
-}
-
-/// Writes the settings line and reads the stream until the launcher says it took them ([`LAUNCHER_CLAIMED`]),
-/// within `timeout`; returns what followed that in the same reads: the session's first output.
-async fn settle(io: &mut AttachIo, line: &[u8], timeout: Duration) -> Result<Bytes, RuntimeError> {
-    write_settings(io, line, timeout).await?;
-    let read = async {
-        let mut seen = Vec::new();
-        loop {
-            if let Some(at) = seen.windows(LAUNCHER_CLAIMED.len()).position(|w| w == LAUNCHER_CLAIMED) {
-                return Ok(Bytes::copy_from_slice(&seen[at + LAUNCHER_CLAIMED.len()..]));
-            }
-            match io.output.next().await {
-                Some(Ok(b)) if seen.len() < 64 * 1024 => seen.extend_from_slice(&b),
-                _ => return Err(RuntimeError::Other("the launcher ended before it took its settings".into())),
-            }
-        }
-    };
-    tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or_else(|_| Err(RuntimeError::Timeout { op: DockerOp::Attach, after: timeout }))
 }
 
 impl<R: Runtime> Controller<R> {
@@ -457,7 +345,7 @@ impl<R: Runtime> Controller<R> {
             let wait = self.policy.reconcile.start_timeout;
             tokio::spawn(
                 async move {
-                    let result = adopt(rt, id.clone(), metrics, timeout, wait).await;
+                    let result = stream::adopt(rt, id.clone(), metrics, timeout, wait).await;
                     let _ = tx.send(PoolEvent::Adopted { container: id, labels, result }).await;
                 }
                 .instrument(info_span!("pool_adopt")),
@@ -502,7 +390,7 @@ impl<R: Runtime> Controller<R> {
             let profile = profile.clone();
             tokio::spawn(
                 async move {
-                    let result = fill(rt, spec, metrics, timeout, wait).await.map(|(id, io)| (id, labels, io));
+                    let result = stream::fill(rt, spec, metrics, timeout, wait).await.map(|(id, io)| (id, labels, io));
                     let _ = tx.send(PoolEvent::Filled { profile, result }).await;
                 }
                 .instrument(info_span!("pool_fill")),
@@ -552,26 +440,9 @@ impl<R: Runtime> Controller<R> {
         let (id, container) = (session.id, chosen);
         tokio::spawn(
             async move {
-                let Waiting { mut io, launcher } = ready.waiting;
                 let result = async {
-                    let rename = timed(&metrics, DockerOp::Rename, timeout, rt.rename(&container, &new_name));
-                    if launcher >= LauncherVersion::V2 {
-                        // The settings go beside the rename, so the shell starts while the engine renames: the
-                        // launcher writes in the engine's log that it took them, and a restarted berth never puts
-                        // such a container back in the pool, renamed or not (decision 0025).
-                        let (renamed, rest) = tokio::join!(rename, settle(&mut io, &line, timeout));
-                        renamed?;
-                        let rest = rest?;
-                        if !rest.is_empty() {
-                            let output = std::mem::replace(&mut io.output, futures::stream::empty().boxed());
-                            io.output = futures::stream::iter([Ok(rest)]).chain(output).boxed();
-                        }
-                    } else {
-                        // An earlier launcher says nothing once it has its settings: the rename first, as the
-                        // claim's durable record, so that a crash between the two leaves no shell in the pool.
-                        rename.await?;
-                        write_settings(&mut io, &line, timeout).await?;
-                    }
+                    let io =
+                        stream::hand_over(&rt, &metrics, timeout, &container, &new_name, ready.waiting, &line).await?;
                     // Output reaches the client only after `ready`, which follows the rename: a client never
                     // holds a session whose container the engine does not name as its.
                     if let Some(size) = size {

@@ -7,20 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use berth_reconciler::isolation::drops_pids_limit;
-use berth_reconciler::observed::{ContainerState, Health};
 use berth_reconciler::peers::{MarkerSpec, PeerContainer};
-use berth_reconciler::policy::Ulimit;
-use berth_reconciler::pool::{LAUNCHER_PATH, ListedPooled};
+use berth_reconciler::pool::ListedPooled;
 use berth_reconciler::{ClaimedName, PoolLabels};
-use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ManagedLabels, ObservedContainer, PeerLabels};
+use berth_reconciler::{ContainerId, ContainerSpec, LabelNamespace, ObservedContainer, PeerLabels};
 use bollard::Docker;
-use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HealthConfig, HealthStatusEnum,
-    HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Mount, MountType, ResourcesUlimits, RestartPolicy,
-    RestartPolicyNameEnum,
-};
+use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, ResizeContainerTTYOptionsBuilder,
@@ -29,8 +21,17 @@ use bollard::query_parameters::{
 use futures::{StreamExt, TryStreamExt};
 use tracing::{Instrument, info, info_span, warn};
 
+mod body;
+mod read;
+
+pub use body::{create_body, marker_body};
+use read::{
+    event_kind, exit_code_from_status, has_run, health_from_status, inspected_state, is_podman_stopped, label_filter,
+    list_state, map_err, parse_managed, past_stopped,
+};
+
 use super::flavour::EngineFlavour;
-use super::{AttachIo, EventKind, Runtime, RuntimeError, RuntimeEvent, Sentinel};
+use super::{AttachIo, Runtime, RuntimeError, RuntimeEvent, Sentinel};
 
 /// The oldest engine API berth speaks (Docker 20.10); newer engines are negotiated up.
 const MIN_API: bollard::ClientVersion = bollard::ClientVersion { major_version: 1, minor_version: 41 };
@@ -130,143 +131,6 @@ impl DockerRuntime {
                 "container is {}, not created or running; not attaching (podman would re-initialise it)",
                 other.map_or_else(|| "in no state".to_owned(), |s| s.to_string())
             ))),
-        }
-    }
-}
-
-/// Whether a reply failed to parse only because a container was in Podman's `stopped` state: its process has
-/// exited and Podman has not yet cleaned up (a few milliseconds; longer under load). The Docker API has no such
-/// state and the API client cannot read it, so a list or inspect that meets it fails as a whole.
-fn is_podman_stopped(e: &BollardError) -> bool {
-    matches!(e, BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. })
-        && e.to_string().contains("unknown variant `stopped`")
-}
-
-/// An inspect's state as berth reads it: the state, the exit code once exited, whether the OOM killer hit it,
-/// and its health.
-fn inspected_state(st: bollard::models::ContainerState) -> (ContainerState, Option<i64>, bool, Health) {
-    let reinitialised = st.status == Some(ContainerStateStatusEnum::CREATED) && has_run(st.started_at.as_deref());
-    let state = match st.status {
-        // Only Podman does this: an attach that raced the shell's exit re-initialised the container. Its shell
-        // has ended; starting it again would give the session a fresh one.
-        Some(ContainerStateStatusEnum::CREATED) if reinitialised => ContainerState::Exited,
-        Some(ContainerStateStatusEnum::CREATED) => ContainerState::Created,
-        Some(ContainerStateStatusEnum::RUNNING) => ContainerState::Running,
-        Some(ContainerStateStatusEnum::PAUSED) => ContainerState::Paused,
-        Some(ContainerStateStatusEnum::RESTARTING) => ContainerState::Restarting,
-        Some(ContainerStateStatusEnum::REMOVING) => ContainerState::Removing,
-        Some(ContainerStateStatusEnum::EXITED) => ContainerState::Exited,
-        _ => ContainerState::Dead,
-    };
-    let health = match st.health.and_then(|h| h.status) {
-        Some(HealthStatusEnum::STARTING) => Health::Starting,
-        Some(HealthStatusEnum::HEALTHY) => Health::Healthy,
-        Some(HealthStatusEnum::UNHEALTHY) => Health::Unhealthy,
-        _ => Health::Unknown,
-    };
-    let exited = matches!(state, ContainerState::Exited | ContainerState::Dead);
-    // After a re-initialisation Podman reports exit code 0, whatever the shell's was (documented in 0018).
-    let exit_code = if exited { st.exit_code } else { None };
-    (state, exit_code, st.oom_killed.unwrap_or(false), health)
-}
-
-/// Runs a list or inspect again while it fails on Podman's transitional `stopped` state (see
-/// [`is_podman_stopped`]): every 50 ms, at most 40 times; the caller's timeout bounds it too. Without this, a
-/// list fails whenever any of berth's containers is between its exit and Podman's cleanup, which under a burst
-/// of exits is most of the time, and berth's view goes stale.
-async fn past_stopped<T, F, Fut>(call: F) -> Result<T, BollardError>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, BollardError>>,
-{
-    let mut tries = 0;
-    loop {
-        match call().await {
-            Err(e) if is_podman_stopped(&e) && tries < 40 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn map_err(e: BollardError) -> RuntimeError {
-    match e {
-        BollardError::DockerResponseServerError { status_code: 404, message } => RuntimeError::NotFound(message),
-        BollardError::DockerResponseServerError { status_code: 409, message } => RuntimeError::Conflict(message),
-        BollardError::DockerResponseServerError { status_code: 400, message } => RuntimeError::Rejected(message),
-        BollardError::DockerResponseServerError { status_code, message } => {
-            RuntimeError::Other(format!("{status_code}: {message}"))
-        }
-        BollardError::IOError { err } => RuntimeError::Unreachable(err.to_string()),
-        BollardError::HyperResponseError { err } => RuntimeError::Unreachable(err.to_string()),
-        BollardError::SocketNotFoundError(p) => RuntimeError::Unreachable(format!("socket not found: {p}")),
-        other => RuntimeError::Other(other.to_string()),
-    }
-}
-
-/// An event's action, as Docker or Podman names it.
-fn event_kind(action: &str) -> EventKind {
-    match action {
-        "create" => EventKind::Create,
-        "start" => EventKind::Start,
-        "die" => EventKind::Die,
-        "oom" => EventKind::Oom,
-        // Podman says `remove` where Docker says `destroy`.
-        "destroy" | "remove" => EventKind::Destroy,
-        "cleanup" | "init" => EventKind::Settled,
-        a if a.starts_with("health_status") => EventKind::Health,
-        _ => EventKind::Other,
-    }
-}
-
-fn label_filter(ns: &LabelNamespace) -> HashMap<String, Vec<String>> {
-    HashMap::from([("label".to_owned(), vec![format!("{}=true", ns.marker())])])
-}
-
-/// Whether a container's `State.StartedAt` says it has ever run. Docker and Podman give the zero time
-/// (`0001-01-01T00:00:00Z`) for a container that never started; a `created` container that has a start time was
-/// re-initialised by Podman's compat attach after its process ended (see [`EngineFlavour::attach_needs_live_container`]).
-fn has_run(started_at: Option<&str>) -> bool {
-    started_at.is_some_and(|t| !t.is_empty() && !t.starts_with("0001-01-01"))
-}
-
-/// `Exited (137) 3 seconds ago` → 137.
-fn exit_code_from_status(status: &str) -> Option<i64> {
-    let rest = status.strip_prefix("Exited (")?;
-    rest.split(')').next()?.parse().ok()
-}
-
-/// A container's state as `docker ps` (the list call) gives it.
-fn list_state(state: Option<ContainerSummaryStateEnum>) -> ContainerState {
-    ContainerState::from_docker(&state.map(|s| s.to_string()).unwrap_or_default())
-}
-
-fn health_from_status(status: &str) -> Health {
-    if status.contains("(unhealthy)") {
-        Health::Unhealthy
-    } else if status.contains("(healthy)") {
-        Health::Healthy
-    } else if status.contains("(health: starting)") {
-        Health::Starting
-    } else {
-        Health::Unknown
-    }
-}
-
-fn parse_managed(
-    ns: &LabelNamespace,
-    id: Option<&str>,
-    labels: Option<&HashMap<String, String>>,
-) -> Option<(ContainerId, ManagedLabels)> {
-    let id: ContainerId = id?.parse().ok()?;
-    match ManagedLabels::parse(ns, labels?) {
-        Ok(Some(l)) => Some((id, l)),
-        Ok(None) => None,
-        Err(e) => {
-            warn!(container = %id.short(), error = %e, "container carries the marker but unreadable labels; ignoring it");
-            None
         }
     }
 }
@@ -544,175 +408,5 @@ impl Runtime for DockerRuntime {
                 Err(e)
             }
         }
-    }
-}
-
-/// A sentinel's or claim's create body: the smallest, most confined container Docker runs, logging nothing.
-pub fn marker_body(spec: &MarkerSpec) -> ContainerCreateBody {
-    let host_config = HostConfig {
-        memory: Some(16 << 20),
-        memory_swap: Some(16 << 20),
-        nano_cpus: Some(100_000_000),
-        pids_limit: Some(4),
-        readonly_rootfs: Some(true),
-        cap_drop: Some(vec!["ALL".to_owned()]),
-        security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
-        network_mode: Some("none".to_owned()),
-        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
-        ulimits: Some(vec![
-            ulimit("nofile", Ulimit::fixed(64)),
-            ulimit("nproc", Ulimit::fixed(8192)),
-            ulimit("core", Ulimit::fixed(0)),
-        ]),
-        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
-        auto_remove: Some(false),
-        log_config: Some(HostConfigLogConfig { typ: Some("none".to_owned()), config: None }),
-        ..Default::default()
-    };
-    ContainerCreateBody {
-        image: Some(spec.image.clone()),
-        cmd: Some(spec.command.clone()),
-        labels: Some(spec.labels.clone().into_iter().collect()),
-        user: Some("65534:65534".to_owned()),
-        tty: Some(false),
-        open_stdin: Some(spec.stdin),
-        stdin_once: Some(spec.stdin),
-        attach_stdin: Some(spec.stdin),
-        attach_stdout: Some(spec.stdin),
-        host_config: Some(host_config),
-        ..Default::default()
-    }
-}
-
-fn ulimit(name: &str, limit: Ulimit) -> ResourcesUlimits {
-    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    ResourcesUlimits { name: Some(name.to_owned()), soft: Some(n(limit.soft)), hard: Some(n(limit.hard)) }
-}
-
-fn secs_to_nanos(d: Duration) -> i64 {
-    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
-}
-
-/// Translates berth's container spec into Docker's create body: TTY and open stdin, hardening from the profile
-/// (per-process limits included), a private cgroup namespace, restart policy `no`, bounded logs.
-pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
-    let sec = &spec.security;
-    let mut security_opt = Vec::new();
-    if sec.no_new_privileges {
-        security_opt.push("no-new-privileges:true".to_owned());
-    }
-    if let Some(p) = &sec.seccomp {
-        security_opt.push(format!("seccomp={p}"));
-    }
-    if let Some(p) = &sec.apparmor {
-        security_opt.push(format!("apparmor={p}"));
-    }
-    let tmpfs: HashMap<String, String> = sec.tmpfs.iter().map(|t| (t.path.clone(), t.options.clone())).collect();
-    let host_config = HostConfig {
-        memory: Some(spec.resources.memory_bytes),
-        memory_swap: Some(spec.resources.memory_bytes),
-        nano_cpus: Some(spec.resources.nano_cpus),
-        // gVisor counts its own threads against this limit and dies on reaching it (berth_reconciler::isolation).
-        pids_limit: (!drops_pids_limit(spec.runtime.as_deref())).then_some(spec.resources.pids),
-        ulimits: Some(vec![
-            ulimit("nofile", spec.resources.nofile),
-            ulimit("nproc", spec.resources.nproc),
-            ulimit("core", spec.resources.core),
-        ]),
-        // Docker's default follows the daemon (host on cgroup v1): the session would see the host's cgroup tree.
-        cgroupns_mode: Some(HostConfigCgroupnsModeEnum::PRIVATE),
-        runtime: spec.runtime.clone(),
-        readonly_rootfs: Some(sec.read_only_root),
-        cap_drop: sec.cap_drop_all.then(|| vec!["ALL".to_owned()]),
-        security_opt: Some(security_opt),
-        tmpfs: Some(tmpfs),
-        init: Some(sec.init),
-        network_mode: Some(spec.network.clone()),
-        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
-        auto_remove: Some(false),
-        log_config: Some(HostConfigLogConfig {
-            typ: Some("json-file".to_owned()),
-            config: Some(HashMap::from([
-                ("max-size".to_owned(), spec.logs.max_size.clone()),
-                ("max-file".to_owned(), spec.logs.max_files.to_string()),
-            ])),
-        }),
-        ..Default::default()
-    };
-    let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
-        test: Some(std::iter::once("CMD".to_owned()).chain(h.command.iter().cloned()).collect()),
-        interval: Some(secs_to_nanos(h.interval)),
-        timeout: Some(secs_to_nanos(h.timeout)),
-        retries: Some(i64::from(h.retries)),
-        start_period: Some(secs_to_nanos(h.start_period)),
-        start_interval: None,
-    });
-    // A warm-pool container runs berth's launcher, mounted read-only like Docker's own --init, ahead of the
-    // profile's command (decision 0025).
-    let (entrypoint, mounts) = match &spec.launcher {
-        Some(path) => (
-            Some(vec![LAUNCHER_PATH.to_owned()]),
-            Some(vec![Mount {
-                target: Some(LAUNCHER_PATH.to_owned()),
-                source: Some(path.clone()),
-                typ: Some(MountType::BIND),
-                read_only: Some(true),
-                ..Default::default()
-            }]),
-        ),
-        None => (None, None),
-    };
-    let host_config = HostConfig { mounts, ..host_config };
-    ContainerCreateBody {
-        image: Some(spec.image.clone()),
-        entrypoint,
-        cmd: spec.command.clone(),
-        env: Some(spec.env.iter().map(|e| format!("{}={}", e.name, e.value)).collect()),
-        labels: Some(spec.labels.clone().into_iter().collect()),
-        user: Some(spec.user.clone()),
-        working_dir: spec.working_dir.clone(),
-        tty: Some(true),
-        open_stdin: Some(true),
-        stdin_once: Some(false),
-        attach_stdin: Some(true),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        healthcheck,
-        host_config: Some(host_config),
-        ..Default::default()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn podmans_remove_event_is_a_destroy() {
-        assert_eq!(event_kind("remove"), EventKind::Destroy);
-        assert_eq!(event_kind("destroy"), EventKind::Destroy);
-        assert_eq!(event_kind("die"), EventKind::Die);
-        assert_eq!(event_kind("cleanup"), EventKind::Settled);
-        assert!(!has_run(None));
-        assert!(!has_run(Some("0001-01-01T00:00:00Z")));
-        assert!(has_run(Some("2026-12-06T23:24:18.759248476Z")));
-        assert_eq!(event_kind("init"), EventKind::Settled);
-        assert_eq!(event_kind("attach"), EventKind::Other);
-        assert_eq!(event_kind("health_status: healthy"), EventKind::Health);
-    }
-
-    #[test]
-    fn exit_codes_are_read_from_list_status() {
-        assert_eq!(exit_code_from_status("Exited (137) 3 seconds ago"), Some(137));
-        assert_eq!(exit_code_from_status("Exited (0) About a minute ago"), Some(0));
-        assert_eq!(exit_code_from_status("Up 3 seconds"), None);
-    }
-
-    #[test]
-    fn health_is_read_from_list_status() {
-        assert_eq!(health_from_status("Up 3 seconds (unhealthy)"), Health::Unhealthy);
-        assert_eq!(health_from_status("Up 3 seconds (healthy)"), Health::Healthy);
-        assert_eq!(health_from_status("Up 1 second (health: starting)"), Health::Starting);
-        assert_eq!(health_from_status("Up 3 seconds"), Health::Unknown);
     }
 }
