@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use berth::reconciler::desired::EnvVar;
 use berth::reconciler::pool::{LAUNCHER_CLAIMED, LAUNCHER_WAITING, pooled_spec, settings_line};
-use berth::reconciler::{ClaimedName, PoolLabels, SessionId, SessionKind, Timestamp, resume_hash};
+use berth::reconciler::{ClaimedName, ContainerId, PoolLabels, SessionId, SessionKind, Timestamp, resume_hash};
 use berth::reconciler::{Policy, ProfileName};
 use berth::runtime::{AttachIo, Runtime};
 use futures::StreamExt;
@@ -36,27 +36,70 @@ async fn until(io: &mut AttachIo, seen: &mut Vec<u8>, needle: &[u8]) {
     );
 }
 
-#[tokio::test]
-async fn a_pooled_container_takes_its_settings_silently_and_is_recognised_as_its_sessions_after_the_claim() {
-    let rt = common::docker().await;
+/// What a pooled container is made of, without a berth: the launcher installed in a directory of this test's
+/// (removed on drop), and pool labels of the world's instance for the policy's default profile.
+struct Parts {
+    dir: std::path::PathBuf,
+    launcher: String,
+    labels: PoolLabels,
+    profile: berth::reconciler::policy::Profile,
+}
+
+impl Parts {
+    fn new(world: &common::World, policy: &Policy, created_at: Timestamp) -> Self {
+        let profile = policy.profiles.get(&policy.default_profile).expect("the default profile").clone();
+        let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
+        let launcher = berth::launcher::install(&dir).expect("install the launcher").display().to_string();
+        let labels = PoolLabels {
+            profile: policy.default_profile.clone(),
+            owner: world.instance.clone(),
+            epoch: 1,
+            created_at,
+            policy_hash: profile.hash(),
+        };
+        Self { dir, launcher, labels, profile }
+    }
+
+    fn spec(&self, policy: &Policy, nonce: u64) -> berth::reconciler::ContainerSpec {
+        pooled_spec(&self.profile, &self.labels, policy, nonce, &self.launcher).expect("poolable")
+    }
+
+    /// Creates, attaches to and starts a pooled container, and reads its stream until its launcher waits.
+    async fn waiting(&self, rt: &impl Runtime, policy: &Policy, nonce: u64) -> (ContainerId, AttachIo, Vec<u8>) {
+        let id = rt.create(&self.spec(policy, nonce)).await.expect("create");
+        let mut io = rt.attach(&id, false).await.expect("attach");
+        rt.start(&id).await.expect("start");
+        let mut seen = Vec::new();
+        until(&mut io, &mut seen, b"launcher-waiting;2\x07\r\n").await;
+        (id, io, seen)
+    }
+}
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A world for tests of the parts alone, its default profile running `command`.
+fn bare_world(command: &[&str]) -> (common::World, Policy) {
     let world = common::World::with_prefix("p");
     let mut policy = world.policy.clone();
     let profile = policy.profiles.values_mut().next().expect("the default profile");
-    profile.command = Some(vec!["/bin/sh".into(), "-i".into()]);
-    profile.env.insert("FIXED".into(), "from-the-profile".into());
-    let profile = profile.clone();
-    let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
-    let launcher = berth::launcher::install(&dir).expect("install the launcher");
-    let labels = PoolLabels {
-        profile: policy.default_profile.clone(),
-        owner: world.instance.clone(),
-        epoch: 1,
-        created_at: Timestamp::from_millis(1),
-        policy_hash: profile.hash(),
-    };
-    let spec = pooled_spec(&profile, &labels, &policy, 1, &launcher.display().to_string()).expect("poolable");
+    profile.command = Some(command.iter().map(|a| (*a).to_owned()).collect());
+    (world, policy)
+}
 
-    let id = rt.create(&spec).await.expect("create");
+#[tokio::test]
+async fn a_pooled_container_takes_its_settings_silently_and_is_recognised_as_its_sessions_after_the_claim() {
+    let rt = common::docker().await;
+    let (world, mut policy) = bare_world(&["/bin/sh", "-i"]);
+    let profile = policy.profiles.values_mut().next().expect("the default profile");
+    profile.env.insert("FIXED".into(), "from-the-profile".into());
+    let parts = Parts::new(&world, &policy, Timestamp::from_millis(1));
+    let labels = parts.labels.clone();
+
+    let id = rt.create(&parts.spec(&policy, 1)).await.expect("create");
     let result = async {
         let mut io = rt.attach(&id, false).await.expect("attach");
         rt.start(&id).await.expect("start");
@@ -92,7 +135,6 @@ async fn a_pooled_container_takes_its_settings_silently_and_is_recognised_as_its
     };
     let outcome = tokio::time::timeout(Duration::from_secs(90), result).await;
     rt.remove(&id).await.expect("remove");
-    let _ = std::fs::remove_dir_all(&dir);
     outcome.expect("bounded");
     let left = rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list");
     assert!(left.is_empty(), "leftovers: {left:?}");
@@ -101,23 +143,10 @@ async fn a_pooled_container_takes_its_settings_silently_and_is_recognised_as_its
 #[tokio::test]
 async fn a_claim_never_takes_a_name_already_taken() {
     let rt = common::docker().await;
-    let world = common::World::with_prefix("p");
-    let mut policy = world.policy.clone();
-    let profile = policy.profiles.values_mut().next().expect("the default profile");
-    profile.command = Some(vec!["/bin/sh".into(), "-i".into()]);
-    let profile = profile.clone();
-    let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
-    let launcher = berth::launcher::install(&dir).expect("install the launcher");
-    let labels = PoolLabels {
-        profile: policy.default_profile.clone(),
-        owner: world.instance.clone(),
-        epoch: 1,
-        created_at: Timestamp::from_millis(1),
-        policy_hash: profile.hash(),
-    };
-    let path = launcher.display().to_string();
-    let a = rt.create(&pooled_spec(&profile, &labels, &policy, 1, &path).expect("poolable")).await.expect("create");
-    let b = rt.create(&pooled_spec(&profile, &labels, &policy, 2, &path).expect("poolable")).await.expect("create");
+    let (world, policy) = bare_world(&["/bin/sh", "-i"]);
+    let parts = Parts::new(&world, &policy, Timestamp::from_millis(1));
+    let a = rt.create(&parts.spec(&policy, 1)).await.expect("create");
+    let b = rt.create(&parts.spec(&policy, 2)).await.expect("create");
     let name =
         ClaimedName { session: SessionId::generate().expect("id"), kind: SessionKind::Anonymous, resume_hash: None }
             .render(&policy.docker.name_prefix);
@@ -126,7 +155,6 @@ async fn a_claim_never_takes_a_name_already_taken() {
     for id in [&a, &b] {
         rt.remove(id).await.expect("remove");
     }
-    let _ = std::fs::remove_dir_all(&dir);
     first.expect("the first claim");
     assert!(matches!(second, Err(berth::runtime::RuntimeError::Conflict(_))), "{second:?}");
     assert!(rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list").is_empty());
@@ -138,27 +166,10 @@ async fn a_claim_never_takes_a_name_already_taken() {
 #[tokio::test]
 async fn a_launcher_given_anything_but_a_settings_line_exits_without_running_the_command() {
     let rt = common::docker().await;
-    let world = common::World::with_prefix("p");
-    let mut policy = world.policy.clone();
-    let profile = policy.profiles.values_mut().next().expect("the default profile");
-    profile.command = Some(vec!["/bin/sh".into(), "-c".into(), "echo RAN".into()]);
-    let profile = profile.clone();
-    let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
-    let launcher = berth::launcher::install(&dir).expect("install the launcher");
-    let labels = PoolLabels {
-        profile: policy.default_profile.clone(),
-        owner: world.instance.clone(),
-        epoch: 1,
-        created_at: Timestamp::from_millis(1),
-        policy_hash: profile.hash(),
-    };
-    let spec = pooled_spec(&profile, &labels, &policy, 1, &launcher.display().to_string()).expect("poolable");
-    let id = rt.create(&spec).await.expect("create");
+    let (world, policy) = bare_world(&["/bin/sh", "-c", "echo RAN"]);
+    let parts = Parts::new(&world, &policy, Timestamp::from_millis(1));
+    let (id, mut io, mut seen) = parts.waiting(&rt, &policy, 1).await;
     let result = async {
-        let mut io = rt.attach(&id, false).await.expect("attach");
-        rt.start(&id).await.expect("start");
-        let mut seen = Vec::new();
-        until(&mut io, &mut seen, LAUNCHER_WAITING).await;
         io.input.write_all(b"ls -la /\n").await.expect("write what a user might type");
         io.input.flush().await.expect("flush");
         until(&mut io, &mut seen, b"no valid settings line").await;
@@ -177,7 +188,6 @@ async fn a_launcher_given_anything_but_a_settings_line_exits_without_running_the
     };
     let outcome = tokio::time::timeout(Duration::from_secs(90), result).await;
     rt.remove(&id).await.expect("remove");
-    let _ = std::fs::remove_dir_all(&dir);
     outcome.expect("bounded");
     assert!(rt.list_pool(&world.ns, &policy.docker.name_prefix).await.expect("list").is_empty());
 }
@@ -357,26 +367,11 @@ async fn a_restart_never_adopts_a_pooled_container_whose_launcher_took_a_claims_
     let rt = common::docker().await;
     let (world, mut policy) = pooled_world(2);
     policy.reconcile.startup = berth::reconciler::policy::StartupMode::Adopt;
-    let profile = policy.profiles.get(&policy.default_profile).expect("the default profile").clone();
-    let dir = std::env::temp_dir().join(format!("berth-pool-test-{}", world.instance));
-    let launcher = berth::launcher::install(&dir).expect("install the launcher");
-    let labels = PoolLabels {
-        profile: policy.default_profile.clone(),
-        owner: world.instance.clone(),
-        epoch: 1,
-        // Young enough for the pool's `max_age`: only the settings can make the restart remove it.
-        created_at: berth::clock::now().sub(Duration::from_secs(5)),
-        policy_hash: profile.hash(),
-    };
+    // Young enough for the pool's `max_age`: only the settings can make the restart remove it.
+    let parts = Parts::new(&world, &policy, berth::clock::now().sub(Duration::from_secs(5)));
     let mut earlier = Vec::new();
     for nonce in [1, 2] {
-        let spec = pooled_spec(&profile, &labels, &policy, nonce, &launcher.display().to_string()).expect("poolable");
-        let id = rt.create(&spec).await.expect("create");
-        let mut io = rt.attach(&id, false).await.expect("attach");
-        rt.start(&id).await.expect("start");
-        let mut seen = Vec::new();
-        until(&mut io, &mut seen, b"launcher-waiting;2\x07\r\n").await;
-        earlier.push((id, io, seen));
+        earlier.push(parts.waiting(&rt, &policy, nonce).await);
     }
     // The second one took its settings, and its launcher said so; no rename followed.
     let (taken, io, seen) = &mut earlier[1];
@@ -399,7 +394,6 @@ async fn a_restart_never_adopts_a_pooled_container_whose_launcher_took_a_claims_
     assert_eq!(ids.lines().count(), 2, "the pool refilled to its size: {ids}");
     assert_eq!(metric(&server, "berth_pool_removed_total{reason=\"failed\"}"), 1, "the taken one, as failed");
     stop_and_assert_no_leftovers(&world, server).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Waits until a metric of the real process reads `value`, or fails the test after `limit`.
