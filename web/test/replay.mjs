@@ -11,19 +11,8 @@
 // Exit status 0 only if every step passed. Prints one line per step with its duration.
 import http from 'node:http';
 import { chromium } from 'playwright-core';
+import { CHROMIUM, CHROMIUM_ARGS, StepFailure, exit, failedOutside, pageErrors, step } from './common.mjs';
 
-const CHROMIUM = process.env.BERTH_CHROMIUM || '/usr/bin/chromium';
-// The machine's network is closed: without these, Chromium waits on connections that never come.
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 const VIEWPORT = { width: 860, height: 460 };
 // The owner's window shrinks halfway, so the recording holds a resize ('r' event) that the replay must follow.
 const SECOND_VIEWPORT = { width: 760, height: 420 };
@@ -42,35 +31,6 @@ const [baseUrl, adminToken, ownerShot, replayShot] = process.argv.slice(2);
 if (!baseUrl || !adminToken || !ownerShot || !replayShot) {
   console.error('usage: node web/test/replay.mjs <base-url> <admin-token> <owner-screenshot> <replay-screenshot>');
   process.exit(64);
-}
-
-class StepFailure extends Error {}
-
-let passed = 0;
-let failed = 0;
-const pageErrors = [];
-
-/** Runs one step within `timeoutMs`, prints its line, and stops the test at the first failure. */
-async function step(name, timeoutMs, fn) {
-  const started = Date.now();
-  let timer;
-  const deadline = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new StepFailure(`timed out after ${timeoutMs} ms`)), timeoutMs);
-  });
-  try {
-    const value = await Promise.race([fn(), deadline]);
-    if (pageErrors.length > 0) throw new StepFailure(`JavaScript error on a page: ${pageErrors.join(' | ')}`);
-    passed += 1;
-    console.log(`ok    ${name} (${Date.now() - started} ms)`);
-    return value;
-  } catch (err) {
-    failed += 1;
-    const message = err instanceof StepFailure ? err.message : String(err.message).split('\n')[0];
-    console.log(`FAIL  ${name} (${Date.now() - started} ms): ${message}`);
-    throw err;
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** A request to the admin API with the token, from node (no browser headers): `{status, body}`. */
@@ -324,13 +284,9 @@ try {
     if (lines.length > 0) throw new StepFailure(`the terminal shows ${JSON.stringify(lines)}`);
   });
 } catch (err) {
-  if (!(err instanceof StepFailure) && failed === 0) {
-    failed += 1;
-    console.log(`FAIL  ${err.message}`);
-  }
+  failedOutside(err);
 } finally {
   if (browser) await browser.close().catch(() => {});
 }
 
-console.log(`replay: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+exit('replay');
