@@ -11,7 +11,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$BERTH_ROOT"
 
-docker info >/dev/null 2>&1 || { log "no Docker engine answers; run scripts/setup.sh first"; exit 1; }
+docker_bounded info >/dev/null 2>&1 || { log "no Docker engine answers; run scripts/setup.sh first"; exit 1; }
 cargo build --quiet --bin berth --example loadgen
 
 tag="$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
@@ -24,11 +24,11 @@ cleanup() {
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  ids="$(docker ps -aq --filter "label=$ns.managed=true" 2>/dev/null || true)
-$(docker ps -aq --filter "label=$ns.peer" 2>/dev/null || true)
-$(docker ps -aq --filter "label=$ns.pool" 2>/dev/null || true)"
+  ids="$(docker_bounded ps -aq --filter "label=$ns.managed=true" 2>/dev/null || true)
+$(docker_bounded ps -aq --filter "label=$ns.peer" 2>/dev/null || true)
+$(docker_bounded ps -aq --filter "label=$ns.pool" 2>/dev/null || true)"
   # shellcheck disable=SC2086
-  [ -z "$ids" ] || docker rm -f $ids >/dev/null 2>&1 || true
+  [ -z "$ids" ] || docker_bounded rm -f $ids >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -79,7 +79,7 @@ timeout --signal=TERM --kill-after=10 300 target/debug/examples/loadgen --url "$
 # A graceful stop removes berth's sentinel too: afterwards nothing of this namespace may be left.
 kill -TERM "$pid"
 for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-left="$( (docker ps -aq --filter "label=$ns.managed=true"; docker ps -aq --filter "label=$ns.peer"; docker ps -aq --filter "label=$ns.pool") | wc -l)"
+left="$( (docker_bounded ps -aq --filter "label=$ns.managed=true"; docker_bounded ps -aq --filter "label=$ns.peer"; docker_bounded ps -aq --filter "label=$ns.pool") | wc -l)"
 log "leak run${BERTH_LEAK_RUNTIME:+ on ${BERTH_LEAK_RUNTIME}}${BERTH_LEAK_POOL:+ with a pool of ${BERTH_LEAK_POOL}}: loadgen exit $rc, $left container(s) left (sessions, sentinel, claims, pool) after berth stopped"
 if [ "$rc" -ne 0 ] || [ "$left" -ne 0 ]; then
   keep="${TMPDIR:-/tmp}/berth-leak-$tag.log"
@@ -87,9 +87,12 @@ if [ "$rc" -ne 0 ] || [ "$left" -ne 0 ]; then
 fi
 if [ "$left" -ne 0 ]; then
   # What was left, and what berth said about sentinels, claims and removals: enough to tell the cause from CI's log.
-  (docker ps -a --filter "label=$ns.managed=true" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}'
-    docker ps -a --filter "label=$ns.peer" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}'
-    docker ps -a --filter "label=$ns.pool" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}') >&2
+  (docker_bounded ps -a --filter "label=$ns.managed=true" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}'
+    docker_bounded ps -a --filter "label=$ns.peer" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}'
+    docker_bounded ps -a --filter "label=$ns.pool" --format '{{.ID}} {{.Names}} {{.Status}} {{.Labels}}') >&2
   grep -iE 'sentinel|claim|remov|warn|error' "$work/berth.log" | tail -20 >&2
+fi
+if [ "$rc" -ne 0 ] || [ "$left" -ne 0 ]; then
+  engine_report
 fi
 [ "$rc" -eq 0 ] && [ "$left" -eq 0 ]

@@ -6,6 +6,59 @@ export BERTH_ROOT
 
 log() { printf '[berth] %s\n' "$*" >&2; }
 
+# A docker CLI call that gives up after 60 s: a cleanup must never wait forever on an engine that stopped
+# answering. Usage: docker_bounded ARGS...
+docker_bounded() { timeout --signal=KILL 60 docker "$@"; }
+
+# What a failed run needs to tell an engine that stopped answering from a berth defect, printed to stderr and
+# bounded in time and size: whether the engine answers, processes stuck in the kernel (state D), the tail of
+# dockerd's log, and dockerd's goroutines that have waited a minute or more, grouped by where they wait
+# (SIGUSR1 makes dockerd write its stacks to a file in its exec root).
+engine_report() (
+  # Best effort: a part that fails or is cut short must not end the report, nor the caller.
+  set +e +o pipefail
+  log "engine report: is the engine answering?"
+  if timeout 10 docker version --format '{{.Server.Version}}' >&2; then log "the engine answers"; else log "the engine does not answer within 10 s"; fi
+  log "engine report: processes in state D (stuck in the kernel), and the runtime's own (runc, shims) with where they wait"
+  ps -eo pid,stat,etime,wchan:32,args | awk 'NR == 1 || $2 ~ /^D/ || $5 ~ /(^|\/)(runc|containerd-shim[^ ]*)$/' |
+    cut -c1-200 | head -40 >&2
+  local dlog="${BERTH_DOCKERD_LOG:-/tmp/berth-dockerd.log}" pid stacks=""
+  if [ -f "$dlog" ]; then
+    log "engine report: the last lines of $dlog"
+    grep -vE 'loading plugin|starting signal loop|Security options with' "$dlog" | tail -30 | cut -c1-400 >&2
+  fi
+  pid="$(tr -dc '0-9' </var/run/docker.pid 2>/dev/null || true)"
+  local before
+  before="$(ls -t /var/run/docker/goroutine-stacks-*.log 2>/dev/null | head -1 || true)"
+  if [ -n "$pid" ] && kill -USR1 "$pid" 2>/dev/null; then
+    for _ in $(seq 1 20); do
+      sleep 0.5
+      stacks="$(ls -t /var/run/docker/goroutine-stacks-*.log 2>/dev/null | head -1 || true)"
+      [ "$stacks" != "$before" ] && break
+    done
+    [ "$stacks" != "$before" ] || stacks=""
+  fi
+  if [ -n "$stacks" ]; then
+    log "engine report: dockerd's goroutines waiting a minute or more, by the first frame of theirs ($stacks)"
+    long_waits <"$stacks"
+  fi
+  # The engine's managed containerd serves its goroutines on a debug socket.
+  local debug=/var/run/docker/containerd/containerd-debug.sock
+  if [ -S "$debug" ] && timeout 10 curl -s --unix-socket "$debug" 'http://localhost/debug/pprof/goroutine?debug=2' \
+      >/tmp/berth-containerd-stacks.log; then
+    log "engine report: containerd's goroutines waiting a minute or more (/tmp/berth-containerd-stacks.log)"
+    long_waits </tmp/berth-containerd-stacks.log
+  fi
+)
+
+# Reads a Go goroutine dump on stdin; prints, grouped and counted, the first docker or containerd frame of each
+# goroutine that has waited a minute or more.
+long_waits() {
+  awk '/^goroutine [0-9]+ \[.*minutes/ { want = 1; next } /^$/ { want = 0 }
+       want && /github.com\/docker|containerd/ && !/^\t/ { sub(/\([^(]*$/, ""); print; want = 0 }' |
+    sort | uniq -c | sort -rn | head -25 >&2
+}
+
 # Installs Debian packages that are missing. Usage: need_packages pkg...
 need_packages() {
   local missing=()
