@@ -373,6 +373,10 @@ fn the_dashboard_queries_only_metrics_a_fresh_berth_exports() {
         "berth_websocket_connections{",
         "rate(berth_terminal_bytes_total",
         "berth_policy_reloads_total",
+        "sum by (profile) (berth_pool_ready{",
+        "sum by (profile) (rate(berth_pool_misses_total",
+        "sum by (role) (berth_session_viewers{",
+        "sum by (reason) (rate(berth_recording_failures_total",
     ] {
         assert!(all.contains(needle), "no dashboard panel queries {needle}");
     }
