@@ -4,20 +4,23 @@
 //! The controller hands each attach stream here (attach happens before start, so the first prompt is
 //! captured); WebSocket connections read and write through [`Terminal`] and never touch Docker.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use berth_reconciler::{SessionId, Timestamp};
 use bytes::Bytes;
-use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::recording::asciicast::Header;
 use crate::recording::{Recorder, RecorderConfig, RecordingFailure, RecordingMode};
-use crate::runtime::{AttachIo, ResizeFn, RuntimeError};
+use crate::runtime::{ResizeFn, RuntimeError};
+
+mod registry;
+mod ring;
+
+pub use registry::Terminals;
+use ring::Ring;
 
 /// Something the data path tells the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,52 +53,6 @@ enum Recording {
     Active(Recorder),
     /// Failed to begin, or ended with the session.
     Done,
-}
-
-/// A bounded byte ring addressed by absolute offsets since the session began.
-#[derive(Debug)]
-struct Ring {
-    buf: VecDeque<u8>,
-    start: u64,
-    cap: usize,
-}
-
-impl Ring {
-    fn end(&self) -> u64 {
-        self.start + self.buf.len() as u64
-    }
-
-    /// Appends `data`, dropping the oldest bytes first so the buffer never holds more than `cap`: its
-    /// allocation then never grows past the bound (growing first and trimming after would double it).
-    fn push(&mut self, data: &[u8]) {
-        let data = if data.len() > self.cap {
-            let skip = data.len() - self.cap;
-            self.start += (self.buf.len() + skip) as u64;
-            self.buf.clear();
-            &data[skip..]
-        } else {
-            data
-        };
-        let over = (self.buf.len() + data.len()).saturating_sub(self.cap);
-        if over > 0 {
-            self.buf.drain(..over);
-            self.start += over as u64;
-        }
-        if self.buf.capacity() < self.buf.len() + data.len() {
-            // Grow straight to the bound at most, never to the next power of two beyond it.
-            let want = (self.buf.len() + data.len()).max(self.buf.capacity() * 2).min(self.cap);
-            self.buf.reserve_exact(want - self.buf.len());
-        }
-        self.buf.extend(data);
-    }
-
-    /// Up to `max` bytes from `from` (clamped into the ring).
-    fn read(&self, from: u64, max: usize) -> Bytes {
-        let from = from.clamp(self.start, self.end());
-        let skip = usize::try_from(from - self.start).unwrap_or(usize::MAX);
-        let n = (self.buf.len() - skip).min(max);
-        self.buf.range(skip..skip + n).copied().collect::<Vec<u8>>().into()
-    }
 }
 
 #[derive(Debug)]
@@ -178,6 +135,30 @@ impl Reader {
 const CHUNK: usize = 32 << 10;
 
 impl Terminal {
+    /// An empty terminal for `session`, with a replay ring of `ring_bytes` and no attach stream yet.
+    fn new(session: SessionId, ring_bytes: usize) -> Self {
+        Self {
+            session,
+            shared: Mutex::new(Shared {
+                ring: Ring::new(ring_bytes),
+                reader: None,
+                generation: 0,
+                closed: true,
+                stream: 0,
+            }),
+            output_ready: Notify::new(),
+            drained: Notify::new(),
+            input: Mutex::new(None),
+            resize: Mutex::new(None),
+            last_activity: AtomicU64::new(crate::clock::now().as_millis()),
+            bytes_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            recording: Mutex::new(Recording::Off),
+            size: Mutex::new((80, 24)),
+            launched: Mutex::new(None),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -194,7 +175,7 @@ impl Terminal {
         s.generation += 1;
         // Bytes older than the ring cannot be sent: the reader starts at the oldest byte held, so that its
         // offset is where output really resumes (the caller reports the difference as missed).
-        let start = from.unwrap_or(s.ring.start).clamp(s.ring.start, s.ring.end());
+        let start = from.unwrap_or(s.ring.start()).clamp(s.ring.start(), s.ring.end());
         s.reader = Some((s.generation, start));
         let r = Reader { generation: s.generation, offset: start, viewer: false };
         drop(s);
@@ -208,7 +189,7 @@ impl Terminal {
     /// one whose socket stalls is closed by its connection. Nothing needs undoing when it goes.
     pub fn watch(&self) -> Reader {
         let s = self.lock();
-        Reader { generation: 0, offset: s.ring.start, viewer: true }
+        Reader { generation: 0, offset: s.ring.start(), viewer: true }
     }
 
     /// Detaches `reader`, if it is still the current one: output keeps flowing into the ring.
@@ -236,10 +217,10 @@ impl Terminal {
                 if !reader.viewer && s.generation != reader.generation {
                     return Read::Superseded;
                 }
-                if reader.offset < s.ring.start {
-                    let missed = s.ring.start - reader.offset;
-                    reader.offset = s.ring.start;
-                    return Read::Gap { missed, resumed_at: s.ring.start };
+                if reader.offset < s.ring.start() {
+                    let missed = s.ring.start() - reader.offset;
+                    reader.offset = s.ring.start();
+                    return Read::Gap { missed, resumed_at: s.ring.start() };
                 }
                 if reader.offset < s.ring.end() {
                     let bytes = s.ring.read(reader.offset, CHUNK);
@@ -423,7 +404,7 @@ impl Terminal {
 
     /// Bytes held in the replay ring.
     pub fn buffered(&self) -> usize {
-        self.lock().ring.buf.len()
+        self.lock().ring.len()
     }
 
     fn touch(&self) {
@@ -443,7 +424,7 @@ impl Terminal {
                 let room = match s.reader {
                     Some((_, acked)) => {
                         let unacked = usize::try_from(s.ring.end().saturating_sub(acked)).unwrap_or(usize::MAX);
-                        s.ring.cap.saturating_sub(unacked)
+                        s.ring.cap().saturating_sub(unacked)
                     }
                     None => data.len(),
                 };
@@ -461,204 +442,13 @@ impl Terminal {
     }
 }
 
-/// Every session's terminal. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Terminals {
-    map: Arc<Mutex<HashMap<SessionId, Arc<Terminal>>>>,
-    events: mpsc::Sender<TerminalEvent>,
-    input_queue: usize,
-    ring_bytes: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Terminals {
-    /// A registry that reports lost streams on `events`.
-    pub fn new(events: mpsc::Sender<TerminalEvent>, ring_bytes: usize) -> Self {
-        Self {
-            map: Arc::default(),
-            events,
-            input_queue: 64,
-            ring_bytes: Arc::new(std::sync::atomic::AtomicUsize::new(ring_bytes)),
-        }
-    }
-
-    /// Sets the replay ring size for terminals created from now on.
-    pub fn set_ring_bytes(&self, bytes: usize) {
-        self.ring_bytes.store(bytes, Ordering::Relaxed);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Terminal>>> {
-        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The terminal of `session`, if it has one.
-    pub fn get(&self, session: &SessionId) -> Option<Arc<Terminal>> {
-        self.lock().get(session).cloned()
-    }
-
-    /// The terminal of `session`, created empty with a ring of `ring_bytes` when missing.
-    pub fn get_or_create(&self, session: SessionId, ring_bytes: usize) -> Arc<Terminal> {
-        self.lock()
-            .entry(session)
-            .or_insert_with(|| {
-                Arc::new(Terminal {
-                    session,
-                    shared: Mutex::new(Shared {
-                        ring: Ring { buf: VecDeque::new(), start: 0, cap: ring_bytes.max(1) },
-                        reader: None,
-                        generation: 0,
-                        closed: true,
-                        stream: 0,
-                    }),
-                    output_ready: Notify::new(),
-                    drained: Notify::new(),
-                    input: Mutex::new(None),
-                    resize: Mutex::new(None),
-                    last_activity: AtomicU64::new(crate::clock::now().as_millis()),
-                    bytes_out: AtomicU64::new(0),
-                    bytes_in: AtomicU64::new(0),
-                    recording: Mutex::new(Recording::Off),
-                    size: Mutex::new((80, 24)),
-                    launched: Mutex::new(None),
-                })
-            })
-            .clone()
-    }
-
-    /// Plans `session`'s recording, to begin when its terminal's output pump starts; a recording already begun
-    /// is kept.
-    pub fn plan_recording(&self, session: SessionId, plan: RecordingPlan) {
-        let term = self.get_or_create(session, self.ring_bytes.load(Ordering::Relaxed));
-        let mut rec = term.lock_recording();
-        if matches!(*rec, Recording::Off) {
-            *rec = Recording::Planned(plan);
-        }
-    }
-
-    /// The file names of the recordings being written, which retention and the admin API never remove.
-    pub fn active_recordings(&self) -> std::collections::BTreeSet<String> {
-        let terms: Vec<Arc<Terminal>> = self.lock().values().cloned().collect();
-        terms.iter().filter_map(|t| t.recording_name()).collect()
-    }
-
-    /// Notes that a pooled container's launcher set `session`'s terminal to `size` (columns, rows) at its claim,
-    /// before the stream is connected: the recording's header and the first resize see it.
-    pub fn sized_by_launcher(&self, session: SessionId, size: (u16, u16)) {
-        let term = self.get_or_create(session, self.ring_bytes.load(Ordering::Relaxed));
-        *term.size.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = size;
-        *term.launched.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(size);
-    }
-
-    /// Connects a fresh attach stream to `session`'s terminal, creating the terminal when missing.
-    pub fn connect(&self, session: SessionId, io: AttachIo) {
-        let term = self.get_or_create(session, self.ring_bytes.load(Ordering::Relaxed));
-        let AttachIo { mut output, mut input, resize } = io;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(self.input_queue);
-        *term.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
-        *term.resize.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(resize));
-        let stream = {
-            let mut s = term.lock();
-            s.closed = false;
-            s.stream += 1;
-            s.stream
-        };
-        let span = info_span!("terminal", session = %session);
-        tokio::spawn(
-            async move {
-                while let Some(data) = rx.recv().await {
-                    if input.write_all(&data).await.is_err() || input.flush().await.is_err() {
-                        break;
-                    }
-                }
-            }
-            .instrument(span.clone()),
-        );
-        let events = self.events.clone();
-        tokio::spawn(
-            async move {
-                // Before the first byte is read, so the recording holds the session's output from its start.
-                let recorder = term.begin_recording(&events).await;
-                loop {
-                    match output.next().await {
-                        Some(Ok(chunk)) => {
-                            if let Some(r) = &recorder {
-                                r.output(chunk.clone());
-                            }
-                            term.push_when_room(&chunk).await;
-                            term.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                            term.touch();
-                        }
-                        Some(Err(e)) => {
-                            debug!(error = %e, "attach stream failed");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                {
-                    let mut s = term.lock();
-                    if s.stream == stream {
-                        s.closed = true;
-                    }
-                }
-                term.input.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-                term.output_ready.notify_waiters();
-                let _ = events.send(TerminalEvent::Lost(session)).await;
-            }
-            .instrument(span),
-        );
-    }
-
-    /// Drops `session`'s terminal once the session is gone.
-    pub fn forget(&self, session: &SessionId) {
-        if let Some(t) = self.lock().remove(session) {
-            t.end_recording();
-            t.lock().closed = true;
-            t.output_ready.notify_waiters();
-        }
-    }
-
-    /// Number of terminals held.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no terminal is held.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::recording::asciicast::Code;
+    use crate::runtime::AttachIo;
+    use futures::StreamExt;
     use std::time::Duration;
-
-    #[test]
-    fn the_ring_allocation_never_grows_past_its_bound() {
-        let mut r = Ring { buf: VecDeque::new(), start: 0, cap: 256 << 10 };
-        for _ in 0..100 {
-            r.push(&[b'x'; 30_000]);
-        }
-        r.push(&vec![b'y'; 300_000]);
-        assert_eq!(r.buf.len(), 256 << 10);
-        assert!(r.buf.capacity() <= (256 << 10) + 64, "capacity {}", r.buf.capacity());
-        assert_eq!(r.end(), 100 * 30_000 + 300_000);
-        assert_eq!(r.read(r.end() - 1, 1)[0], b'y');
-    }
-
-    #[test]
-    fn ring_keeps_only_the_newest_bytes_and_reads_by_offset() {
-        let mut r = Ring { buf: VecDeque::new(), start: 0, cap: 8 };
-        r.push(b"hello ");
-        r.push(b"world!");
-        assert_eq!(r.start, 4);
-        assert_eq!(r.end(), 12);
-        assert_eq!(&r.read(0, 100)[..], b"o world!");
-        assert_eq!(&r.read(10, 100)[..], b"d!");
-        assert_eq!(&r.read(6, 3)[..], b"wor");
-        assert_eq!(&r.read(12, 3)[..], b"");
-    }
 
     fn terminal(cap: usize) -> Arc<Terminal> {
         let (tx, _rx) = mpsc::channel(1);
