@@ -11,8 +11,10 @@ log() { printf '[berth] %s\n' "$*" >&2; }
 docker_bounded() { timeout --signal=KILL 60 docker "$@"; }
 
 # What a failed run needs to tell an engine that stopped answering from a berth defect, printed to stderr and
-# bounded in time and size: whether the engine answers, processes stuck in the kernel (state D), the tail of
-# dockerd's log, and dockerd's goroutines that have waited a minute or more, grouped by where they wait
+# bounded in time and size: whether the engine answers; processes stuck in the kernel (state D, frozen ones too),
+# the runtime's processes (runc, shims) with where they wait and the kernel stacks of the oldest runc ones; the
+# engine's memory cgroup (a limit with the OOM killer off stalls whatever allocates); the tail of dockerd's log;
+# and dockerd's and containerd's goroutines that have waited a minute or more, grouped by where they wait
 # (SIGUSR1 makes dockerd write its stacks to a file in its exec root).
 engine_report() (
   # Best effort: a part that fails or is cut short must not end the report, nor the caller.
@@ -22,12 +24,23 @@ engine_report() (
   log "engine report: processes in state D (stuck in the kernel), and the runtime's own (runc, shims) with where they wait"
   ps -eo pid,stat,etime,wchan:32,args | awk 'NR == 1 || $2 ~ /^D/ || $5 ~ /(^|\/)(runc|containerd-shim[^ ]*)$/' |
     cut -c1-200 | head -40 >&2
+  local p
+  for p in $(ps -eo pid=,etimes=,args= | awk '$2 >= 30 && $3 ~ /(^|\/)runc$/ { print $1 }' | head -3); do
+    log "engine report: kernel stack of runc pid $p ($(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | cut -c1-120))"
+    cat /proc/"$p"/stack >&2 2>/dev/null
+  done
+  local dpid cg
+  dpid="$(tr -dc '0-9' </var/run/docker.pid 2>/dev/null || true)"
+  cg="$(awk -F: '$2 == "memory" { print $3 }' /proc/"$dpid"/cgroup 2>/dev/null)"
+  if [ -n "$cg" ] && [ -d "/sys/fs/cgroup/memory$cg" ]; then
+    log "engine report: dockerd's memory cgroup $cg: limit $(cat "/sys/fs/cgroup/memory$cg/memory.limit_in_bytes"), usage $(cat "/sys/fs/cgroup/memory$cg/memory.usage_in_bytes"), $(tr '\n' ' ' <"/sys/fs/cgroup/memory$cg/memory.oom_control")"
+  fi
   local dlog="${BERTH_DOCKERD_LOG:-/tmp/berth-dockerd.log}" pid stacks=""
   if [ -f "$dlog" ]; then
     log "engine report: the last lines of $dlog"
     grep -vE 'loading plugin|starting signal loop|Security options with' "$dlog" | tail -30 | cut -c1-400 >&2
   fi
-  pid="$(tr -dc '0-9' </var/run/docker.pid 2>/dev/null || true)"
+  pid="$dpid"
   local before
   before="$(ls -t /var/run/docker/goroutine-stacks-*.log 2>/dev/null | head -1 || true)"
   if [ -n "$pid" ] && kill -USR1 "$pid" 2>/dev/null; then
