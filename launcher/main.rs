@@ -7,8 +7,8 @@
 //!
 //! The line is `berth1` followed by ` e:<hex of NAME=value>` per variable, ended by `\n`; or `berth2`, then
 //! ` s:<cols>x<rows>` (the terminal size, which the launcher sets on its terminal before it runs the command),
-//! then the variables. The announcement names the newest version read (`;2`). Once a line is read, the launcher
-//! prints `ESC ] berth;launcher-claimed BEL` (no newline) before anything else. Anything else, an over-long line
+//! then the variables. The announcement names the launcher's version (`;3`). Once a line is read, the launcher
+//! prints `ESC ] berth;launcher-claimed BEL` and a newline before anything else. Anything else, an over-long line
 //! or end of input makes the launcher exit with status 120 without running the command, so a container whose
 //! settings did not arrive whole never runs a shell.
 //!
@@ -27,11 +27,12 @@ use std::process::{Command, ExitCode};
 /// Printed once the terminal no longer echoes: berth writes the settings only after it has seen this. An OSC
 /// sequence, which terminals ignore, then a newline: the engine's log keeps a line only once it ends, and a
 /// restarted berth finds the announcement in that log.
-const READY: &[u8] = b"\x1b]berth;launcher-waiting;2\x07\n";
-/// Printed once a line was read, before anything else: berth hands the terminals only what follows it, and a
-/// restarted berth that finds it in the engine's log knows this container took a claim's settings (berth may
-/// write the settings while the claim's rename is still under way).
-const CLAIMED: &[u8] = b"\x1b]berth;launcher-claimed\x07";
+const READY: &[u8] = b"\x1b]berth;launcher-waiting;3\x07\n";
+/// Printed once a line was read, before anything else: berth hands the terminals only what follows it (the
+/// newline too), and a restarted berth that finds it in the engine's log knows this container took a claim's
+/// settings (berth may write the settings while the claim's rename is still under way). The newline puts it in
+/// that log at once: the engine keeps a line only once it ends, and the command may never end one.
+const CLAIMED: &[u8] = b"\x1b]berth;launcher-claimed\x07\n";
 /// The first word of a settings line without a terminal size, and of one with.
 const VERSION_1: &str = "berth1";
 const VERSION_2: &str = "berth2";

@@ -70,7 +70,7 @@ impl Parts {
         let mut io = rt.attach(&id, false).await.expect("attach");
         rt.start(&id).await.expect("start");
         let mut seen = Vec::new();
-        until(&mut io, &mut seen, b"launcher-waiting;2\x07\r\n").await;
+        until(&mut io, &mut seen, b"launcher-waiting;3\x07\r\n").await;
         (id, io, seen)
     }
 }
@@ -361,12 +361,15 @@ async fn a_profile_change_drains_the_pool_while_claimed_sessions_go_on() {
 
 /// A restart finds an earlier run's two pooled containers, both waiting by their names, but one of them took a
 /// claim's settings before the run stopped (the claim writes them while its rename is under way): that one is
-/// removed, the other adopted, and the pool refills to its size.
+/// removed, the other adopted, and the pool refills to its size. The command (`cat`) never prints a line of its
+/// own: the launcher's mark must reach the engine's log by itself.
 #[tokio::test]
 async fn a_restart_never_adopts_a_pooled_container_whose_launcher_took_a_claims_settings() {
     let rt = common::docker().await;
     let (world, mut policy) = pooled_world(2);
     policy.reconcile.startup = berth::reconciler::policy::StartupMode::Adopt;
+    let profile = policy.profiles.values_mut().next().expect("the default profile");
+    profile.command = Some(vec!["/bin/cat".into()]);
     // Young enough for the pool's `max_age`: only the settings can make the restart remove it.
     let parts = Parts::new(&world, &policy, berth::clock::now().sub(Duration::from_secs(5)));
     let mut earlier = Vec::new();
@@ -381,6 +384,12 @@ async fn a_restart_never_adopts_a_pooled_container_whose_launcher_took_a_claims_
     let taken = taken.clone();
     let kept = earlier[0].0.clone();
     drop(earlier);
+    // What a restart reads: the engine's log holds the mark (its line ended by the launcher, not by `cat`).
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !world.cli(&["logs", taken.as_str()]).contains("launcher-claimed") {
+        assert!(tokio::time::Instant::now() < deadline, "the engine's log never showed the launcher's mark");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let server = world.serve_with(policy.clone()).await;
     pool_ready(&server, &policy.default_profile, 2).await;

@@ -30,9 +30,13 @@ pub enum LauncherVersion {
     /// which the launcher sets on its terminal before it runs the command, so the claim needs no resize call),
     /// and prints [`LAUNCHER_CLAIMED`] once it has read one, so the settings may go before the claim's rename.
     V2,
+    /// `ESC ] berth;launcher-waiting;3 BEL`: as [`LauncherVersion::V2`], and ends [`LAUNCHER_CLAIMED`] with a
+    /// newline, so that the engine's log holds the mark at once, even when the command never ends a line (the
+    /// log keeps a line only once it ends); the claim reads that newline off with the mark.
+    V3,
 }
 
-/// What a [`LauncherVersion::V2`] launcher prints (with no newline) as soon as it has read a settings line, before
+/// What a [`LauncherVersion::V2`] launcher prints (a `V3` one, then a newline) as soon as it has read a settings line, before
 /// the command runs: a claim hands the terminals only what follows it, and an earlier run's pooled container
 /// whose log holds it took a claim's settings and is never adopted into the pool.
 pub const LAUNCHER_CLAIMED: &[u8] = b"\x1b]berth;launcher-claimed\x07";
@@ -46,6 +50,8 @@ pub fn launcher_waiting(seen: &[u8]) -> Option<LauncherVersion> {
         (LauncherVersion::V1, tail)
     } else if let Some(tail) = rest.strip_prefix(b";2\x07") {
         (LauncherVersion::V2, tail)
+    } else if let Some(tail) = rest.strip_prefix(b";3\x07") {
+        (LauncherVersion::V3, tail)
     } else {
         return None;
     };
@@ -133,6 +139,7 @@ mod tests {
         seen.extend_from_slice(b"\n");
         assert_eq!(launcher_waiting(&seen), Some(LauncherVersion::V1));
         assert_eq!(launcher_waiting(b"\x1b]berth;launcher-waiting;2\x07\r\n"), Some(LauncherVersion::V2));
+        assert_eq!(launcher_waiting(b"\x1b]berth;launcher-waiting;3\x07\r\n"), Some(LauncherVersion::V3));
         assert_eq!(launcher_waiting(b"\x1b]berth;launcher-waiting;9\x07\r\n"), None, "an unknown version");
     }
 

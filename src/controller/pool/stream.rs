@@ -107,15 +107,31 @@ async fn write_settings(io: &mut AttachIo, line: &[u8], timeout: Duration) -> Re
     }
 }
 
-/// Writes the settings line and reads the stream until the launcher says it took them ([`LAUNCHER_CLAIMED`]),
-/// within `timeout`; returns what followed that in the same reads: the session's first output.
-async fn settle(io: &mut AttachIo, line: &[u8], timeout: Duration) -> Result<Bytes, RuntimeError> {
+/// Writes the settings line and reads the stream until the launcher says it took them ([`LAUNCHER_CLAIMED`], and
+/// from a [`LauncherVersion::V3`] launcher the newline after it), within `timeout`; returns what followed that in
+/// the same reads: the session's first output.
+async fn settle(
+    io: &mut AttachIo,
+    line: &[u8],
+    launcher: LauncherVersion,
+    timeout: Duration,
+) -> Result<Bytes, RuntimeError> {
     write_settings(io, line, timeout).await?;
     let read = async {
         let mut seen = Vec::new();
         loop {
             if let Some(at) = seen.windows(LAUNCHER_CLAIMED.len()).position(|w| w == LAUNCHER_CLAIMED) {
-                return Ok(Bytes::copy_from_slice(&seen[at + LAUNCHER_CLAIMED.len()..]));
+                let rest = &seen[at + LAUNCHER_CLAIMED.len()..];
+                // The newline comes as `\r\n` through the terminal; a read may end before it.
+                let newline = match (launcher, rest) {
+                    (LauncherVersion::V3, [b'\r', b'\n', ..]) => Some(2),
+                    (LauncherVersion::V3, [b'\n', ..]) => Some(1),
+                    (LauncherVersion::V3, [] | [b'\r']) => None,
+                    _ => Some(0),
+                };
+                if let Some(n) = newline {
+                    return Ok(Bytes::copy_from_slice(&rest[n..]));
+                }
             }
             match io.output.next().await {
                 Some(Ok(b)) if seen.len() < 64 * 1024 => seen.extend_from_slice(&b),
@@ -145,7 +161,7 @@ pub(super) async fn hand_over<R: Runtime>(
         // The settings go beside the rename, so the shell starts while the engine renames: the launcher writes in
         // the engine's log that it took them, and a restarted berth never puts such a container back in the pool,
         // renamed or not (decision 0025).
-        let (renamed, rest) = tokio::join!(rename, settle(&mut io, line, timeout));
+        let (renamed, rest) = tokio::join!(rename, settle(&mut io, line, launcher, timeout));
         renamed?;
         let rest = rest?;
         if !rest.is_empty() {
@@ -159,4 +175,38 @@ pub(super) async fn hand_over<R: Runtime>(
         write_settings(&mut io, line, timeout).await?;
     }
     Ok(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream that yields `chunks`, then stays open; input goes nowhere.
+    fn stream_of(chunks: &[&'static [u8]]) -> AttachIo {
+        let chunks: Vec<Result<Bytes, RuntimeError>> = chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        AttachIo {
+            output: futures::stream::iter(chunks).chain(futures::stream::pending()).boxed(),
+            input: Box::pin(tokio::io::sink()),
+            resize: Box::new(|_, _| Box::pin(async { Ok(()) })),
+        }
+    }
+
+    async fn first_output(launcher: LauncherVersion, chunks: &[&'static [u8]]) -> Bytes {
+        let mut io = stream_of(chunks);
+        settle(&mut io, b"berth2 s:80x24\n", launcher, Duration::from_secs(5)).await.expect("settled")
+    }
+
+    #[tokio::test]
+    async fn a_claim_hands_on_what_follows_the_mark_and_a_v3_launchers_newline_never() {
+        // Version 3: the newline after the mark is the launcher's, whole or split across reads.
+        let v3 = LauncherVersion::V3;
+        assert_eq!(&first_output(v3, &[b"\x1b]berth;launcher-claimed\x07\r\n$ "]).await[..], b"$ ");
+        assert_eq!(&first_output(v3, &[b"\x1b]berth;launcher-claimed\x07", b"\r\n$ "]).await[..], b"$ ");
+        assert_eq!(&first_output(v3, &[b"\x1b]berth;launcher-claimed\x07\r", b"\n"]).await[..], b"");
+        assert_eq!(&first_output(v3, &[b"\x1b]berth;launcher-claimed\x07\n$ "]).await[..], b"$ ");
+        // Version 2 prints no newline: what follows the mark is all the command's.
+        let v2 = LauncherVersion::V2;
+        assert_eq!(&first_output(v2, &[b"\x1b]berth;launcher-claimed\x07\r\n$ "]).await[..], b"\r\n$ ");
+        assert_eq!(&first_output(v2, &[b"\x1b]berth;launcher-claimed\x07"]).await[..], b"");
+    }
 }
